@@ -1,0 +1,1 @@
+"""The edge agent: collectors, durable queue, publisher (extra ``agent``)."""

@@ -1,0 +1,1 @@
+"""The backend: ingest, fleet state, alert rules, Slack, dashboard (extra ``backend``)."""

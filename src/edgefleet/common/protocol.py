@@ -1,0 +1,207 @@
+"""The wire contract between agents and the backend (see ``docs/protocol.md``).
+
+Topics follow AWS's topic design, ``dt/<application>/<thing name>/<kind>``:
+
+- ``dt/edgefleet/<thing>/metrics``: :class:`MetricsMessage`, QoS 1, one or more samples.
+- ``dt/edgefleet/<thing>/status``: :class:`StatusMessage`, QoS 1, ``online`` on connect and
+  ``offline`` as the Last Will.
+
+Every payload is UTF-8 JSON with ``"v": 1``. A message is at most 128 KiB (AWS IoT Core's
+limit). ``protocol.schema.json`` beside this module is generated from these models
+(``python -m edgefleet.common.protocol > src/edgefleet/common/protocol.schema.json``) and a
+test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgefleet.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 128 * 1024
+APP = "edgefleet"
+TOPIC_PREFIX = f"dt/{APP}"
+METRICS_FILTER = f"{TOPIC_PREFIX}/+/metrics"
+STATUS_FILTER = f"{TOPIC_PREFIX}/+/status"
+
+# AWS IoT thing names: 1-128 of [a-zA-Z0-9:_-]. MQTT wildcards and '/' are excluded by this.
+THING_NAME_PATTERN = r"^[a-zA-Z0-9:_-]{1,128}$"
+_THING_RE = re.compile(THING_NAME_PATTERN)
+# A metric key is ``family`` or ``family[instance]``: ``cpu.percent``, ``disk.used_percent[/]``.
+METRIC_KEY_PATTERN = r"^[a-z][a-z0-9_.]{0,63}(\[[^\[\]]{1,200}\])?$"
+_METRIC_RE = re.compile(METRIC_KEY_PATTERN)
+
+ThingName = Annotated[str, Field(pattern=THING_NAME_PATTERN, description="AWS IoT thing name")]
+UnixTime = Annotated[
+    float, Field(ge=0, le=32503680000, description="seconds since the Unix epoch, UTC")
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+class Sample(_Model):
+    """One reading of every enabled collector, taken at ``ts``."""
+
+    seq: int = Field(ge=0, le=2**63 - 1, description="per-device sequence number, gap-free")
+    ts: UnixTime = Field(description="when the sample was TAKEN on the device")
+    metrics: dict[str, float] = Field(
+        description="metric key (family or family[instance]) to value", max_length=4096
+    )
+    failed: list[str] = Field(
+        default_factory=list, max_length=64, description="collectors that failed this round"
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _check_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, number in value.items():
+            if not _METRIC_RE.match(key):
+                raise ValueError(f"bad metric key {key!r}")
+            if not math.isfinite(number):
+                raise ValueError(f"metric {key!r} is not finite")
+        return value
+
+
+class AgentHealth(_Model):
+    """The agent's own state, sent with every metrics message."""
+
+    queue_depth: int = Field(ge=0, description="samples waiting in the durable queue")
+    queue_bytes: int = Field(ge=0, description="bytes used by waiting samples")
+    oldest_age_s: float = Field(ge=0, description="age of the oldest unsent sample")
+    dropped_total: int = Field(ge=0, description="samples dropped because the queue was full")
+    publish_errors_total: int = Field(ge=0, description="failed or refused publishes")
+    rss_bytes: int = Field(ge=0, description="resident memory of the agent process")
+    agent_version: str = Field(max_length=64, description="edgefleet version of the agent")
+
+
+class MetricsMessage(_Model):
+    """Payload of ``dt/edgefleet/<thing>/metrics``."""
+
+    v: Literal[1] = Field(description="protocol version")
+    device_id: ThingName = Field(description="must equal the thing name in the topic")
+    stream: str = Field(
+        min_length=1,
+        max_length=64,
+        description="id of the sequence stream; a new one means the device's seq restarted",
+    )
+    sent_at: UnixTime = Field(description="when this message was built for sending")
+    samples: list[Sample] = Field(min_length=1, max_length=20000)
+    health: AgentHealth | None = None
+
+
+class StatusMessage(_Model):
+    """Payload of ``dt/edgefleet/<thing>/status``: ``online`` on connect, LWT ``offline``."""
+
+    v: Literal[1]
+    device_id: ThingName
+    state: Literal["online", "offline"]
+    ts: UnixTime = Field(description="when the agent connected (also for the Last Will)")
+    agent_version: str | None = Field(default=None, max_length=64)
+    interval_s: float | None = Field(default=None, gt=0, description="sampling interval")
+
+
+def metrics_topic(thing: str) -> str:
+    """Topic on which ``thing`` publishes its metrics."""
+    return f"{TOPIC_PREFIX}/{thing}/metrics"
+
+
+def status_topic(thing: str) -> str:
+    """Topic on which ``thing`` publishes its online/offline status."""
+    return f"{TOPIC_PREFIX}/{thing}/status"
+
+
+def is_valid_thing_name(name: str) -> bool:
+    """True when ``name`` is a legal AWS IoT thing name (and so safe inside a topic)."""
+    return bool(_THING_RE.match(name))
+
+
+def parse_topic(topic: str) -> tuple[str, str]:
+    """Split ``dt/edgefleet/<thing>/<kind>`` into ``(thing, kind)`` or raise ``bad_topic``."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_PREFIX:
+        raise ProtocolError("bad_topic", f"topic {topic!r} is not {TOPIC_PREFIX}/<thing>/<kind>")
+    thing, kind = parts[2], parts[3]
+    if kind not in ("metrics", "status") or not is_valid_thing_name(thing):
+        raise ProtocolError("bad_topic", f"topic {topic!r} has no valid thing/kind")
+    return thing, kind
+
+
+def _load(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("oversized", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("malformed", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("malformed", "payload is not a JSON object")
+    version = doc.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("unknown_version", f"v={version!r}, this backend speaks v=1")
+    return doc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    return f"{where}: {err['msg']}"
+
+
+def decode(topic: str, payload: bytes) -> MetricsMessage | StatusMessage:
+    """Validate one received message; raise :class:`ProtocolError` with a counted reason."""
+    thing, kind = parse_topic(topic)
+    doc = _load(payload)
+    model: type[MetricsMessage] | type[StatusMessage] = (
+        MetricsMessage if kind == "metrics" else StatusMessage
+    )
+    try:
+        msg = model.model_validate(doc)
+    except ValidationError as exc:
+        raise ProtocolError("malformed", _first_error(exc)) from None
+    if msg.device_id != thing:
+        raise ProtocolError(
+            "spoofed", f"device_id {msg.device_id!r} published on topic of {thing!r}"
+        )
+    return msg
+
+
+def encode(msg: BaseModel) -> bytes:
+    """Serialise a message compactly (no whitespace), as agents send it."""
+    return msg.model_dump_json(exclude_none=True).encode()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema document for both payloads, as shipped in protocol.schema.json."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://edgefleet.dev/schema/protocol-v1.json",
+        "title": "edgefleet wire protocol v1",
+        "oneOf": [
+            {"$ref": "#/$defs/MetricsMessage"},
+            {"$ref": "#/$defs/StatusMessage"},
+        ],
+        "$defs": {
+            **MetricsMessage.model_json_schema(ref_template="#/$defs/{model}")["$defs"],
+            "MetricsMessage": _strip_defs(MetricsMessage.model_json_schema(
+                ref_template="#/$defs/{model}")),
+            "StatusMessage": StatusMessage.model_json_schema(ref_template="#/$defs/{model}"),
+        },
+    }
+
+
+def _strip_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "$defs"}
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates the shipped schema
+    import sys
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
