@@ -49,7 +49,7 @@ class SampleQueue(Protocol):
         ...
 
     def put(self, ts: float, body: bytes) -> int:
-        """Store one sample taken at ``ts``; return its seq. Drops (and counts) the oldest when full."""
+        """Store one sample taken at ``ts``; return its seq. Drops the oldest when full."""
         ...
 
     def peek(self, *, max_samples: int, max_bytes: int, after_seq: int = -1) -> list[QueuedSample]:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepare this checkout on a new Debian machine: system packages the tests and the demo use
+# (mosquitto, chromium) and a virtualenv in .venv with edgefleet and its dev tools, pinned by
+# constraints.txt. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || want+=(mosquitto)
+if [ "${EDGEFLEET_NO_BROWSER:-0}" != 1 ] && [ ! -x /usr/bin/chromium ]; then want+=(chromium); fi
+if [ ${#want[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing ${want[*]}; run: sudo apt-get update && sudo apt-get install -y ${want[*]}" >&2
+        exit 1
+    fi
+    echo "setup: installing ${want[*]} with apt-get" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
+# Mosquitto's package starts a system broker on port 1883; the project starts its own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+    systemctl stop mosquitto || true
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.edgefleet-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+    touch "$stamp"
+fi

@@ -1,0 +1,233 @@
+"""Wiring of the agent: settings -> collectors -> durable queue -> publisher -> broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from edgefleet import __version__
+from edgefleet.agent.batch import sample_body
+from edgefleet.agent.collectors import build_collectors, collect_all
+from edgefleet.agent.contracts import Collector, SampleQueue
+from edgefleet.agent.publisher import Limits, Publisher
+from edgefleet.agent.queue import open_queue
+from edgefleet.agent.settings import AgentSettings
+from edgefleet.common.logs import kv
+from edgefleet.common.mqtt import MqttClient, MqttConfig
+from edgefleet.common.protocol import AgentHealth, StatusMessage, encode, status_topic
+from edgefleet.common.settings import check_cert_file, check_private_key, load_settings
+from edgefleet.common.transport import Transport
+from edgefleet.errors import ConfigError, TransportError
+
+log = logging.getLogger(__name__)
+
+GREENGRASS_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+STOP_BUDGET_S = 4.0
+
+
+def preflight(s: AgentSettings) -> str:
+    """Check what the agent needs before it starts; return the thing name."""
+    if not s.thing_name:
+        raise ConfigError("EDGE_AGENT_THING_NAME is not set (the device's AWS IoT thing name)")
+    transport = s.transport
+    if transport == "auto":
+        transport = "ipc" if os.environ.get(GREENGRASS_ENV) else "mqtt"
+    if transport == "ipc":
+        raise ConfigError("EDGE_AGENT_TRANSPORT=ipc is not available in this version; use mqtt")
+    for name in ("cert_file", "key_file", "ca_file"):
+        if getattr(s, name) is None:
+            raise ConfigError(f"EDGE_AGENT_{name.upper()} is not set")
+    assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - checked just above
+    check_cert_file(s.cert_file, "EDGE_AGENT_CERT_FILE")
+    check_cert_file(s.ca_file, "EDGE_AGENT_CA_FILE")
+    check_private_key(s.key_file, "EDGE_AGENT_KEY_FILE")
+    return s.thing_name
+
+
+def _file_id(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Agent:
+    """One running agent; :meth:`run` returns after :meth:`stop` within a few seconds."""
+
+    def __init__(self, settings: AgentSettings, thing: str) -> None:
+        self.s = settings
+        self.thing = thing
+        self.collectors: list[Collector] = build_collectors(
+            settings.collectors or None, settings.disabled_collectors
+        )
+        self.queue: SampleQueue = open_queue(
+            settings.queue,
+            settings.queue_path,
+            max_bytes=settings.queue_max_bytes,
+            max_samples=settings.queue_max_samples,
+        )
+        self._proc = psutil.Process()
+        self._stop = asyncio.Event()
+        self._started = time.time()
+        self.publisher = Publisher(
+            device_id=thing,
+            queue=self.queue,
+            transport=self._make_transport(),
+            limits=self._limits(),
+            health=self.health,
+        )
+
+    def _limits(self) -> Limits:
+        on = self.s.aws_limits
+        return Limits(
+            batch_max_bytes=self.s.batch_max_bytes,
+            max_inflight=self.s.max_inflight,
+            publishes_per_s=self.s.max_publishes_per_s if on else None,
+            bytes_per_s=self.s.max_bytes_per_s if on else None,
+        )
+
+    def _status(self, state: str) -> bytes:
+        return encode(
+            StatusMessage(
+                v=1, device_id=self.thing, state=state,  # type: ignore[arg-type]
+                ts=time.time(), agent_version=__version__, interval_s=self.s.interval_s,
+            )
+        )
+
+    def _make_transport(self) -> Transport:
+        s = self.s
+        assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked
+        cfg = MqttConfig(
+            endpoint=s.endpoint, port=s.port, cert_file=s.cert_file, key_file=s.key_file,
+            ca_file=s.ca_file, client_id=self.thing, keep_alive_s=s.keep_alive_s,
+            aws_limits=s.aws_limits, will=(status_topic(self.thing), self._status("offline")),
+            on_connect=self._on_connect,
+        )
+        return MqttClient(cfg)
+
+    def _on_connect(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._announce())
+        task.add_done_callback(lambda t: t.exception())
+
+    async def _announce(self) -> None:
+        with contextlib.suppress(TransportError):
+            await self.publisher.transport.publish(status_topic(self.thing), self._status("online"))
+
+    def health(self) -> AgentHealth:
+        """The agent's own figures, sent with every metrics message."""
+        st = self.queue.stats()
+        return AgentHealth(
+            queue_depth=st.depth,
+            queue_bytes=st.bytes,
+            oldest_age_s=max(0.0, time.time() - st.oldest_ts) if st.oldest_ts else 0.0,
+            dropped_total=st.dropped_total + self.publisher.stats.oversize_dropped,
+            publish_errors_total=self.publisher.stats.errors,
+            rss_bytes=self._proc.memory_info().rss,
+            agent_version=__version__,
+        )
+
+    async def _sample_loop(self) -> None:
+        interval = self.s.interval_s
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            taken = time.time()
+            metrics, failed = await asyncio.to_thread(collect_all, self.collectors)
+            self.queue.put(taken, sample_body(metrics, failed))
+            self.publisher.wake.set()
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # fell behind (suspend, slow collector): skip, don't burst
+                next_at = now + interval - ((now - next_at) % interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), next_at - now)
+
+    async def _watch_certificates(self) -> None:
+        s = self.s
+        assert s.cert_file and s.key_file  # noqa: S101 - preflight checked
+        seen = (_file_id(s.cert_file), _file_id(s.key_file))
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), s.cert_check_s)
+            try:
+                now = (_file_id(s.cert_file), _file_id(s.key_file))
+                if now == seen:
+                    continue
+                check_private_key(s.key_file, "EDGE_AGENT_KEY_FILE")
+                fresh = self._make_transport()
+            except (OSError, ConfigError) as exc:
+                log.warning("new certificate not usable yet", extra=kv(error=str(exc)))
+                continue
+            seen = now
+            log.info("certificate changed on disk; reconnecting", extra=kv(cert=str(s.cert_file)))
+            await self.publisher.replace_transport(fresh)
+
+    async def run(self) -> None:
+        """Sample, queue and publish until :meth:`stop`."""
+        log.info(
+            "agent starting",
+            extra=kv(thing=self.thing, endpoint=f"{self.s.endpoint}:{self.s.port}",
+                     interval_s=self.s.interval_s, queue=self.s.queue,
+                     backlog=self.queue.stats().depth, version=__version__),
+        )
+        self.publisher.transport.start()
+        tasks = [
+            asyncio.create_task(self._sample_loop(), name="sampler"),
+            asyncio.create_task(self.publisher.run(), name="publisher"),
+            asyncio.create_task(self._watch_certificates(), name="cert-watch"),
+        ]
+        await self._stop.wait()
+        self.publisher.stop()
+        _, pending = await asyncio.wait(tasks, timeout=STOP_BUDGET_S - 1.5)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(TransportError, TimeoutError):
+            status = self._status("offline")
+            await asyncio.wait_for(
+                self.publisher.transport.publish(status_topic(self.thing), status), 0.5
+            )
+        await self.publisher.transport.stop(1.0)
+        st = self.queue.stats()
+        self.queue.close()
+        log.info("agent stopped", extra=kv(queued=st.depth, sent=self.publisher.stats.samples))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to flush and return."""
+        self._stop.set()
+
+
+def _print_once(settings: AgentSettings) -> int:
+    collectors = build_collectors(settings.collectors or None, settings.disabled_collectors)
+    time.sleep(0.5)  # rates and CPU need a short window after the first reading
+    taken = time.time()
+    metrics, failed = collect_all(collectors)
+    doc = {"ts": taken, "metrics": metrics, "failed": failed}
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+async def _serve(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    await agent.run()
+
+
+def run_agent(config: Path | None = None, once: bool = False) -> int:
+    """``edgefleet agent``: run until SIGTERM/SIGINT, or print one sample with ``once``."""
+    settings = load_settings(AgentSettings, config)
+    if once:
+        return _print_once(settings)
+    thing = preflight(settings)
+
+    async def main() -> None:
+        await _serve(Agent(settings, thing))
+
+    asyncio.run(main())
+    return 0

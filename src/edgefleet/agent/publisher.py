@@ -1,0 +1,209 @@
+"""Drains the durable queue to the broker: oldest first, in batches, within limits.
+
+Delivery rule (shared/FACTS.md): a sample leaves the queue only on a PUBACK with reason
+< 128. Any other outcome (offline, timeout, a client being replaced) means "unknown", so the
+publisher waits for the in-flight window to settle and resends from the oldest unacknowledged
+sample; the backend removes duplicates by (device, stream, seq). A refusing PUBACK (135, not
+authorised) is permanent: logged loudly and retried only after a growing pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgefleet.agent.batch import build_message, fit, too_big
+from edgefleet.agent.contracts import QueuedSample, SampleQueue
+from edgefleet.agent.ratelimit import TokenBucket
+from edgefleet.common.logs import kv
+from edgefleet.common.protocol import AgentHealth, metrics_topic
+from edgefleet.common.transport import Transport
+from edgefleet.errors import PermanentPublishError, TransportError
+
+log = logging.getLogger(__name__)
+
+_PEEK_SAMPLES = 4096
+_REFUSED_PAUSE_S = (5.0, 300.0)
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    """Counters reported in the agent's health and logs."""
+
+    messages: int = 0
+    samples: int = 0
+    errors: int = 0
+    refused: int = 0
+    oversize_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Batching and flow control; ``None`` rates switch the client-side limits off."""
+
+    batch_max_bytes: int = 120 * 1024
+    max_inflight: int = 10
+    publishes_per_s: float | None = 100.0
+    bytes_per_s: float | None = 512 * 1024
+
+
+class Publisher:
+    """Owns the current transport; ``replace_transport`` swaps it without losing data."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        queue: SampleQueue,
+        transport: Transport,
+        limits: Limits,
+        health: Callable[[], AgentHealth],
+    ) -> None:
+        self.device_id = device_id
+        self.queue = queue
+        self.transport = transport
+        self.limits = limits
+        self.health = health
+        self.stats = PublisherStats()
+        self.wake = asyncio.Event()
+        self._topic = metrics_topic(device_id)
+        self._broken = asyncio.Event()
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._refused_pause = _REFUSED_PAUSE_S[0]
+        now = time.monotonic()
+        self._pub_bucket = (
+            TokenBucket(limits.publishes_per_s, limits.publishes_per_s, now)
+            if limits.publishes_per_s
+            else None
+        )
+        self._byte_bucket = (
+            TokenBucket(limits.bytes_per_s, limits.bytes_per_s, now) if limits.bytes_per_s else None
+        )
+
+    async def run(self) -> None:
+        """Publish until :meth:`stop`; reconnects and refusals are handled inside."""
+        while not self._stopping:
+            await self._wait_connected()
+            if self._stopping:
+                return
+            self._broken.clear()
+            refused = await self._drain()
+            if refused and not self._stopping:
+                await self._pause(self._refused_pause)
+                self._refused_pause = min(self._refused_pause * 2, _REFUSED_PAUSE_S[1])
+
+    async def _wait_connected(self) -> None:
+        while not self._stopping and not self.transport.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.transport.connected.wait(), 0.5)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    async def _drain(self) -> bool:
+        """Send batches until something breaks; return True when the broker refused."""
+        window = asyncio.Semaphore(self.limits.max_inflight)
+        inflight: set[asyncio.Task[bool]] = set()
+        after = -1
+        refused = False
+        while not self._stopping and not self._broken.is_set():
+            batch = self._next_batch(after)
+            if not batch:
+                await self._wait_for_work()
+                continue
+            payload = build_message(self.device_id, self.queue.stream, batch, self.health())
+            await self._throttle(len(payload))
+            await window.acquire()
+            if self._broken.is_set():
+                window.release()
+                break
+            after = batch[-1].seq
+            task = asyncio.create_task(self._send(payload, batch, window))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        if inflight:
+            results = await asyncio.gather(*inflight, return_exceptions=True)
+            refused = any(r is True for r in results)
+        return refused
+
+    def _next_batch(self, after: int) -> list[QueuedSample]:
+        batch = self.queue.peek(
+            max_samples=_PEEK_SAMPLES, max_bytes=self.limits.batch_max_bytes, after_seq=after
+        )
+        while batch and too_big(batch[0]):
+            log.error(
+                "sample larger than one message; dropped",
+                extra=kv(seq=batch[0].seq, bytes=len(batch[0].body)),
+            )
+            self.queue.ack([batch[0].seq])
+            self.stats.oversize_dropped += 1
+            batch = batch[1:]
+        return fit(batch, self.limits.batch_max_bytes)
+
+    async def _wait_for_work(self) -> None:
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), 1.0)
+
+    async def _throttle(self, size: int) -> None:
+        for bucket, amount in ((self._pub_bucket, 1.0), (self._byte_bucket, float(size))):
+            if bucket is None:
+                continue
+            delay = bucket.wait_time(amount, time.monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            bucket.take(amount, time.monotonic())
+
+    async def _send(
+        self, payload: bytes, batch: list[QueuedSample], window: asyncio.Semaphore
+    ) -> bool:
+        """Publish one message; return True when the broker refused it for good."""
+        try:
+            await self.transport.publish(self._topic, payload)
+        except PermanentPublishError as exc:
+            self.stats.errors += 1
+            self.stats.refused += 1
+            self._broken.set()
+            log.error(
+                "broker REFUSED metrics publish; check the IoT policy for this thing",
+                extra=kv(
+                    topic=self._topic,
+                    reason_code=exc.reason_code,
+                    pause_s=self._refused_pause,
+                    queued=len(batch),
+                ),
+            )
+            return True
+        except TransportError as exc:
+            self.stats.errors += 1
+            self._broken.set()
+            log.info("publish outcome unknown; will resend", extra=kv(error=str(exc)))
+            return False
+        finally:
+            window.release()
+        self.queue.ack([s.seq for s in batch])
+        self.stats.messages += 1
+        self.stats.samples += len(batch)
+        self._refused_pause = _REFUSED_PAUSE_S[0]
+        return False
+
+    async def replace_transport(self, new: Transport) -> None:
+        """Switch to a new client (certificate rotation); unacked samples are resent."""
+        old = self.transport
+        self.transport = new
+        new.start()
+        self._broken.set()
+        await old.stop()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish after the in-flight window settles."""
+        self._stopping = True
+        self._stop_event.set()
+        self._broken.set()
+        self.wake.set()

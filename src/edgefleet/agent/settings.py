@@ -1,0 +1,60 @@
+"""The agent's settings: environment ``EDGE_AGENT_*``, optional TOML file, defaults only here.
+
+The names are a public interface (recipes, Ansible, users); see ``docs/agent.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from edgefleet.common.protocol import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class AgentSettings(BaseSettings):
+    """Everything the agent can be told; see docs/agent.md for each setting."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_AGENT_", extra="forbid")
+
+    thing_name: str | None = Field(default=None, pattern=THING_NAME_PATTERN)
+    endpoint: str = "localhost"
+    port: int = Field(default=8883, ge=1, le=65535)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    transport: Literal["auto", "mqtt", "ipc"] = "auto"
+
+    interval_s: float = Field(default=10.0, ge=0.05, le=3600)
+    collectors: CommaList = Field(default_factory=list)
+    disabled_collectors: CommaList = Field(default_factory=list)
+
+    queue: Literal["sqlite", "memory"] = "sqlite"
+    queue_path: Path = Path("/var/lib/edgefleet/agent/queue.db")
+    queue_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    queue_max_samples: int = Field(default=1_000_000, ge=10)
+
+    aws_limits: bool = True
+    max_publishes_per_s: float = Field(default=100.0, gt=0, le=100.0)
+    max_bytes_per_s: int = Field(default=512 * 1024, gt=0, le=512 * 1024)
+    batch_max_bytes: int = Field(default=120 * 1024, ge=4096, le=MAX_MESSAGE_BYTES)
+    max_inflight: int = Field(default=10, ge=1, le=100)
+    keep_alive_s: int = Field(default=30, ge=5, le=1200)
+    cert_check_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("collectors", "disabled_collectors", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _aws_keep_alive(self) -> AgentSettings:
+        if self.aws_limits and self.keep_alive_s < 30:
+            raise ValueError("keep_alive_s must be >= 30 when aws_limits is on (AWS minimum)")
+        return self

@@ -1,0 +1,231 @@
+"""The awscrt MQTT5 adapter: the only module where the SDK's threads and callbacks live.
+
+Everything above it awaits :meth:`MqttClient.publish` / reads received messages from an
+asyncio queue. Choices, from ``shared/FACTS.md``:
+
+- QoS 1 only (AWS IoT Core rejects QoS 2, the Last Will included).
+- ``FAIL_ALL_ON_DISCONNECT``: the SDK's offline queue is unbounded and lost on a crash; our
+  durable queue holds the data instead, so a publish while offline fails at once.
+- keep-alive 30 s with a 10 s ping timeout (the SDK's default of 1200 s hides a dead link).
+- AWS IoT Core's client-side limits stay on unless ``aws_limits=False`` (local broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.common.logs import RateLimitedLog, kv
+from edgefleet.errors import ConfigError, PermanentPublishError, TransportError
+
+log = logging.getLogger(__name__)
+
+NOT_AUTHORIZED = 135
+QOS1 = 1
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """How to reach the broker and who we are."""
+
+    endpoint: str
+    port: int
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None
+    client_id: str
+    keep_alive_s: int = 30
+    ping_timeout_ms: int = 10_000
+    aws_limits: bool = True
+    ack_timeout_s: int = 30
+    min_reconnect_ms: int = 1_000
+    max_reconnect_ms: int = 60_000
+    will: tuple[str, bytes] | None = None
+    session_expiry_s: int = 0
+    receive_maximum: int | None = None
+    on_connect: Callable[[], None] | None = field(default=None, compare=False)
+
+
+def _describe(exc: object) -> str:
+    name = getattr(exc, "name", None)
+    return str(name or exc)
+
+
+class MqttClient:
+    """An awscrt MQTT5 client bound to an asyncio loop."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        on_message: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._loop = loop or asyncio.get_running_loop()
+        self._on_message = on_message
+        self.connected = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.last_error: str | None = None
+        self.connect_failures = 0
+        self._ratelog = RateLimitedLog(30.0)
+        self._client: Any = self._build()
+
+    # --- construction -------------------------------------------------------------------
+    def _build(self) -> Any:
+        from awscrt import mqtt5
+
+        cfg = self.cfg
+        kwargs: dict[str, Any] = {
+            "endpoint": cfg.endpoint,
+            "port": cfg.port,
+            "cert_filepath": str(cfg.cert_file),
+            "pri_key_filepath": str(cfg.key_file),
+            "client_id": cfg.client_id,
+            "clean_start": cfg.session_expiry_s == 0,
+            "keep_alive_interval_sec": cfg.keep_alive_s,
+            "ping_timeout_ms": cfg.ping_timeout_ms,
+            "ack_timeout_sec": cfg.ack_timeout_s,
+            "min_reconnect_delay_ms": cfg.min_reconnect_ms,
+            "max_reconnect_delay_ms": cfg.max_reconnect_ms,
+            "retry_jitter_mode": mqtt5.ExponentialBackoffJitterMode.FULL,
+            "offline_queue_behavior": mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
+            "on_lifecycle_connection_success": self._cb_success,
+            "on_lifecycle_connection_failure": self._cb_failure,
+            "on_lifecycle_disconnection": self._cb_disconnect,
+            "on_lifecycle_stopped": self._cb_stopped,
+            "enable_metrics_collection": False,
+        }
+        if cfg.ca_file is not None:
+            kwargs["ca_filepath"] = str(cfg.ca_file)
+        if not cfg.aws_limits:
+            kwargs["extended_validation_and_flow_control_options"] = (
+                mqtt5.ExtendedValidationAndFlowControlOptions.NONE
+            )
+        if cfg.session_expiry_s:
+            kwargs["session_behavior"] = mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS
+            kwargs["session_expiry_interval_sec"] = cfg.session_expiry_s
+        if cfg.receive_maximum:
+            kwargs["receive_maximum"] = cfg.receive_maximum
+        if cfg.will is not None:
+            kwargs["will"] = mqtt5.PublishPacket(
+                topic=cfg.will[0], payload=cfg.will[1], qos=mqtt5.QoS.AT_LEAST_ONCE
+            )
+        if self._on_message is not None:
+            kwargs["on_publish_received"] = self._cb_publish
+        return self._create(kwargs)
+
+    @staticmethod
+    def _create(kwargs: dict[str, Any]) -> Any:
+        from awsiot import mqtt5_client_builder
+
+        for key in ("cert_filepath", "pri_key_filepath", "ca_filepath"):
+            path = kwargs.get(key)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{key.replace('_filepath', '')} file {path} does not exist")
+        try:
+            return mqtt5_client_builder.mtls_from_path(**kwargs)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot build MQTT client from {kwargs['cert_filepath']} and "
+                f"{kwargs['pri_key_filepath']}: {_describe(exc)} (do key and certificate match?)"
+            ) from None
+
+    # --- SDK callbacks (CRT threads) ------------------------------------------------------
+    def _cb_success(self, data: Any) -> None:
+        self.connect_failures = 0
+        self.last_error = None
+        self._loop.call_soon_threadsafe(self.connected.set)
+        log.info("mqtt connected", extra=kv(client_id=self.cfg.client_id, port=self.cfg.port))
+        if self.cfg.on_connect is not None:
+            self._loop.call_soon_threadsafe(self.cfg.on_connect)
+
+    def _cb_failure(self, data: Any) -> None:
+        self.connect_failures += 1
+        reason = _describe(data.exception)
+        connack = getattr(data, "connack_packet", None)
+        if connack is not None and connack.reason_code is not None:
+            reason = f"CONNACK {int(connack.reason_code)} {reason}"
+        self.last_error = reason
+        hint = ""
+        if "TLS" in reason:
+            hint = "TLS handshake failed: is this certificate signed by a CA the broker trusts?"
+        if self._ratelog.allow("fail") is not None:
+            log.error(
+                "mqtt connection failed",
+                extra=kv(
+                    client_id=self.cfg.client_id,
+                    endpoint=f"{self.cfg.endpoint}:{self.cfg.port}",
+                    reason=reason,
+                    failures=self.connect_failures,
+                    hint=hint,
+                ),
+            )
+
+    def _cb_disconnect(self, data: Any) -> None:
+        self._loop.call_soon_threadsafe(self.connected.clear)
+        reason = _describe(data.exception)
+        level = logging.INFO if "USER_REQUESTED" in reason else logging.WARNING
+        log.log(level, "mqtt disconnected", extra=kv(client_id=self.cfg.client_id, reason=reason))
+
+    def _cb_stopped(self, data: Any) -> None:
+        self._loop.call_soon_threadsafe(self.stopped.set)
+
+    def _cb_publish(self, data: Any) -> None:
+        packet = data.publish_packet
+        assert self._on_message is not None  # noqa: S101 - only registered when set
+        self._on_message(packet.topic, bytes(packet.payload or b""))
+
+    # --- public API -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start connecting (and reconnecting with backoff and jitter)."""
+        self._client.start()
+
+    async def stop(self, wait_s: float = 3.0) -> None:
+        """Disconnect cleanly (the Last Will is not sent) and wait for the client to stop."""
+        from awscrt import mqtt5
+
+        self._client.stop(mqtt5.DisconnectPacket())
+        try:
+            await asyncio.wait_for(self.stopped.wait(), wait_s)
+        except TimeoutError:
+            log.warning("mqtt client did not stop in time", extra=kv(timeout_s=wait_s))
+        self.connected.clear()
+
+    async def publish(self, topic: str, payload: bytes) -> int:
+        """QoS 1 publish; return the PUBACK reason code (< 128).
+
+        Raises :class:`PermanentPublishError` for a refusing PUBACK (>= 128) and
+        :class:`TransportError` when the outcome is unknown (offline, timeout).
+        """
+        from awscrt import mqtt5
+
+        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
+        try:
+            result = await asyncio.wrap_future(self._client.publish(packet))
+        except Exception as exc:  # noqa: BLE001 - every SDK failure means "outcome unknown"
+            raise TransportError(f"publish to {topic} failed: {_describe(exc)}") from None
+        puback = result.puback
+        code = int(puback.reason_code) if puback is not None else 0
+        if code >= 128:
+            raise PermanentPublishError(code, f"{topic}: {puback.reason_string or ''}".strip())
+        return code
+
+    async def subscribe(self, filters: list[str]) -> list[int]:
+        """Subscribe at QoS 1; return the SUBACK reason codes."""
+        from awscrt import mqtt5
+
+        packet = mqtt5.SubscribePacket(
+            subscriptions=[
+                mqtt5.Subscription(topic_filter=f, qos=mqtt5.QoS.AT_LEAST_ONCE) for f in filters
+            ]
+        )
+        try:
+            suback = await asyncio.wrap_future(self._client.subscribe(packet))
+        except Exception as exc:  # noqa: BLE001 - SDK raises its own error types
+            raise TransportError(f"subscribe failed: {_describe(exc)}") from None
+        return [int(c) for c in suback.reason_codes]
