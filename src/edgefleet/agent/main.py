@@ -107,7 +107,7 @@ class Agent:
         cfg = MqttConfig(
             endpoint=s.endpoint, port=s.port, cert_file=s.cert_file, key_file=s.key_file,
             ca_file=s.ca_file, client_id=self.thing, keep_alive_s=s.keep_alive_s,
-            aws_limits=s.aws_limits, will=(status_topic(self.thing), self._status("offline")),
+            aws_limits=s.aws_limits, max_reconnect_ms=int(s.reconnect_max_s * 1000), will=(status_topic(self.thing), self._status("offline")),
             on_connect=self._on_connect,
         )
         return MqttClient(cfg)

@@ -44,6 +44,7 @@ class AgentSettings(BaseSettings):
     batch_max_bytes: int = Field(default=120 * 1024, ge=4096, le=MAX_MESSAGE_BYTES)
     max_inflight: int = Field(default=10, ge=1, le=100)
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
+    reconnect_max_s: float = Field(default=60.0, ge=1, le=600)
     cert_check_s: float = Field(default=5.0, gt=0)
 
     @field_validator("collectors", "disabled_collectors", mode="before")

@@ -1,0 +1,147 @@
+"""Space and inodes of every real mounted filesystem.
+
+Real means: not a pseudo or in-memory filesystem (proc, sysfs, tmpfs, cgroup, ...), not a
+read-only image that is always full (squashfs, iso9660, erofs), not under /proc, /sys, /dev
+or a container runtime's storage. ``overlay`` is kept only when mounted at ``/``: that is
+the root of a container (or an overlayroot device), while other overlays are per-container
+layers. A block device mounted twice (bind mounts) is reported once, at its first mount.
+
+``statvfs`` runs through :class:`TimedCalls`: a mount that does not answer within the timeout
+(a dead NFS server) gets ``disk.error[mount] = 1`` instead of blocking the agent, and is not
+asked again until its stuck call returns. Healthy mounts get ``disk.error[mount] = 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, Protocol
+
+import psutil
+
+from edgefleet.agent.collectors.base import metric_key, percent
+from edgefleet.agent.collectors.timed import TimedCalls
+from edgefleet.common.logs import RateLimitedLog, kv
+
+log = logging.getLogger(__name__)
+
+PSEUDO_FSTYPES = frozenset({
+    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts",
+    "devtmpfs", "efivarfs", "erofs", "fuse.gvfsd-fuse", "fuse.lxcfs", "fuse.portal", "fusectl",
+    "hugetlbfs", "iso9660", "mqueue", "nsfs", "overlay", "proc", "procfs", "pstore", "ramfs",
+    "rpc_pipefs", "securityfs", "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs",
+})  # fmt: skip
+SKIPPED_PREFIXES = (
+    "/proc/", "/sys/", "/dev/", "/run/credentials/", "/var/lib/docker/",
+    "/var/lib/containers/storage/", "/var/lib/kubelet/pods/", "/snap/",
+)  # fmt: skip
+
+
+class Mount(NamedTuple):
+    """One line of the mount table."""
+
+    device: str
+    mountpoint: str
+    fstype: str
+
+
+class StatVfs(Protocol):
+    """The fields of ``os.statvfs_result`` this module uses."""
+
+    @property
+    def f_frsize(self) -> int: ...
+    @property
+    def f_blocks(self) -> int: ...
+    @property
+    def f_bfree(self) -> int: ...
+    @property
+    def f_bavail(self) -> int: ...
+    @property
+    def f_files(self) -> int: ...
+    @property
+    def f_ffree(self) -> int: ...
+
+
+def read_mounts() -> list[Mount]:
+    """Every line of the mount table, pseudo filesystems included."""
+    return [Mount(p.device, p.mountpoint, p.fstype) for p in psutil.disk_partitions(all=True)]
+
+
+def _is_real(mount: Mount) -> bool:
+    if mount.fstype == "overlay" and mount.mountpoint == "/":
+        return True
+    if mount.fstype in PSEUDO_FSTYPES or mount.fstype.startswith("cgroup"):
+        return False
+    return not (mount.mountpoint + "/").startswith(SKIPPED_PREFIXES)
+
+
+def real_mounts(mounts: Iterable[Mount]) -> list[Mount]:
+    """The mounts worth reporting, each mountpoint and each block device at most once."""
+    seen: set[str] = set()
+    out: list[Mount] = []
+    for mount in mounts:
+        if not _is_real(mount):
+            continue
+        ids = {mount.mountpoint}
+        if mount.device.startswith("/"):
+            ids.add("dev:" + mount.device)
+        if ids & seen:
+            continue
+        seen |= ids
+        out.append(mount)
+    return out
+
+
+def disk_metrics(mountpoint: str, st: StatVfs) -> dict[str, float]:
+    """Space (as ``df`` counts it: root's reserve is not free) and inode use of one mount."""
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    avail = st.f_bavail * st.f_frsize
+    values = {
+        "disk.total_bytes": float(st.f_blocks * st.f_frsize),
+        "disk.free_bytes": float(avail),
+        "disk.used_percent": percent(used, used + avail),
+        # Some filesystems (btrfs, vfat) report no inode count.
+        "disk.inodes_used_percent": percent(st.f_files - st.f_ffree, st.f_files),
+    }
+    return {metric_key(k, mountpoint): v for k, v in values.items() if v is not None}
+
+
+class DiskCollector:
+    """``disk.{total_bytes,free_bytes,used_percent,inodes_used_percent,error}[mount]``."""
+
+    name = "disk"
+
+    def __init__(
+        self,
+        *,
+        read: Callable[[], Sequence[Mount]] = read_mounts,
+        statvfs: Callable[[str], StatVfs] = os.statvfs,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self._read = read
+        self._calls: TimedCalls[str, StatVfs] = TimedCalls(statvfs, timeout_s=timeout_s)
+        self._log_limit = RateLimitedLog(60.0)
+
+    def collect(self) -> dict[str, float]:
+        """Figures for every real mount; a failed or hung mount only sets its error flag."""
+        mountpoints = [m.mountpoint for m in real_mounts(self._read())]
+        out: dict[str, float] = {}
+        for mountpoint, result in self._calls.run_all(mountpoints).items():
+            if isinstance(result, Exception):
+                self._log_failure(mountpoint, result)
+            else:
+                out.update(disk_metrics(mountpoint, result))
+            out[metric_key("disk.error", mountpoint)] = float(isinstance(result, Exception))
+        return out
+
+    def _log_failure(self, mountpoint: str, exc: Exception) -> None:
+        suppressed = self._log_limit.allow(mountpoint)
+        if suppressed is not None:
+            fields = kv(
+                collector=self.name,
+                mount=mountpoint,
+                error=f"{type(exc).__name__}: {exc}",
+                suppressed=suppressed,
+            )
+            log.warning("mount check failed", extra=fields)

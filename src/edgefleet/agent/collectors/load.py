@@ -1,0 +1,47 @@
+"""Load averages, raw and divided by the number of logical cores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import psutil
+
+
+class LoadReading(NamedTuple):
+    """The 1, 5 and 15 minute load averages and the logical core count (``None``: unknown)."""
+
+    load1: float
+    load5: float
+    load15: float
+    cores: int | None
+
+
+def read_load() -> LoadReading:
+    """Read the load averages and the logical core count."""
+    load1, load5, load15 = psutil.getloadavg()
+    return LoadReading(load1, load5, load15, psutil.cpu_count())
+
+
+def load_metrics(reading: LoadReading) -> dict[str, float]:
+    """``load.loadN`` and, when the core count is known, ``load.loadN_per_core``."""
+    loads = {"load1": reading.load1, "load5": reading.load5, "load15": reading.load15}
+    out = {f"load.{name}": float(value) for name, value in loads.items()}
+    if reading.cores:
+        out.update(
+            {f"load.{name}_per_core": value / reading.cores for name, value in loads.items()}
+        )
+    return out
+
+
+class LoadCollector:
+    """``load.load1|5|15`` and ``load.load1|5|15_per_core``."""
+
+    name = "load"
+
+    def __init__(self, *, read: Callable[[], LoadReading] = read_load) -> None:
+        self._read = read
+
+    def collect(self) -> dict[str, float]:
+        """Current load averages."""
+        return load_metrics(self._read())

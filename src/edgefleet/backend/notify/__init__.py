@@ -1,0 +1,51 @@
+"""Alert notifications: a durable outbox, Block Kit formatting and Slack delivery.
+
+    model       Alert, the Notifier protocol, NotifyError > RetryLaterError / DeliveryRefusedError
+    format      format_group(alerts) -> (fallback text, blocks); standard library only
+    outbox      Outbox: SQLite (WAL) store, exactly once per event id
+    slack       SlackNotifier: slack_sdk async webhook or bot-token client (needs aiohttp)
+    dispatcher  AlertDispatcher: the asyncio loop grouping, sending and retrying
+
+``SlackNotifier`` is imported lazily so that ``format`` and ``model`` stay usable where
+aiohttp is not installed (an AWS Lambda).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.backend.notify.dispatcher import AlertDispatcher, DispatcherStats
+from edgefleet.backend.notify.format import format_group
+from edgefleet.backend.notify.model import (
+    Alert,
+    DeliveryRefusedError,
+    Notifier,
+    NotifyError,
+    RetryLaterError,
+)
+from edgefleet.backend.notify.outbox import Outbox, OutboxEntry
+
+if TYPE_CHECKING:
+    from edgefleet.backend.notify.slack import SlackNotifier
+
+__all__ = [
+    "Alert",
+    "AlertDispatcher",
+    "DeliveryRefusedError",
+    "DispatcherStats",
+    "Notifier",
+    "NotifyError",
+    "Outbox",
+    "OutboxEntry",
+    "RetryLaterError",
+    "SlackNotifier",
+    "format_group",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SlackNotifier":
+        from edgefleet.backend.notify.slack import SlackNotifier
+
+        return SlackNotifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

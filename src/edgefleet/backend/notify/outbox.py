@@ -1,0 +1,181 @@
+"""A durable outbox of alerts waiting for Slack, in its own SQLite file (WAL).
+
+Every alert is stored under its ``event_id`` with ``INSERT OR IGNORE``: an id that is
+pending, sent or failed is never stored again, so a retried ``enqueue`` of the same event
+cannot produce a second message. Rows move ``pending -> sent`` or ``pending -> failed`` and
+are deleted ``retention_s`` (7 days) after that; an event id re-submitted later than that
+would be sent again.
+
+Alerts of one group (``Alert.group_key``) share a batch: an alert enqueued while its group has
+pending rows takes their due time, so the dispatcher finds the whole group due at once.
+
+A new :class:`Outbox` on the same file resumes the pending rows. All methods are thread-safe
+(one connection behind a lock); one dispatcher per file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefleet.backend.notify.model import Alert
+
+RETENTION_S = 7 * 86400.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id    TEXT PRIMARY KEY,
+    group_key   TEXT NOT NULL,
+    alert       TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
+    enqueued_at REAL NOT NULL,
+    due_at      REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    done_at     REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, due_at);
+CREATE INDEX IF NOT EXISTS outbox_done ON outbox (done_at) WHERE state != 'pending';
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A pending alert, how often sending it failed, and when it may be sent."""
+
+    alert: Alert
+    attempts: int
+    enqueued_at: float
+    due_at: float
+
+
+class Outbox:
+    """SQLite-backed exactly-once store of alerts to notify about."""
+
+    def __init__(self, path: str | Path, *, retention_s: float = RETENTION_S) -> None:
+        self._retention = retention_s
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def enqueue(self, alerts: Iterable[Alert], *, now: float, delay: float = 0.0) -> int:
+        """Store new alerts, due at ``now + delay`` or with their open group; return how many."""
+        added = 0
+        with self._lock, self._db:
+            for alert in alerts:
+                row = self._db.execute(
+                    "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND group_key = ?",
+                    (alert.group_key,),
+                ).fetchone()
+                due = now + delay if row[0] is None else float(row[0])
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO outbox (event_id, group_key, alert, enqueued_at, due_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (alert.event_id, alert.group_key, json.dumps(alert.to_dict()), now, due),
+                )
+                added += cur.rowcount
+        return added
+
+    def due(self, now: float, *, limit: int = 1000) -> list[OutboxEntry]:
+        """Pending entries with a due time <= ``now``, oldest due first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT alert, attempts, enqueued_at, due_at FROM outbox"
+                " WHERE state = 'pending' AND due_at <= ?"
+                " ORDER BY due_at, enqueued_at, rowid LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def next_due(self) -> float | None:
+        """The earliest due time of any pending entry, or None when nothing is pending."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(due_at) FROM outbox WHERE state = 'pending'"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def mark_sent(self, event_ids: Sequence[str], now: float) -> None:
+        """Record that these entries were delivered; prune old finished rows."""
+        self._finish(event_ids, "sent", None, now)
+
+    def mark_failed(self, event_ids: Sequence[str], reason: str, now: float) -> None:
+        """Record that these entries can never be delivered (kept for inspection, then pruned)."""
+        self._finish(event_ids, "failed", reason, now)
+
+    def defer(self, event_ids: Sequence[str], until: float, reason: str = "") -> None:
+        """Keep these entries pending until ``until`` and count one more failed attempt."""
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE outbox SET due_at = ?, attempts = attempts + 1, last_error = ?"
+                " WHERE event_id = ? AND state = 'pending'",
+                [(until, reason, event_id) for event_id in event_ids],
+            )
+
+    def postpone(self, until: float) -> int:
+        """Move every pending entry due before ``until`` to ``until`` (a server-wide pause)."""
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "UPDATE outbox SET due_at = ? WHERE state = 'pending' AND due_at < ?",
+                (until, until),
+            )
+            return cur.rowcount
+
+    def depth(self) -> int:
+        """How many entries are pending."""
+        return self.counts().get("pending", 0)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per state: ``pending``, ``sent``, ``failed`` (absent when zero)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        return {str(state): int(count) for state, count in rows}
+
+    def state_of(self, event_id: str) -> str | None:
+        """``pending``, ``sent``, ``failed``, or None for an unknown (or pruned) id."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM outbox WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def prune(self, now: float) -> int:
+        """Delete sent and failed rows finished more than ``retention_s`` ago; return how many."""
+        with self._lock, self._db:
+            return self._prune(now)
+
+    def close(self) -> None:
+        """Close the database; pending rows stay on disk for the next start."""
+        with self._lock:
+            self._db.close()
+
+    def _finish(self, event_ids: Sequence[str], state: str, reason: str | None, now: float) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE outbox SET state = ?, done_at = ?, last_error = COALESCE(?, last_error)"
+                " WHERE event_id = ? AND state = 'pending'",
+                [(state, now, reason, event_id) for event_id in event_ids],
+            )
+            self._prune(now)
+
+    def _prune(self, now: float) -> int:
+        cur = self._db.execute(
+            "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
+            (now - self._retention,),
+        )
+        return cur.rowcount
+
+
+def _entry(row: tuple[Any, ...]) -> OutboxEntry:
+    alert = Alert.from_dict(json.loads(row[0]))
+    return OutboxEntry(
+        alert=alert, attempts=int(row[1]), enqueued_at=float(row[2]), due_at=float(row[3])
+    )

@@ -1,0 +1,240 @@
+"""A local HTTP server that answers like Slack, for tests of anything that posts messages.
+
+    async with FakeSlack() as slack:
+        notifier = SlackNotifier(token=slack.token, channel="#alerts", api_url=slack.api_url)
+        ...  # or SlackNotifier(webhook_url=slack.webhook_url)
+        slack.fail_with(503, count=3)                        # the next 3 requests get a 503
+        slack.fail_with(429, duration=2.0, retry_after=1)    # then 2 s of rate limiting
+        await slack.wait_for_messages(1)
+        slack.messages[0]["blocks"]
+
+Routes: ``POST /api/chat.postMessage`` (Bearer token or ``token`` form field, JSON or form
+body; ``{"ok": false, "error": "invalid_auth"}`` for a wrong token, ``channel_not_found``
+for a channel not in ``channels``) and ``POST /webhook/<id>`` (``200 ok``; ``404
+no_service`` for another id). Scripted failures are consumed in order, before auth checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Self
+
+from aiohttp import web
+
+
+@dataclass
+class Outage:
+    """One scripted failure: ``status`` for ``count`` requests, until a time, or for a while."""
+
+    status: int
+    count: int | None = None
+    until: float | None = None
+    duration: float | None = None
+    retry_after: float | None = None
+    error: str | None = None
+    started: float | None = None
+
+    def expired(self, now: float) -> bool:
+        if self.count is not None and self.count <= 0:
+            return True
+        if self.until is not None and now >= self.until:
+            return True
+        return (
+            self.duration is not None
+            and self.started is not None
+            and (now >= self.started + self.duration)
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request the server answered: route (``api``/``webhook``), status, monotonic time."""
+
+    route: str
+    status: int
+    at: float
+
+
+class FakeSlack:
+    """Slack's chat.postMessage and incoming webhooks on 127.0.0.1, recording every message."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "xoxb-fake-token",  # noqa: S107 - only the local fake accepts it
+        webhook_id: str = "T0000/B0000/fakehooksecret",
+        channels: set[str] | None = None,
+    ) -> None:
+        self.token = token
+        self.webhook_id = webhook_id
+        self.channels = channels
+        self.messages: list[dict[str, Any]] = []
+        self.hits: list[Hit] = []
+        self._outages: list[Outage] = []
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._received = asyncio.Condition()
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_post("/api/chat.postMessage", self._post_message)
+        app.router.add_post("/webhook/{hook:.+}", self._webhook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        """Base URL for ``AsyncWebClient(base_url=...)``, ending with '/'."""
+        return f"http://127.0.0.1:{self._port}/api/"
+
+    @property
+    def webhook_url(self) -> str:
+        """The incoming-webhook URL this server accepts."""
+        return f"http://127.0.0.1:{self._port}/webhook/{self.webhook_id}"
+
+    def fail_with(
+        self,
+        status: int,
+        *,
+        count: int | None = None,
+        until: float | None = None,
+        duration: float | None = None,
+        retry_after: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Queue an outage: ``count`` requests, until ``time.monotonic()`` reaches ``until``,
+        or ``duration`` seconds from its first request; forever (until :meth:`recover`) when
+        none is given. Outages apply one after another."""
+        self._outages.append(Outage(status, count, until, duration, retry_after, error))
+
+    def recover(self) -> None:
+        """Drop every scripted failure."""
+        self._outages.clear()
+
+    def event_ids(self) -> list[str]:
+        """Every event id carried in the metadata of the delivered messages (repeats kept)."""
+        ids: list[str] = []
+        for message in self.messages:
+            payload = (message.get("metadata") or {}).get("event_payload") or {}
+            ids.extend(payload.get("event_ids", []))
+        return ids
+
+    def statuses(self) -> list[int]:
+        """HTTP status of every request answered so far."""
+        return [hit.status for hit in self.hits]
+
+    async def wait_for_messages(self, count: int, within_s: float = 10.0) -> None:
+        """Wait until at least ``count`` messages were delivered."""
+        async with asyncio.timeout(within_s), self._received:
+            await self._received.wait_for(lambda: len(self.messages) >= count)
+
+    def _outage(self) -> Outage | None:
+        now = time.monotonic()
+        while self._outages and self._outages[0].expired(now):
+            self._outages.pop(0)
+        if not self._outages:
+            return None
+        outage = self._outages[0]
+        if outage.started is None:
+            outage.started = now
+        if outage.count is not None:
+            outage.count -= 1
+        return outage
+
+    def _answer(self, route: str, response: web.Response) -> web.Response:
+        self.hits.append(Hit(route, response.status, time.monotonic()))
+        return response
+
+    async def _record(self, route: str, body: dict[str, Any]) -> None:
+        message = {
+            "via": route,
+            "channel": body.get("channel"),
+            "text": body.get("text"),
+            "blocks": _decoded(body.get("blocks")) or [],
+            "metadata": _decoded(body.get("metadata")),
+        }
+        async with self._received:
+            self.messages.append(message)
+            self._received.notify_all()
+
+    async def _post_message(self, request: web.Request) -> web.Response:
+        outage = self._outage()
+        if outage is not None:
+            return self._answer("api", _api_failure(outage))
+        if request.content_type == "application/json":
+            body = dict(await request.json())
+        else:
+            body = dict(await request.post())
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else body.get("token")
+        error = None
+        if not token:
+            error = "not_authed"
+        elif token != self.token:
+            error = "invalid_auth"
+        elif self.channels is not None and body.get("channel") not in self.channels:
+            error = "channel_not_found"
+        elif not body.get("text") and not body.get("blocks"):
+            error = "no_text"
+        if error is not None:
+            return self._answer("api", web.json_response({"ok": False, "error": error}))
+        await self._record("api", body)
+        ts = f"{time.time():.6f}"
+        reply = {"ok": True, "channel": body.get("channel"), "ts": ts}
+        return self._answer("api", web.json_response(reply))
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        outage = self._outage()
+        if outage is not None:
+            return self._answer("webhook", _webhook_failure(outage))
+        if request.match_info["hook"] != self.webhook_id:
+            return self._answer("webhook", web.Response(status=404, text="no_service"))
+        body = dict(await request.json())
+        if not body.get("text") and not body.get("blocks"):
+            return self._answer("webhook", web.Response(status=400, text="no_text"))
+        await self._record("webhook", body)
+        return self._answer("webhook", web.Response(text="ok"))
+
+
+def _headers(outage: Outage) -> dict[str, str]:
+    if outage.retry_after is None:
+        return {}
+    return {"Retry-After": f"{outage.retry_after:g}"}
+
+
+def _api_failure(outage: Outage) -> web.Response:
+    if outage.status >= 500 and outage.error is None:
+        html = "<html><body>Slack is having trouble</body></html>"
+        return web.Response(
+            status=outage.status, text=html, content_type="text/html", headers=_headers(outage)
+        )
+    error = outage.error or ("ratelimited" if outage.status == 429 else "request_failed")
+    return web.json_response(
+        {"ok": False, "error": error}, status=outage.status, headers=_headers(outage)
+    )
+
+
+def _webhook_failure(outage: Outage) -> web.Response:
+    error = outage.error or ("rate_limited" if outage.status == 429 else "internal_error")
+    return web.Response(status=outage.status, text=error, headers=_headers(outage))
+
+
+def _decoded(value: Any) -> Any:
+    """Form-encoded requests carry blocks and metadata as JSON strings."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
