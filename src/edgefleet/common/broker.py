@@ -44,12 +44,18 @@ def find_mosquitto() -> str:
 
 
 def render_config(*, port: int, host: str, pki: Path, acl: Path, log_file: Path) -> str:
-    """The mosquitto.conf text for one mTLS listener."""
+    """The mosquitto.conf text for one mTLS listener.
+
+    Persistence is on, so that persistent sessions (the backend's) and their queued QoS 1
+    messages survive a broker restart, as they do on AWS IoT Core.
+    """
     lines = [
         "per_listener_settings false",
         "allow_anonymous false",
         f"acl_file {acl}",
-        "persistence false",
+        "persistence true",
+        f"persistence_location {log_file.parent}/",
+        "autosave_interval 60",
         f"log_dest file {log_file}",
         "log_type error",
         "log_type warning",
