@@ -1,0 +1,327 @@
+"""SQLite backend of the sample queue: survives restarts and process kills.
+
+One file in WAL mode with two tables: ``samples(seq INTEGER PRIMARY KEY, ts, body)`` and a
+key/value ``meta`` holding ``stream``, ``next_seq`` and ``dropped_total``. A put that drops
+nothing is a single INSERT; any transaction that deletes rows also writes the counters, so
+on open ``next_seq = max(meta.next_seq, max(seq) + 1)`` is exact. Depth and bytes are
+counted on open and kept in memory. See ``docs/queue.md`` for the guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from edgefleet.agent.contracts import QueuedSample, QueueStats
+from edgefleet.agent.queue.memory import (
+    ROW_OVERHEAD_BYTES,
+    QueueLog,
+    RecentDrops,
+    check_bounds,
+    new_stream_id,
+    plan_drops,
+    take_batch,
+)
+from edgefleet.common.logs import kv
+
+Synchronous = Literal["normal", "full"]
+_PRAGMA_SYNC = {"normal": "PRAGMA synchronous=NORMAL", "full": "PRAGMA synchronous=FULL"}
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS samples "
+    "(seq INTEGER PRIMARY KEY, ts REAL NOT NULL, body BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_T = TypeVar("_T")
+_log = logging.getLogger(__name__)
+
+
+class CorruptStoreError(sqlite3.DatabaseError):
+    """The file opened but is not a healthy queue store (quick_check or meta failed)."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Tell a damaged file (set it aside) from a failing disk or a busy lock (do not)."""
+    if isinstance(exc, CorruptStoreError) or type(exc) is sqlite3.DatabaseError:
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _CORRUPT_CODES
+
+
+def move_aside(path: Path) -> Path:
+    """Rename the store and its -wal/-shm to ``<name>.corrupt-<unix time>``; return the new name."""
+    stamp = int(time.time())
+    while Path(f"{path}.corrupt-{stamp}").exists():
+        stamp += 1
+    for suffix in ("-wal", "-shm", ""):  # the WAL first: it must never meet a new file
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.replace(f"{path}{suffix}.corrupt-{stamp}")
+    return Path(f"{path}.corrupt-{stamp}")
+
+
+def _prepare(conn: sqlite3.Connection, synchronous: Synchronous) -> None:
+    """Switch to WAL, set the sync level, check the file (``CorruptStoreError``), add tables."""
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch the store to WAL mode (got {mode})")
+    conn.execute(_PRAGMA_SYNC[synchronous])
+    check = conn.execute("PRAGMA quick_check").fetchall()
+    if check != [("ok",)]:
+        raise CorruptStoreError(f"quick_check failed: {check[:3]}")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+class SqliteQueue:
+    """Durable bounded FIFO of samples in one SQLite file; safe to call from any thread."""
+
+    kind = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        max_samples: int,
+        synchronous: Synchronous = "normal",
+    ) -> None:
+        check_bounds(max_bytes=max_bytes, max_samples=max_samples)
+        if synchronous not in _PRAGMA_SYNC:
+            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous: Synchronous = synchronous
+        self._max_bytes = max_bytes
+        self._max_samples = max_samples
+        self._lock = threading.Lock()
+        self._events = QueueLog(self.kind, self.path)
+        self._recent = RecentDrops()
+        self._stream, self._next_seq, self._dropped, self._depth, self._bytes = "", 0, 0, 0, 0
+        self._conn = self._open()
+
+    @property
+    def stream(self) -> str:
+        """Id of the sequence stream; changes only when the store had to start afresh."""
+        return self._stream
+
+    def put(self, ts: float, body: bytes) -> int:
+        """Store one sample; return its seq once it is in the file. Drops the oldest when full.
+
+        If the disk fails (full, I/O error) the sample is counted as dropped and logged.
+        """
+        with self._lock:
+            try:
+                return self._guarded(lambda: self._put(ts, body), retry=True)
+            except (sqlite3.Error, OSError) as exc:
+                seq = self._next_seq
+                self._next_seq += 1
+                self._dropped += 1
+                self._events.dropped("store_error", 1, self._dropped, error=repr(exc))
+                return seq
+
+    def peek(self, *, max_samples: int, max_bytes: int, after_seq: int = -1) -> list[QueuedSample]:
+        """Oldest-first samples with seq > after_seq, at least one if any, within the limits."""
+        with self._lock:
+            try:
+                return self._guarded(
+                    lambda: self._peek(max_samples, max_bytes, after_seq), retry=True
+                )
+            except (sqlite3.Error, OSError) as exc:
+                self._events.failed("peek", exc)
+                return []
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """Remove delivered samples in one transaction; unknown seqs are ignored."""
+        wanted = sorted({int(seq) for seq in seqs})
+        if not wanted:
+            return
+        with self._lock:
+            try:  # never retried on a new store: its seqs are other samples
+                self._guarded(lambda: self._ack(json.dumps(wanted)), retry=False)
+            except (sqlite3.Error, OSError) as exc:
+                self._events.failed("ack", exc)
+
+    def stats(self) -> QueueStats:
+        """Current depth, bytes, oldest sample time and total dropped (no table scan)."""
+        with self._lock:
+            oldest: float | None = None
+            try:
+                row = self._conn.execute("SELECT ts FROM samples ORDER BY seq LIMIT 1").fetchone()
+                oldest = None if row is None else float(row[0])
+            except sqlite3.Error as exc:
+                self._events.failed("stats", exc)
+            return QueueStats(
+                depth=self._depth, bytes=self._bytes, oldest_ts=oldest, dropped_total=self._dropped
+            )
+
+    def close(self) -> None:
+        """Close the file; every stored sample stays for the next start."""
+        with self._lock:
+            self._conn.close()
+
+    # -- internals; callers hold self._lock ---------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._open_once()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self._set_aside(exc, lost=None)
+        return self._open_once()
+
+    def _open_once(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            _prepare(conn, self.synchronous)
+            self._load(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _load(self, conn: sqlite3.Connection) -> None:
+        with _transaction(conn):
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES "
+                "('stream', ?), ('next_seq', '0'), ('dropped_total', '0')",
+                (new_stream_id(),),
+            )
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            depth, body_bytes, top = conn.execute(
+                "SELECT count(*), coalesce(sum(length(body)), 0), coalesce(max(seq), -1) "
+                "FROM samples"
+            ).fetchone()
+        try:
+            next_seq, dropped = int(meta["next_seq"]), int(meta["dropped_total"])
+            self._stream = str(meta["stream"])
+        except (KeyError, ValueError) as exc:
+            raise CorruptStoreError(f"meta table unreadable: {exc!r}") from exc
+        self._next_seq, self._dropped = max(next_seq, top + 1), dropped
+        self._depth, self._bytes = depth, body_bytes + depth * ROW_OVERHEAD_BYTES
+
+    def _set_aside(self, exc: BaseException, *, lost: int | None) -> None:
+        moved = move_aside(self.path)
+        _log.warning(
+            "queue store corrupt: moved aside, starting a new stream",
+            extra=kv(path=str(self.path), moved_to=str(moved), error=repr(exc), lost=lost),
+        )
+
+    def _recover(self, exc: BaseException) -> None:
+        """Replace a store found corrupt at run time; its samples count as dropped."""
+        lost = self._depth
+        dropped = self._dropped + lost
+        with suppress(sqlite3.Error):
+            self._conn.close()
+        self._set_aside(exc, lost=lost)
+        self._conn = self._open()
+        with _transaction(self._conn):
+            self._save_counters(self._next_seq, dropped)
+        self._dropped = dropped
+        if lost:
+            self._events.dropped("corrupt", lost, dropped)
+
+    def _guarded(self, op: Callable[[], _T], *, retry: bool) -> _T:
+        try:
+            return op()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self._recover(exc)
+            if not retry:
+                raise
+        return op()
+
+    def _put(self, ts: float, body: bytes) -> int:
+        seq = self._next_seq
+        if len(body) + ROW_OVERHEAD_BYTES > self._max_bytes:
+            return self._put_oversized(seq)
+        oldest = self._oldest()
+        with _transaction(self._conn):
+            count, freed, last = plan_drops(
+                oldest,
+                depth=self._depth,
+                used=self._bytes,
+                incoming=len(body),
+                max_samples=self._max_samples,
+                max_bytes=self._max_bytes,
+            )
+            oldest.close()
+            if count:
+                gone = self._conn.execute(
+                    "DELETE FROM samples WHERE seq <= ? RETURNING seq", (last,)
+                ).fetchall()
+                self._recent.add(row[0] for row in gone)
+                self._save_counters(seq + 1, self._dropped + count)
+            self._conn.execute(
+                "INSERT INTO samples (seq, ts, body) VALUES (?, ?, ?)", (seq, ts, body)
+            )
+        self._next_seq = seq + 1
+        self._depth += 1 - count
+        self._bytes += len(body) + ROW_OVERHEAD_BYTES - freed
+        if count:
+            self._dropped += count
+            self._events.dropped("full", count, self._dropped)
+        return seq
+
+    def _put_oversized(self, seq: int) -> int:
+        with _transaction(self._conn):
+            self._save_counters(seq + 1, self._dropped + 1)
+        self._next_seq = seq + 1
+        self._dropped += 1
+        self._events.dropped("oversized", 1, self._dropped)
+        return seq
+
+    def _oldest(self) -> Generator[tuple[int, int], None, None]:
+        yield from self._conn.execute("SELECT seq, length(body) FROM samples ORDER BY seq")
+
+    def _peek(self, max_samples: int, max_bytes: int, after_seq: int) -> list[QueuedSample]:
+        cursor = self._conn.execute(
+            "SELECT seq, ts, body FROM samples WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, max_samples),
+        )
+        rows = (QueuedSample(seq=seq, ts=ts, body=body) for seq, ts, body in cursor)
+        return take_batch(rows, max_samples=max_samples, max_bytes=max_bytes)
+
+    def _ack(self, wanted: str) -> None:
+        with _transaction(self._conn):
+            gone: list[tuple[int, int]] = self._conn.execute(
+                "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?)) "
+                "RETURNING seq, length(body)",
+                (wanted,),
+            ).fetchall()
+            removed = {seq for seq, _ in gone}
+            revived = self._recent.revive(s for s in json.loads(wanted) if s not in removed)
+            if gone or revived:
+                self._save_counters(self._next_seq, self._dropped - revived)
+        self._dropped -= revived
+        self._depth -= len(gone)
+        self._bytes -= sum(size for _, size in gone) + len(gone) * ROW_OVERHEAD_BYTES
+
+    def _save_counters(self, next_seq: int, dropped: int) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?), ('dropped_total', ?)",
+            (str(next_seq), str(dropped)),
+        )
