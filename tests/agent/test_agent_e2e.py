@@ -12,6 +12,7 @@ from agentproc import AgentProc, Received
 from conftest import ClientFactory
 from edgefleet.agent.queue import open_queue
 from edgefleet.common.broker import Mosquitto
+from edgefleet.common.pki import DevCA
 from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
 
 pytestmark = [pytest.mark.slow]
@@ -103,3 +104,50 @@ async def test_queue_full_drops_oldest_and_reports_exact_count(
     assert missing == list(range(len(missing))), "only the OLDEST samples may be dropped"
     assert got.health[-1]["dropped_total"] == len(missing)
     assert max(h["queue_depth"] for h in got.health) <= 50
+
+
+async def test_certificate_rotation_on_disk_reconnects_and_loses_nothing(
+    broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path
+) -> None:
+    got = await _subscribe(mqtt_client)
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key, ca = broker.identity("dev-1")
+    (live / "dev.pem").write_bytes(cert.read_bytes())
+    (live / "dev.key").write_bytes(key.read_bytes())
+    (live / "dev.key").chmod(0o600)
+    agent = AgentProc(
+        broker, tmp_path, cert_file=live / "dev.pem", key_file=live / "dev.key", cert_check_s=0.5
+    ).start()
+    await got.wait_for(lambda: len(got.unique_seqs("dev-1")) >= 10, 20)
+    fresh = DevCA(broker.pki).ensure().issue("dev-1")  # a new pair, same CA and thing name
+    # What a rotation tool does: key first (0600), then the certificate, each atomically.
+    tmp_key = live / "dev.key.new"
+    tmp_key.write_bytes(fresh.key.read_bytes())
+    tmp_key.chmod(0o600)
+    tmp_key.replace(live / "dev.key")
+    (live / "dev.pem.new").write_bytes(fresh.cert.read_bytes())
+    (live / "dev.pem.new").replace(live / "dev.pem")
+    onlines = sum(1 for s in got.status if s["state"] == "online")
+    await got.wait_for(
+        lambda: sum(1 for s in got.status if s["state"] == "online") > onlines, 20
+    )
+    count = len(got.unique_seqs("dev-1"))
+    await got.wait_for(lambda: len(got.unique_seqs("dev-1")) >= count + 10, 20)
+    agent.stop()
+    assert "certificate changed on disk" in agent.log_text()
+    _assert_nothing_lost(got, "dev-1", _still_queued(agent.queue_path))
+
+
+async def test_refused_publish_is_logged_loudly_and_not_retried_in_a_tight_loop(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # dev-1's settings with dev-2's certificate: every metrics publish gets PUBACK 135.
+    cert, key, _ = broker.identity("dev-2")
+    agent = AgentProc(broker, tmp_path, cert_file=cert, key_file=key, interval_s=0.05).start()
+    await asyncio.sleep(4)
+    agent.stop()
+    refusals = [ln for ln in agent.log_text().splitlines() if "REFUSED" in ln]
+    assert len(refusals) == 1, refusals  # first pause is 5 s
+    assert "reason_code=135" in refusals[0]
+    assert len(_still_queued(agent.queue_path)) >= 50  # nothing was thrown away

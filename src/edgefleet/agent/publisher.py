@@ -72,8 +72,8 @@ class Publisher:
         self.wake = asyncio.Event()
         self._topic = metrics_topic(device_id)
         self._broken = asyncio.Event()
-        self._stopping = False
         self._stop_event = asyncio.Event()
+        self._refused = False
         self._refused_pause = _REFUSED_PAUSE_S[0]
         now = time.monotonic()
         self._pub_bucket = (
@@ -87,18 +87,18 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish until :meth:`stop`; reconnects and refusals are handled inside."""
-        while not self._stopping:
+        while not self._stop_event.is_set():
             await self._wait_connected()
-            if self._stopping:
+            if self._stop_event.is_set():
                 return
             self._broken.clear()
             refused = await self._drain()
-            if refused and not self._stopping:
+            if refused and not self._stop_event.is_set():
                 await self._pause(self._refused_pause)
                 self._refused_pause = min(self._refused_pause * 2, _REFUSED_PAUSE_S[1])
 
     async def _wait_connected(self) -> None:
-        while not self._stopping and not self.transport.connected.is_set():
+        while not self._stop_event.is_set() and not self.transport.connected.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.transport.connected.wait(), 0.5)
 
@@ -111,26 +111,26 @@ class Publisher:
         window = asyncio.Semaphore(self.limits.max_inflight)
         inflight: set[asyncio.Task[bool]] = set()
         after = -1
-        refused = False
-        while not self._stopping and not self._broken.is_set():
+        self._refused = False
+        while not self._stop_event.is_set() and not self._broken.is_set():
             batch = self._next_batch(after)
             if not batch:
                 await self._wait_for_work()
                 continue
-            payload = build_message(self.device_id, self.queue.stream, batch, self.health())
+            stream = self.queue.stream
+            payload = build_message(self.device_id, stream, batch, self.health())
             await self._throttle(len(payload))
             await window.acquire()
             if self._broken.is_set():
                 window.release()
                 break
             after = batch[-1].seq
-            task = asyncio.create_task(self._send(payload, batch, window))
+            task = asyncio.create_task(self._send(payload, stream, batch, window))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
         if inflight:
-            results = await asyncio.gather(*inflight, return_exceptions=True)
-            refused = any(r is True for r in results)
-        return refused
+            await asyncio.gather(*inflight, return_exceptions=True)
+        return self._refused
 
     def _next_batch(self, after: int) -> list[QueuedSample]:
         batch = self.queue.peek(
@@ -161,7 +161,7 @@ class Publisher:
             bucket.take(amount, time.monotonic())
 
     async def _send(
-        self, payload: bytes, batch: list[QueuedSample], window: asyncio.Semaphore
+        self, payload: bytes, stream: str, batch: list[QueuedSample], window: asyncio.Semaphore
     ) -> bool:
         """Publish one message; return True when the broker refused it for good."""
         try:
@@ -169,6 +169,7 @@ class Publisher:
         except PermanentPublishError as exc:
             self.stats.errors += 1
             self.stats.refused += 1
+            self._refused = True
             self._broken.set()
             log.error(
                 "broker REFUSED metrics publish; check the IoT policy for this thing",
@@ -187,7 +188,8 @@ class Publisher:
             return False
         finally:
             window.release()
-        self.queue.ack([s.seq for s in batch])
+        if self.queue.stream == stream:  # a store replaced meanwhile restarted its seqs
+            self.queue.ack([s.seq for s in batch])
         self.stats.messages += 1
         self.stats.samples += len(batch)
         self._refused_pause = _REFUSED_PAUSE_S[0]
@@ -203,7 +205,6 @@ class Publisher:
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish after the in-flight window settles."""
-        self._stopping = True
         self._stop_event.set()
         self._broken.set()
         self.wake.set()
