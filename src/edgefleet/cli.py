@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgefleet import __version__
 from edgefleet.common.logs import setup_logging
@@ -65,6 +66,71 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return run_agent(config=Path(args.config) if args.config else None, once=args.once)
 
 
+def _cmd_provision(args: argparse.Namespace) -> int:
+    from edgefleet.aws.provision_cli import run
+
+    return run(args)
+
+
+def _add_provision_parser(sub: Any) -> None:
+    prov = sub.add_parser("provision", help="register a thing with AWS IoT (extra 'aws')")
+    prov.add_argument("thing", help="thing name (the agent's EDGE_AGENT_THING_NAME)")
+    prov.add_argument("--revoke", action="store_true", help="deactivate and detach its certs")
+    prov.add_argument("--cert-id", help="with --revoke: only this certificate (id or prefix)")
+    prov.add_argument("--rotate", action="store_true", help="add a new certificate and key")
+    prov.add_argument("--csr", help="PEM CSR made on the device: AWS signs it, no key is made")
+    prov.add_argument("--key-file", help="with --csr: the key's path on the device (printed)")
+    prov.add_argument("--out", default="certs", help="folder for cert and key (default: certs)")
+    prov.add_argument("--ca-file", help="Amazon Root CA 1 PEM (default: OUT/AmazonRootCA1.pem)")
+    prov.add_argument("--group", help="thing group (default: edgefleet-devices)")
+    prov.add_argument("--role", default="agent", choices=["agent", "backend"])
+    prov.add_argument("--region", help="AWS region (default: AWS_REGION / profile)")
+    prov.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
+    prov.set_defaults(func=_cmd_provision)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from edgefleet.sim.command import run
+
+    return run(args)
+
+
+_SPIKE_KINDS = "cpu,memory,disk,swap,temp,load"
+
+
+def _add_simulate_parser(sub: Any) -> None:
+    sim = sub.add_parser("simulate", help="N simulated devices publishing through the broker")
+    add = sim.add_argument
+    add("--devices", type=int, default=10, help="simulated devices (default 10)")
+    pace = sim.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="messages per second per device (1/interval)")
+    pace.add_argument("--interval", type=float, default=10.0,
+                      help="seconds between one device's samples (default 10)")
+    add("--endpoint", default="127.0.0.1", help="broker host (default 127.0.0.1)")
+    add("--port", type=int, default=8883, help="broker port (default 8883)")
+    add("--pki", default=".edgefleet/broker/pki", help="the broker's CA folder (default "
+        ".edgefleet/broker/pki); device certificates are issued there")
+    add("--prefix", default="sim", help="thing names PREFIX-0001.. (default sim)")
+    add("--duration", type=float, default=0.0,
+        help="seconds to run once connected (default 0: until SIGINT/SIGTERM)")
+    add("--seed", type=int, help="seed for values and incidents (default: random, recorded)")
+    add("--aws-limits", action=argparse.BooleanOptionalAction, default=False,
+        help="apply AWS IoT Core's client-side limits (default off: local broker)")
+    add("--spike-rate", type=float, default=0.1, help="random spikes per device-hour (0.1)")
+    add("--spike-duration", type=float, default=0.0,
+        help="spike length in seconds (default: per kind, the default rule's `for` + margin)")
+    add("--spike-kinds", default=_SPIKE_KINDS, help=f"random spike kinds ({_SPIKE_KINDS})")
+    add("--dropout-rate", type=float, default=0.1, help="random dropouts per device-hour (0.1)")
+    add("--dropout-duration", type=float, default=60.0, help="mean dropout seconds (60)")
+    add("--backlog-share", type=float, default=0.5,
+        help="share of dropouts that buffer samples and replay them on return (0.5)")
+    add("--demo", action="store_true",
+        help="scripted incidents in the first minute: CPU and temperature alerts, a dropout")
+    add("--truth", help="ground-truth JSON file, rewritten every 5 s and on exit")
+    add("--connect-wave", type=int, default=50, help="clients connecting at once (50)")
+    sim.set_defaults(func=_cmd_simulate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.splitlines()[0])
@@ -87,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", help="TOML settings file (or EDGE_AGENT_CONFIG)")
     agent.add_argument("--once", action="store_true", help="print one sample as JSON and exit")
     agent.set_defaults(func=_cmd_agent)
+
+    _add_provision_parser(sub)
+    _add_simulate_parser(sub)
     return parser
 
 

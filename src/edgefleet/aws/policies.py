@@ -1,0 +1,112 @@
+"""AWS IoT policy documents for agents and the backend, generated from
+:mod:`edgefleet.common.policy` (the source of the Mosquitto ACL as well).
+
+- ``edgefleet-agent`` (attached to every device certificate): connect only with the client id
+  equal to the thing name the certificate is attached to, publish only to
+  ``dt/edgefleet/<that thing>/{metrics,status}``; nothing else.
+- ``edgefleet-backend`` (attached to the backend's certificate): connect as the backend
+  identity, subscribe to and receive every device's metrics and status.
+
+``${iot:Connection.Thing.ThingName}`` is resolved by AWS IoT only when the client id equals
+the name of a thing to which the connecting certificate is attached; otherwise statements
+that use it match nothing. IoT resource patterns know only ``*`` (any characters, ``/``
+included) and ``?``: ``+`` and ``#`` are literal characters there, so an MQTT filter level
+``+`` becomes ``*`` (see docs/production.md for what that widens and why it is harmless).
+
+:func:`cloudformation_form` turns a document into the form used in ``infra/edgefleet.yaml``
+(``Fn::Sub`` with ``${AWS::Region}`` etc.); a test keeps the template equal to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edgefleet.common.policy import BACKEND_IDENTITY, backend_filters, device_topics
+
+THING_NAME_VAR = "${iot:Connection.Thing.ThingName}"
+IS_ATTACHED_KEY = "iot:Connection.Thing.IsAttached"
+AGENT_POLICY_NAME = "edgefleet-agent"
+BACKEND_POLICY_NAME = "edgefleet-backend"
+THING_GROUP_NAME = "edgefleet-devices"
+POLICY_VERSION = "2012-10-17"
+
+Document = dict[str, Any]
+
+
+def iot_arn(kind: str, name: str, *, region: str, account: str, partition: str = "aws") -> str:
+    """``arn:aws:iot:<region>:<account>:<kind>/<name>`` (kind: client, topic, topicfilter)."""
+    return f"arn:{partition}:iot:{region}:{account}:{kind}/{name}"
+
+
+def filter_to_pattern(topic_filter: str) -> str:
+    """An MQTT filter as an IoT resource pattern: each ``+`` level becomes ``*``."""
+    if "#" in topic_filter:
+        raise ValueError(f"filter {topic_filter!r}: '#' has no safe IoT policy equivalent")
+    return "/".join("*" if level == "+" else level for level in topic_filter.split("/"))
+
+
+def _statement(action: str, resources: list[str], *, attached: bool = False) -> dict[str, Any]:
+    stmt: dict[str, Any] = {"Effect": "Allow", "Action": action, "Resource": resources}
+    if attached:
+        stmt["Condition"] = {"Bool": {IS_ATTACHED_KEY: "true"}}
+    return stmt
+
+
+def agent_policy_document(region: str, account: str, *, partition: str = "aws") -> Document:
+    """The policy for device certificates: its own client id, its own topics."""
+
+    def arn(kind: str, name: str) -> str:
+        return iot_arn(kind, name, region=region, account=account, partition=partition)
+
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            _statement("iot:Connect", [arn("client", THING_NAME_VAR)], attached=True),
+            _statement("iot:Publish", [arn("topic", t) for t in device_topics(THING_NAME_VAR)]),
+        ],
+    }
+
+
+def backend_policy_document(
+    region: str,
+    account: str,
+    *,
+    backend_identity: str = BACKEND_IDENTITY,
+    partition: str = "aws",
+) -> Document:
+    """The policy for the backend certificate: subscribe to and receive the fleet's topics."""
+
+    def arn(kind: str, name: str) -> str:
+        return iot_arn(kind, name, region=region, account=account, partition=partition)
+
+    patterns = [filter_to_pattern(flt) for flt in backend_filters()]
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            _statement("iot:Connect", [arn("client", backend_identity)], attached=True),
+            _statement("iot:Subscribe", [arn("topicfilter", p) for p in patterns]),
+            _statement("iot:Receive", [arn("topic", p) for p in patterns]),
+        ],
+    }
+
+
+def policy_documents(region: str, account: str, *, partition: str = "aws") -> dict[str, Document]:
+    """Both documents by policy name."""
+    return {
+        AGENT_POLICY_NAME: agent_policy_document(region, account, partition=partition),
+        BACKEND_POLICY_NAME: backend_policy_document(region, account, partition=partition),
+    }
+
+
+def cloudformation_form(make: Callable[..., Document]) -> Document:
+    """The document ``make(region, account, partition=...)`` as CloudFormation writes it."""
+    doc = make("${AWS::Region}", "${AWS::AccountId}", partition="${AWS::Partition}")
+
+    def sub(resource: str) -> dict[str, str]:
+        return {"Fn::Sub": resource.replace("${iot:", "${!iot:")}
+
+    statements = [
+        {**stmt, "Resource": [sub(r) for r in stmt["Resource"]]} for stmt in doc["Statement"]
+    ]
+    return {**doc, "Statement": statements}
