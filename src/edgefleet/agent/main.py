@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -21,6 +20,8 @@ from edgefleet.agent.contracts import Collector, SampleQueue
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
 from edgefleet.agent.settings import AgentSettings
+from edgefleet.common.greengrass import watch_agent_configuration
+from edgefleet.common.ipc import GREENGRASS_ENV, IpcTransport, resolve_transport, under_greengrass
 from edgefleet.common.logs import kv
 from edgefleet.common.mqtt import MqttClient, MqttConfig
 from edgefleet.common.protocol import AgentHealth, StatusMessage, encode, status_topic
@@ -30,7 +31,6 @@ from edgefleet.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 
-GREENGRASS_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 STOP_BUDGET_S = 4.0
 
 
@@ -38,11 +38,13 @@ def preflight(s: AgentSettings) -> str:
     """Check what the agent needs before it starts; return the thing name."""
     if not s.thing_name:
         raise ConfigError("EDGE_AGENT_THING_NAME is not set (the device's AWS IoT thing name)")
-    transport = s.transport
-    if transport == "auto":
-        transport = "ipc" if os.environ.get(GREENGRASS_ENV) else "mqtt"
-    if transport == "ipc":
-        raise ConfigError("EDGE_AGENT_TRANSPORT=ipc is not available in this version; use mqtt")
+    if resolve_transport(s.transport) == "ipc":
+        if not under_greengrass():
+            raise ConfigError(
+                f"EDGE_AGENT_TRANSPORT=ipc needs the Greengrass nucleus ({GREENGRASS_ENV} is "
+                "not set): run the agent as a Greengrass component, or use mqtt"
+            )
+        return s.thing_name  # the nucleus holds the connection and its certificate
     for name in ("cert_file", "key_file", "ca_file"):
         if getattr(s, name) is None:
             raise ConfigError(f"EDGE_AGENT_{name.upper()} is not set")
@@ -103,11 +105,16 @@ class Agent:
 
     def _make_transport(self) -> Transport:
         s = self.s
+        if resolve_transport(s.transport) == "ipc":
+            # Under Greengrass: publish through the nucleus and answer its configuration
+            # validation requests (see edgefleet.common.greengrass).
+            return IpcTransport(on_connect=self._on_connect, on_client=watch_agent_configuration)
         assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked
         cfg = MqttConfig(
             endpoint=s.endpoint, port=s.port, cert_file=s.cert_file, key_file=s.key_file,
             ca_file=s.ca_file, client_id=self.thing, keep_alive_s=s.keep_alive_s,
-            aws_limits=s.aws_limits, max_reconnect_ms=int(s.reconnect_max_s * 1000), will=(status_topic(self.thing), self._status("offline")),
+            aws_limits=s.aws_limits, max_reconnect_ms=int(s.reconnect_max_s * 1000),
+            will=(status_topic(self.thing), self._status("offline")),
             on_connect=self._on_connect,
         )
         return MqttClient(cfg)
@@ -150,7 +157,8 @@ class Agent:
 
     async def _watch_certificates(self) -> None:
         s = self.s
-        assert s.cert_file and s.key_file  # noqa: S101 - preflight checked
+        if s.cert_file is None or s.key_file is None:  # IPC: the nucleus owns the certificate
+            return
         seen = (_file_id(s.cert_file), _file_id(s.key_file))
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):

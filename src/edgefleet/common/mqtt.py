@@ -64,10 +64,15 @@ class MqttClient:
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
+        on_message_acked: Callable[[str, bytes, Any], None] | None = None,
     ) -> None:
+        """``on_message`` gets (topic, payload) and the SDK acknowledges on return;
+        ``on_message_acked`` also gets an ack handle to pass to :meth:`ack` once the
+        message is stored (manual PUBACK: a crash before that means redelivery)."""
         self.cfg = cfg
         self._loop = loop or asyncio.get_running_loop()
         self._on_message = on_message
+        self._on_message_acked = on_message_acked
         self.connected = asyncio.Event()
         self.stopped = asyncio.Event()
         self.last_error: str | None = None
@@ -115,7 +120,7 @@ class MqttClient:
             kwargs["will"] = mqtt5.PublishPacket(
                 topic=cfg.will[0], payload=cfg.will[1], qos=mqtt5.QoS.AT_LEAST_ONCE
             )
-        if self._on_message is not None:
+        if self._on_message is not None or self._on_message_acked is not None:
             kwargs["on_publish_received"] = self._cb_publish
         return self._create(kwargs)
 
@@ -177,8 +182,17 @@ class MqttClient:
 
     def _cb_publish(self, data: Any) -> None:
         packet = data.publish_packet
-        assert self._on_message is not None  # noqa: S101 - only registered when set
-        self._on_message(packet.topic, bytes(packet.payload or b""))
+        payload = bytes(packet.payload or b"")
+        if self._on_message_acked is not None:
+            take = data.acquire_publish_acknowledgement_control
+            self._on_message_acked(packet.topic, payload, take() if take else None)
+        elif self._on_message is not None:
+            self._on_message(packet.topic, payload)
+
+    def ack(self, handle: Any) -> None:
+        """Send the PUBACK for a message received through ``on_message_acked``."""
+        if handle is not None:
+            self._client.invoke_publish_acknowledgement(handle)
 
     # --- public API -----------------------------------------------------------------------
     def start(self) -> None:

@@ -37,7 +37,10 @@ def _one_line(cls: type[BaseSettings], exc: ValidationError, source: str) -> str
     if err["type"] == "extra_forbidden":
         return f"unknown setting {'.'.join(loc)!r} in {source}"
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"bad setting {name}: {err['msg']}{shown}{more}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return f"bad settings in {source}: {msg}{more}"
+    return f"bad setting {name}: {msg}{shown}{more}"
 
 
 def _check_env_typos(cls: type[BaseSettings]) -> None:

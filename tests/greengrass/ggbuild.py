@@ -1,0 +1,202 @@
+"""Helpers for the Greengrass tests: build the components once per session, read recipes the
+way GDK does, and interpolate recipe variables the way the nucleus does
+(``KernelConfigResolver`` in aws-greengrass-nucleus: same regexes, JSON ``asText`` values).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPONENTS_DIR = ROOT / "components"
+AGENT = "com.edge.agent"
+BACKEND = "com.edge.backend"
+COMPONENTS = (AGENT, BACKEND)
+# GDK's own schemas, kept beside the checkout in shared/gdk (CI lays shared/ there too).
+SCHEMAS = ROOT.parent / "shared" / "gdk"
+BUILD_SCRIPT = ROOT / "scripts" / "build_component.py"
+
+# KernelConfigResolver: {namespace:key} and {component:namespace:key}
+SAME_COMPONENT = re.compile(r"\{([.\w]+):([^:}]+)}")
+CROSS_COMPONENT = re.compile(r"\{([.\w]+):([.\w]+):([^:}]+)}")
+SYSTEM_VARIABLES = {
+    ("artifacts", "path"),
+    ("artifacts", "decompressedPath"),
+    ("work", "path"),
+    ("kernel", "rootPath"),
+    ("iot", "thingName"),
+}
+
+
+def package_version() -> str:
+    """The version in pyproject.toml (what the wheel and the components carry)."""
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
+@dataclass(frozen=True)
+class Built:
+    """Where :func:`build_once` wrote the components (``--out`` layout)."""
+
+    out: Path
+    version: str
+
+    def recipe_file(self, name: str) -> Path:
+        return self.out / name / "recipes" / "recipe.yaml"
+
+    def recipe(self, name: str) -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load(self.recipe_file(name).read_text())
+        return doc
+
+    def artifacts(self, name: str) -> Path:
+        return self.out / name / "artifacts" / name / self.version
+
+
+@functools.cache
+def build_once() -> Built:
+    """Run scripts/build_component.py for both components into a session temp folder."""
+    out = Path(tempfile.mkdtemp(prefix="edgefleet-gg-build-"))
+    atexit.register(shutil.rmtree, out, True)
+    cmd = [sys.executable, str(BUILD_SCRIPT), *(str(COMPONENTS_DIR / c) for c in COMPONENTS)]
+    done = subprocess.run(
+        [*cmd, "--out", str(out)], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"build failed:\n{done.stdout}\n{done.stderr}"
+    return Built(out=out, version=package_version())
+
+
+def lower_keys(obj: Any) -> Any:
+    """Lower-case every mapping key, as GDK does before validating a recipe."""
+    if isinstance(obj, dict):
+        return {str(k).lower(): lower_keys(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [lower_keys(v) for v in obj]
+    return obj
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def strings(obj: Any) -> list[str]:
+    """Every string inside ``obj``: mapping keys and values, list items."""
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in (*strings(k), *strings(v))]
+    if isinstance(obj, list):
+        return [s for v in obj for s in strings(v)]
+    return []
+
+
+def as_text(value: Any) -> str:
+    """A configuration value as Jackson's ``JsonNode.asText()`` renders it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def pointer(doc: Any, path: str) -> Any:
+    """Resolve a JSON pointer (``/a/b``); KeyError when missing."""
+    for part in path.split("/")[1:]:
+        doc = doc[part.replace("~1", "/").replace("~0", "~")]
+    return doc
+
+
+def interpolate(text: str, config: dict[str, Any], system: dict[tuple[str, str], str]) -> str:
+    """Replace recipe variables in ``text`` as the nucleus does; unknown ones stay as they are."""
+
+    def same(match: re.Match[str]) -> str:
+        namespace, key = match.groups()
+        if namespace == "configuration":
+            try:
+                return as_text(pointer(config, key))
+            except (KeyError, TypeError):
+                return match.group()
+        return system.get((namespace, key), match.group())
+
+    return SAME_COMPONENT.sub(same, text)
+
+
+@dataclass
+class Nucleus:
+    """A stand-in for the nucleus running ONE component's lifecycle steps for real."""
+
+    root: Path
+    name: str
+    version: str
+    recipe: dict[str, Any]
+    thing: str = "dev-1"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work" / self.name
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "packages" / "artifacts" / self.name / self.version
+
+    def system(self) -> dict[tuple[str, str], str]:
+        unarchived = self.root / "packages" / "artifacts-unarchived" / self.name / self.version
+        return {
+            ("artifacts", "path"): str(self.artifacts),
+            ("artifacts", "decompressedPath"): str(unarchived),
+            ("work", "path"): str(self.work),
+            ("kernel", "rootPath"): str(self.root),
+            ("iot", "thingName"): self.thing,
+        }
+
+    def deploy(self, built_artifacts: Path) -> None:
+        """Copy the built artifacts where the nucleus keeps them; make the work folder."""
+        shutil.copytree(built_artifacts, self.artifacts)
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        merged: dict[str, Any] = dict(self.recipe["ComponentConfiguration"]["DefaultConfiguration"])
+        merged.update(overrides)
+        return merged
+
+    def lifecycle(self) -> dict[str, Any]:
+        life: dict[str, Any] = self.recipe["Manifests"][0]["Lifecycle"]
+        return life
+
+    def env(self, config: dict[str, Any], bin_dir: Path) -> dict[str, str]:
+        """The process environment of a lifecycle step: ours, cleaned, plus Setenv."""
+        drop = ("EDGE_", "AWS_GG_", "SVCUID", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        for key, value in self.lifecycle().get("Setenv", {}).items():
+            env[key] = interpolate(str(value), config, self.system())
+        return env
+
+    def script(self, step: str, config: dict[str, Any]) -> str:
+        return interpolate(self.lifecycle()[step]["Script"], config, self.system())
+
+
+def python3_dir(tmp: Path) -> Path:
+    """A folder whose ``python3`` is this interpreter's base Python (>= 3.11, with venv)."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    link = bin_dir / "python3"
+    if not link.exists():
+        base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        link.symlink_to(base if base.exists() else Path(sys.executable))
+    return bin_dir
