@@ -1,0 +1,197 @@
+"""Ingest: turn received MQTT messages into new samples, status reports and counters.
+
+:meth:`Ingest.handle` decodes one message with :func:`edgefleet.common.protocol.decode`,
+counts what it rejects, drops duplicates by ``(device, stream, seq)`` (see
+:mod:`edgefleet.backend.ingest_dedup` for the exact rules and the loss figure) and returns
+what is new. It never raises for anything a client can send, and costs a dict lookup and a
+few integer operations per sample on top of decoding.
+
+Crash safety: the dedup state must be saved together with the samples it admitted, so a
+restart neither drops a sample the store lacks nor stores a replay twice. Every time the
+accepted samples go to the store, take the changed cursors at the same moment::
+
+    store.add_samples(pending, cursors=ingest.take_cursors(), devices=fleet.take_dirty())
+
+and on start ``ingest.restore(store.cursors())``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edgefleet.backend.ingest_dedup import DEFAULT_WINDOW, SeqCursor, SeqTracker
+from edgefleet.backend.records import AcceptedSample
+from edgefleet.common.logs import RateLimitedLog, kv
+from edgefleet.common.protocol import AgentHealth, MetricsMessage, StatusMessage, decode
+from edgefleet.errors import ProtocolError
+
+REJECT_REASONS = ("malformed", "oversized", "unknown_version", "spoofed", "bad_topic")
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one message brought. ``kind`` is ``metrics``, ``status`` or ``rejected``."""
+
+    kind: Literal["metrics", "status", "rejected"]
+    device: str | None = None
+    samples: tuple[AcceptedSample, ...] = ()  # new samples, in message order
+    duplicates: int = 0
+    status: StatusMessage | None = None
+    health: AgentHealth | None = None
+    sent_at: float | None = None
+    stream_reset: bool = False
+    reason: str | None = None  # why it was rejected
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounters:
+    """Figures for Prometheus. ``*_total`` only grow; the others are gauges."""
+
+    messages_total: int = 0  # every message handled, rejected ones included
+    samples_total: int = 0  # new samples accepted
+    duplicates_total: int = 0
+    stream_resets_total: int = 0
+    rejected_total: Mapping[str, int] = field(default_factory=dict)  # by reason
+    lost_samples: int = 0  # gauge: falls when late samples fill a gap
+    agent_dropped: int = 0  # gauge: sum of the agents' last reported ``dropped_total``
+
+
+class Ingest:
+    """Decodes, counts and de-duplicates messages; call from one thread only."""
+
+    def __init__(self, *, window: int = DEFAULT_WINDOW, log_interval_s: float = 10.0) -> None:
+        self._window = window
+        self._trackers: dict[str, SeqTracker] = {}
+        self._dirty: set[str] = set()
+        self._dropped: dict[str, tuple[float, int]] = {}  # device -> (sent_at, dropped_total)
+        self._rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self._messages = self._samples = self._duplicates = self._resets = 0
+        self._lost = self._agent_dropped = 0
+        self._ratelog = RateLimitedLog(log_interval_s)
+
+    def handle(self, topic: str, payload: bytes, now: float) -> IngestResult:
+        """Process one received message; ``now`` is the backend's clock (Unix seconds)."""
+        self._messages += 1
+        try:
+            msg = decode(topic, payload)
+        except ProtocolError as exc:
+            return self._reject(exc.reason, exc.detail, topic, now)
+        except RecursionError:  # json.loads on absurdly nested arrays
+            return self._reject("malformed", "JSON nested too deeply", topic, now)
+        if isinstance(msg, StatusMessage):
+            return IngestResult("status", msg.device_id, status=msg, sent_at=msg.ts)
+        return self._metrics(msg, now)
+
+    def counters(self) -> IngestCounters:
+        """A consistent copy of every counter."""
+        return IngestCounters(
+            messages_total=self._messages,
+            samples_total=self._samples,
+            duplicates_total=self._duplicates,
+            stream_resets_total=self._resets,
+            rejected_total=dict(self._rejected),
+            lost_samples=self._lost,
+            agent_dropped=self._agent_dropped,
+        )
+
+    def lost(self, device: str) -> int:
+        """Samples of ``device`` known to be missing (0 for an unknown device)."""
+        tracker = self._trackers.get(device)
+        return 0 if tracker is None else tracker.lost
+
+    def take_cursors(self) -> dict[str, SeqCursor]:
+        """The dedup state of every device changed since the last call (for the store)."""
+        taken = {device: self._trackers[device].cursor() for device in self._dirty}
+        self._dirty.clear()
+        return taken
+
+    def snapshot(self) -> dict[str, SeqCursor]:
+        """The dedup state of every device."""
+        return {device: tracker.cursor() for device, tracker in self._trackers.items()}
+
+    def restore(self, cursors: Mapping[str, SeqCursor]) -> None:
+        """Replace the dedup state with saved cursors (e.g. ``FleetStore.cursors()``)."""
+        self._trackers = {
+            device: SeqTracker.from_cursor(cursor, window=self._window)
+            for device, cursor in cursors.items()
+        }
+        self._dirty.clear()
+        self._lost = sum(tracker.lost for tracker in self._trackers.values())
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _metrics(self, msg: MetricsMessage, now: float) -> IngestResult:
+        device = msg.device_id
+        tracker = self._trackers.get(device)
+        reset = False
+        if tracker is None:
+            tracker = self._trackers[device] = SeqTracker(msg.stream, window=self._window)
+        elif msg.stream != tracker.stream:
+            if msg.stream in tracker.retired:
+                return self._old_stream(msg, now)
+            reset = self._reset(tracker, msg, now)
+        lost_before = tracker.lost
+        accept = tracker.accept
+        samples = tuple(
+            AcceptedSample(device, s.seq, s.ts, s.metrics) for s in msg.samples if accept(s.seq)
+        )
+        duplicates = len(msg.samples) - len(samples)
+        self._samples += len(samples)
+        self._duplicates += duplicates
+        self._lost += tracker.lost - lost_before
+        if samples or reset:
+            self._dirty.add(device)
+        if msg.health is not None:
+            self._note_dropped(device, msg.sent_at, msg.health.dropped_total)
+        return IngestResult(
+            "metrics", device, samples, duplicates, health=msg.health, sent_at=msg.sent_at,
+            stream_reset=reset,
+        )
+
+    def _reset(self, tracker: SeqTracker, msg: MetricsMessage, now: float) -> bool:
+        old = tracker.stream
+        tracker.restart(msg.stream)
+        self._resets += 1
+        suppressed = self._ratelog.allow("stream_reset", now)
+        if suppressed is not None:
+            _log.info(
+                "device started a new sequence stream",
+                extra=kv(device=msg.device_id, old_stream=old, new_stream=msg.stream,
+                         first_seq=msg.samples[0].seq, lost_before=tracker.lost_prior,
+                         suppressed=suppressed),
+            )
+        return True
+
+    def _old_stream(self, msg: MetricsMessage, now: float) -> IngestResult:
+        self._duplicates += len(msg.samples)
+        suppressed = self._ratelog.allow("retired_stream", now)
+        if suppressed is not None:
+            _log.info(
+                "dropped samples of a retired stream",
+                extra=kv(device=msg.device_id, stream=msg.stream, samples=len(msg.samples),
+                         suppressed=suppressed),
+            )
+        return IngestResult("metrics", msg.device_id, duplicates=len(msg.samples),
+                            health=None, sent_at=msg.sent_at)
+
+    def _note_dropped(self, device: str, sent_at: float, dropped: int) -> None:
+        last = self._dropped.get(device)
+        if last is not None and sent_at < last[0]:
+            return  # an older message delivered late: keep the newer report
+        self._agent_dropped += dropped - (0 if last is None else last[1])
+        self._dropped[device] = (sent_at, dropped)
+
+    def _reject(self, reason: str, detail: str, topic: str, now: float) -> IngestResult:
+        self._rejected[reason] = self._rejected.get(reason, 0) + 1
+        suppressed = self._ratelog.allow(f"reject:{reason}", now)
+        if suppressed is not None:
+            _log.warning(
+                "message rejected",
+                extra=kv(reason=reason, topic=topic[:160], detail=detail[:300],
+                         suppressed=suppressed),
+            )
+        return IngestResult("rejected", reason=reason)

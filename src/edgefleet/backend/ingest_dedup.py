@@ -1,0 +1,126 @@
+"""Per-device de-duplication and loss accounting by ``(stream, seq)``.
+
+An agent numbers its samples ``0, 1, 2, ...`` within a *stream* (see ``docs/queue.md``); a
+new stream means its store was reset and the numbers start again. For the current stream of
+each device the backend keeps:
+
+- ``base`` and ``high``: the lowest and highest seq received;
+- ``received``: how many distinct seqs were received;
+- a sliding window of ``window`` bits below ``high`` (like IPsec's anti-replay window): bit
+  ``i`` says whether ``high - i`` was received.
+
+A seq is NEW when it is above ``high``, or inside the window with its bit clear (a late or
+out-of-order arrival, also one below ``base``). It is a DUPLICATE when its bit is set, or
+when it is ``window`` or more below ``high``: so old that it can no longer be told apart
+from a replay, and dropped.
+
+``lost = (high - base + 1) - received``: the seqs between the first and the newest received
+that never arrived. The figure falls again when a late sample fills a gap. Samples an agent
+dropped from its full queue show up here too (as gaps); the agent also reports them itself.
+
+A new stream for a device retires the old one: its loss moves into ``lost_prior`` and any
+later sample of a retired stream is a duplicate. :class:`SeqCursor` is the persistable form;
+its ``holes`` store the window inverted (usually 0, so it costs a byte).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_WINDOW = 10_000
+MAX_RETIRED = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SeqCursor:
+    """The saved dedup state of one device; written with the samples it covers."""
+
+    stream: str
+    base: int  # lowest seq received in ``stream``
+    high: int  # highest seq received in ``stream``
+    received: int  # distinct seqs received in ``stream``
+    holes: int  # bit i set: ``high - i`` NOT received (i < min(window, high - base + 1))
+    lost_prior: int = 0  # samples lost in earlier streams of the device
+    retired: tuple[str, ...] = ()  # earlier streams, oldest first
+
+    @property
+    def lost(self) -> int:
+        """Samples of every stream of the device known to be missing."""
+        if not self.received:
+            return self.lost_prior
+        return self.lost_prior + (self.high - self.base + 1 - self.received)
+
+
+class SeqTracker:
+    """The live, mutable dedup state of one device."""
+
+    __slots__ = ("base", "bits", "high", "lost_prior", "received", "retired", "stream", "window")
+
+    def __init__(self, stream: str, *, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"dedup window must be at least 1, not {window}")
+        self.window = window
+        self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
+        self.lost_prior = 0
+        self.retired: tuple[str, ...] = ()
+
+    @property
+    def lost(self) -> int:
+        """Samples of every stream of the device known to be missing."""
+        if not self.received:
+            return self.lost_prior
+        return self.lost_prior + (self.high - self.base + 1 - self.received)
+
+    def accept(self, seq: int) -> bool:
+        """Record ``seq`` of the current stream; False when it is a duplicate."""
+        if not self.received:
+            self.base, self.high, self.received, self.bits = seq, seq, 1, 1
+            return True
+        ahead = seq - self.high
+        if ahead > 0:
+            if ahead >= self.window:
+                self.bits = 1
+            else:
+                self.bits = (self.bits << ahead) | 1
+                if self.bits.bit_length() > 2 * self.window:  # trim now and then, not always
+                    self.bits &= (1 << self.window) - 1
+            self.high = seq
+        elif -ahead >= self.window:
+            return False
+        else:
+            bit = 1 << -ahead
+            if self.bits & bit:
+                return False
+            self.bits |= bit
+            self.base = min(self.base, seq)
+        self.received += 1
+        return True
+
+    def restart(self, stream: str) -> None:
+        """Start tracking a new, empty stream; the old one's loss is kept."""
+        self.lost_prior = self.lost
+        self.retired = (*self.retired, self.stream)[-MAX_RETIRED:]
+        self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
+
+    def cursor(self) -> SeqCursor:
+        """The persistable form of this state."""
+        span = (1 << min(self.window, self.high - self.base + 1)) - 1
+        return SeqCursor(
+            stream=self.stream,
+            base=self.base,
+            high=self.high,
+            received=self.received,
+            holes=~self.bits & span,
+            lost_prior=self.lost_prior,
+            retired=self.retired,
+        )
+
+    @classmethod
+    def from_cursor(cls, cursor: SeqCursor, *, window: int = DEFAULT_WINDOW) -> SeqTracker:
+        """Rebuild the live state saved by :meth:`cursor`."""
+        tracker = cls(cursor.stream, window=window)
+        span = (1 << min(window, cursor.high - cursor.base + 1)) - 1
+        tracker.base, tracker.high, tracker.received = cursor.base, cursor.high, cursor.received
+        tracker.bits = ~cursor.holes & span
+        tracker.lost_prior, tracker.retired = cursor.lost_prior, cursor.retired
+        return tracker

@@ -1,0 +1,68 @@
+"""Plain records passed between ingest, the fleet state, the store and their callers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["online", "offline"]
+Source = Literal["raw", "buckets", "mixed", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedSample:
+    """A sample that passed validation and de-duplication: store it and evaluate it."""
+
+    device: str
+    seq: int
+    ts: float  # when the sample was taken on the device
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """What the backend knows about one device. Times are Unix seconds.
+
+    ``last_seen`` and ``status_ts`` are the backend's clock (arrival); ``last_sample_ts`` and
+    ``session_ts`` are the device's clock.
+    """
+
+    device: str
+    first_seen: float
+    last_seen: float  # arrival of the last metrics or online message
+    last_sample_ts: float | None = None  # newest sample ts received
+    status: Status = "offline"
+    status_ts: float = 0.0  # when ``status`` last changed
+    session_ts: float | None = None  # ts of the newest ``online`` status (agent connect)
+    health: Mapping[str, Any] | None = None  # the agent's last reported AgentHealth
+    health_sent_at: float | None = None  # sent_at of the message that carried ``health``
+    agent_version: str | None = None
+    interval_s: float | None = None  # sampling interval from the online status
+    labels: Mapping[str, str] = field(default_factory=dict)
+    lost_samples: int = 0  # seqs that never arrived (from the dedup state)
+
+    @property
+    def agent_dropped(self) -> int:
+        """Samples the agent reports it dropped (queue full, oversized, corrupt store)."""
+        return int((self.health or {}).get("dropped_total", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A device's metrics over ``[start, end)``, as chart-ready columns.
+
+    ``step_s == 0``: one point per raw sample at its own ts (min = max = avg). Otherwise
+    each point is the bucket ``[ts, ts + step_s)`` with the average, minimum and maximum of
+    every sample in it. Empty buckets are left out; a key missing in a point is ``None``.
+    """
+
+    device: str
+    start: float
+    end: float
+    step_s: float
+    source: Source  # which tables the points came from
+    ts: list[float]
+    avg: dict[str, list[float | None]]
+    min: dict[str, list[float | None]]
+    max: dict[str, list[float | None]]

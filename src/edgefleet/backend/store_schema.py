@@ -1,0 +1,116 @@
+"""SQL text, connection set-up and row conversions of the fleet store (``store.py``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from edgefleet.backend.ingest_dedup import SeqCursor
+from edgefleet.backend.records import DeviceRow
+
+SCHEMA_VERSION = 1
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS devices (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+    "first_seen REAL NOT NULL, last_seen REAL NOT NULL, last_sample_ts REAL, "
+    "status TEXT NOT NULL DEFAULT 'offline', status_ts REAL NOT NULL DEFAULT 0, "
+    "session_ts REAL, health TEXT, health_sent_at REAL, agent_version TEXT, interval_s REAL, "
+    "labels TEXT NOT NULL DEFAULT '{}')",
+    "CREATE TABLE IF NOT EXISTS cursors (device INTEGER PRIMARY KEY, stream TEXT NOT NULL, "
+    "base INTEGER NOT NULL, high INTEGER NOT NULL, received INTEGER NOT NULL, "
+    "holes BLOB NOT NULL, lost_prior INTEGER NOT NULL, retired TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS raw (device INTEGER NOT NULL, ts REAL NOT NULL, "
+    "seq INTEGER NOT NULL, body TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS raw_device_ts ON raw (device, ts)",
+    "CREATE INDEX IF NOT EXISTS raw_ts ON raw (ts)",  # compaction takes the oldest first
+    "CREATE TABLE IF NOT EXISTS buckets (device INTEGER NOT NULL, start INTEGER NOT NULL, "
+    "body TEXT NOT NULL, PRIMARY KEY (device, start)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+UPSERT_DEVICE = (
+    "INSERT INTO devices (name, first_seen, last_seen, last_sample_ts, status, status_ts, "
+    "session_ts, health, health_sent_at, agent_version, interval_s) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "first_seen = min(first_seen, excluded.first_seen), last_seen = excluded.last_seen, "
+    "last_sample_ts = excluded.last_sample_ts, status = excluded.status, "
+    "status_ts = excluded.status_ts, session_ts = excluded.session_ts, "
+    "health = excluded.health, health_sent_at = excluded.health_sent_at, "
+    "agent_version = excluded.agent_version, interval_s = excluded.interval_s"
+)
+SELECT_DEVICES = (
+    "SELECT name, first_seen, last_seen, last_sample_ts, status, status_ts, session_ts, "
+    "health, health_sent_at, agent_version, interval_s, labels, "
+    "coalesce(c.lost_prior + CASE WHEN c.received > 0 "
+    "THEN c.high - c.base + 1 - c.received ELSE 0 END, 0) "
+    "FROM devices AS d LEFT JOIN cursors AS c ON c.device = d.id"
+)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        conn.close()
+        raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-32768")  # 32 MiB per connection
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def device_params(row: DeviceRow) -> tuple[Any, ...]:
+    health = None if row.health is None else compact_json(dict(row.health))
+    return (row.device, row.first_seen, row.last_seen, row.last_sample_ts, row.status,
+            row.status_ts, row.session_ts, health, row.health_sent_at, row.agent_version,
+            row.interval_s)
+
+
+def device_row(values: Sequence[Any]) -> DeviceRow:
+    (name, first, last, sample_ts, status, status_ts, session_ts, health, health_sent_at,
+     version, interval, labels, lost) = values
+    return DeviceRow(
+        device=name, first_seen=first, last_seen=last, last_sample_ts=sample_ts, status=status,
+        status_ts=status_ts, session_ts=session_ts,
+        health=None if health is None else json.loads(health), health_sent_at=health_sent_at,
+        agent_version=version, interval_s=interval, labels=json.loads(labels),
+        lost_samples=int(lost),
+    )
+
+
+def cursor_params(dev: int, c: SeqCursor) -> tuple[Any, ...]:
+    holes = c.holes.to_bytes((c.holes.bit_length() + 7) // 8, "little")
+    return (dev, c.stream, c.base, c.high, c.received, holes, c.lost_prior,
+            compact_json(c.retired))
+
+
+def cursor_from_row(values: Sequence[Any]) -> tuple[str, SeqCursor]:
+    """``(device, cursor)`` from a row of :data:`SELECT_CURSORS`."""
+    name, stream, base, high, received, holes, lost_prior, retired = values
+    cursor = SeqCursor(stream, base, high, received, int.from_bytes(holes, "little"),
+                       lost_prior, tuple(json.loads(retired)))
+    return name, cursor
+
+
+SELECT_CURSORS = (
+    "SELECT d.name, c.stream, c.base, c.high, c.received, c.holes, c.lost_prior, c.retired "
+    "FROM cursors AS c JOIN devices AS d ON d.id = c.device"
+)
