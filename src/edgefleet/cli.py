@@ -131,6 +131,12 @@ def _add_simulate_parser(sub: Any) -> None:
     sim.set_defaults(func=_cmd_simulate)
 
 
+def _cmd_backend(args: argparse.Namespace) -> int:
+    from edgefleet.backend.main import run_backend
+
+    return run_backend(config=Path(args.config) if args.config else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.splitlines()[0])
@@ -153,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", help="TOML settings file (or EDGE_AGENT_CONFIG)")
     agent.add_argument("--once", action="store_true", help="print one sample as JSON and exit")
     agent.set_defaults(func=_cmd_agent)
+
+    backend = sub.add_parser("backend", help="run the backend and dashboard (EDGE_BACKEND_*)")
+    backend.add_argument("--config", help="TOML settings file (or EDGE_BACKEND_CONFIG)")
+    backend.set_defaults(func=_cmd_backend)
 
     _add_provision_parser(sub)
     _add_simulate_parser(sub)

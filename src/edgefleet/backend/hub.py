@@ -1,0 +1,96 @@
+"""WebSocket fan-out: one frame per interval, serialised once, a bounded queue per client.
+
+A client whose queue is full cannot keep up: it is disconnected (close 1013) and never slows
+the producer or the other clients (shared/FACTS.md, Web).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.common.logs import kv
+
+log = logging.getLogger(__name__)
+
+CLOSE_TOO_SLOW = 1013
+
+
+@dataclass(eq=False)
+class Client:
+    """One connected WebSocket: its bounded queue and the task serving it."""
+
+    queue: asyncio.Queue[str]
+    task: asyncio.Task[Any] | None
+    peer: str = ""
+    dropped: bool = False
+    sent: int = field(default=0)
+
+
+class Hub:
+    """Collects changes and broadcasts them as coalesced frames."""
+
+    def __init__(self, *, interval_s: float = 0.5, queue_frames: int = 64) -> None:
+        self.interval_s = interval_s
+        self.queue_frames = queue_frames
+        self.clients: set[Client] = set()
+        self.frames_sent = 0
+        self.slow_disconnects = 0
+        self._dirty: set[str] = set()
+        self._alerts: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def register(self, peer: str = "") -> Client:
+        """Add the calling task as a client."""
+        client = Client(
+            queue=asyncio.Queue(self.queue_frames), task=asyncio.current_task(), peer=peer
+        )
+        self.clients.add(client)
+        return client
+
+    def unregister(self, client: Client) -> None:
+        self.clients.discard(client)
+
+    def touch(self, device_ids: set[str] | list[str]) -> None:
+        """Mark devices whose row changed."""
+        self._dirty.update(device_ids)
+        self._changed.set()
+
+    def alert(self, event: dict[str, Any]) -> None:
+        """Queue an alert event for the next frame."""
+        self._alerts.append(event)
+        self._changed.set()
+
+    def broadcast(self, frame: str) -> None:
+        """Put one serialised frame into every client's queue; drop clients that are full."""
+        for client in list(self.clients):
+            try:
+                client.queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                self._drop(client)
+        self.frames_sent += 1
+
+    def _drop(self, client: Client) -> None:
+        client.dropped = True
+        self.clients.discard(client)
+        self.slow_disconnects += 1
+        log.warning("websocket client too slow; disconnected", extra=kv(peer=client.peer))
+        if client.task is not None:
+            client.task.cancel()
+
+    async def run(self, build: Callable[[set[str], list[dict[str, Any]]], dict[str, Any]]) -> None:
+        """Every interval, if anything changed, build one update frame and broadcast it."""
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(self.interval_s)
+            self._changed.clear()
+            dirty, self._dirty = self._dirty, set()
+            alerts, self._alerts = self._alerts, []
+            if not self.clients:
+                continue
+            frame = json.dumps(build(dirty, alerts), separators=(",", ":"))
+            self.broadcast(frame)

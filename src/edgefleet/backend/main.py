@@ -1,0 +1,103 @@
+"""``edgefleet backend``: settings -> preflight -> one asyncio loop serving everything."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgefleet.backend.rules import default_rules_path, load_rules
+from edgefleet.backend.settings import BackendSettings
+from edgefleet.backend.web import create_app
+from edgefleet.common.ipc import IpcTransport, resolve_transport
+from edgefleet.common.logs import kv
+from edgefleet.common.mqtt import MqttClient, MqttConfig
+from edgefleet.common.settings import check_cert_file, check_private_key, load_settings
+from edgefleet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def preflight(s: BackendSettings) -> str:
+    """Check files and permissions before anything starts; return the transport kind."""
+    kind = resolve_transport(s.transport)
+    if kind == "mqtt":
+        for name in ("cert_file", "key_file", "ca_file"):
+            if getattr(s, name) is None:
+                raise ConfigError(f"EDGE_BACKEND_{name.upper()} is not set")
+        assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - checked above
+        check_cert_file(s.cert_file, "EDGE_BACKEND_CERT_FILE")
+        check_cert_file(s.ca_file, "EDGE_BACKEND_CA_FILE")
+        check_private_key(s.key_file, "EDGE_BACKEND_KEY_FILE")
+    if s.tls_key_file is not None:
+        check_private_key(s.tls_key_file, "EDGE_BACKEND_TLS_KEY_FILE")
+    try:
+        s.db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = s.db_path.parent
+        raise ConfigError(f"EDGE_BACKEND_DB_PATH: cannot create {where}: {exc}") from None
+    return kind
+
+
+def transport_factory(s: BackendSettings, kind: str) -> Callable[..., Any]:
+    """Build the broker link once the backend's callbacks exist."""
+
+    def make(on_message: Callable[[str, bytes, Any], None], on_connect: Callable[[], None]) -> Any:
+        if kind == "ipc":
+            from edgefleet.common.greengrass import watch_backend_configuration
+
+            return IpcTransport(
+                on_message=lambda topic, payload: on_message(topic, payload, None),
+                on_connect=on_connect,
+                on_client=watch_backend_configuration,
+            )
+        assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked
+        cfg = MqttConfig(
+            endpoint=s.endpoint, port=s.port, cert_file=s.cert_file, key_file=s.key_file,
+            ca_file=s.ca_file, client_id=s.client_id, aws_limits=s.aws_limits,
+            session_expiry_s=s.session_expiry_s, on_connect=on_connect,
+        )
+        return MqttClient(cfg, on_message_acked=on_message)
+
+    return make
+
+
+async def _serve_http(app: Any, s: BackendSettings, stop: asyncio.Event) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    host = f"[{s.http_host}]" if ":" in s.http_host else s.http_host
+    config.bind = [f"{host}:{s.http_port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 2.0
+    if s.tls_cert_file and s.tls_key_file:
+        config.certfile, config.keyfile = str(s.tls_cert_file), str(s.tls_key_file)
+    await serve(app, config, shutdown_trigger=stop.wait)
+
+
+def run_backend(config: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT."""
+    settings = load_settings(BackendSettings, config)
+    rules = load_rules(settings.rules_file or default_rules_path())
+    kind = preflight(settings)
+
+    async def main() -> None:
+        from edgefleet.backend.service import Backend
+
+        backend = Backend(settings, rules, transport_factory(settings, kind))
+        token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        app = create_app(backend.view, token=token)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, backend.stop)
+        scheme = "https" if settings.tls_cert_file else "http"
+        log.info("dashboard", extra=kv(url=f"{scheme}://{settings.http_host}:{settings.http_port}/"))
+        await backend.run(lambda stop: _serve_http(app, settings, stop))
+
+    asyncio.run(main())
+    return 0

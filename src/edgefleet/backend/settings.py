@@ -1,0 +1,86 @@
+"""The backend's settings: environment ``EDGE_BACKEND_*``, optional TOML file.
+
+Same conventions as the agent (see ``edgefleet.common.settings``); the names are a public
+interface used by the recipes, Ansible and users (docs/backend.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.common.protocol import THING_NAME_PATTERN
+
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses that only this machine can reach."""
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BackendSettings(BaseSettings):
+    """Everything the backend can be told; see docs/backend.md for each setting."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_BACKEND_", extra="forbid")
+
+    client_id: str = Field(default="backend", pattern=THING_NAME_PATTERN)
+    endpoint: str = "localhost"
+    port: int = Field(default=8883, ge=1, le=65535)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    transport: Literal["auto", "mqtt", "ipc"] = "auto"
+    aws_limits: bool = True
+    session_expiry_s: int = Field(default=3600, ge=0, le=7 * 86400)
+
+    db_path: Path = Path("/var/lib/edgefleet/backend/fleet.db")
+    rules_file: Path | None = None
+    raw_retention_s: float = Field(default=86400.0, ge=3600)
+    stale_after_intervals: float = Field(default=3.0, ge=1.0)
+    stale_min_s: float = Field(default=5.0, ge=0.1)
+
+    slack_webhook_url: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    alert_group_window_s: float = Field(default=10.0, ge=0)
+    alert_repeat_s: float = Field(default=4 * 3600.0, ge=60)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    auth_token: SecretStr | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    ws_interval_s: float = Field(default=0.5, ge=0.05, le=10)
+    ws_queue_frames: int = Field(default=64, ge=2, le=10_000)
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _check(self) -> BackendSettings:
+        if not is_loopback(self.http_host) and not self.auth_token:
+            raise ValueError(
+                f"http_host {self.http_host} is not loopback: set EDGE_BACKEND_AUTH_TOKEN"
+            )
+        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 16:
+            raise ValueError("auth_token must be at least 16 characters")
+        if self.slack_bot_token and not self.slack_channel:
+            raise ValueError("slack_bot_token needs EDGE_BACKEND_SLACK_CHANNEL")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self

@@ -1,0 +1,144 @@
+"""What the web layer shows: device rows, summary, alerts, history, health, metrics.
+
+Keeps each device's newest metrics and a short CPU sparkline in memory (filled from the
+store at start), so a frame for 1,000 devices never touches SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.views import device_row, history_json, problem_rank, prometheus
+
+if TYPE_CHECKING:
+    from edgefleet.backend.hub import Hub
+    from edgefleet.backend.service import Backend
+
+SPARK_POINTS = 30
+SPARK_KEY = "cpu.percent"
+DEFAULT_KEYS = ("cpu.percent", "memory.used_percent", "load.load1")
+
+
+class FleetViewModel:
+    """Implements :class:`edgefleet.backend.web.FleetView` over a running :class:`Backend`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+        self.hub: Hub = backend.hub
+        self._latest: dict[str, tuple[float, dict[str, float]]] = {}
+        self._spark: dict[str, deque[float]] = {}
+        for row in backend.fleet.devices():
+            latest = backend.store.latest(row.device)
+            self._latest[row.device] = (row.last_sample_ts or 0.0, latest)
+            points = backend.store.recent_sparkline(row.device, SPARK_KEY, SPARK_POINTS)
+            self._spark[row.device] = deque((v for _, v in points), maxlen=SPARK_POINTS)
+
+    def on_samples(self, samples: Iterable[AcceptedSample]) -> None:
+        """Remember the newest sample per device (replayed older ones don't overwrite)."""
+        for s in samples:
+            ts, _ = self._latest.get(s.device, (-1.0, {}))
+            if s.ts >= ts:
+                self._latest[s.device] = (s.ts, dict(s.metrics))
+                value = s.metrics.get(SPARK_KEY)
+                if value is not None:
+                    self._spark.setdefault(s.device, deque(maxlen=SPARK_POINTS)).append(value)
+
+    def _row(self, device: str, severities: dict[str, list[str]]) -> dict[str, Any] | None:
+        row = self.b.fleet.device(device)
+        if row is None:
+            return None
+        latest = self._latest.get(device, (0.0, {}))[1]
+        spark = list(self._spark.get(device, ()))
+        lost = self.b.ingest.lost(device)
+        return device_row(row, latest, spark, severities.get(device, []), lost)
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        sev = self.b.alerts.severities()
+        rows = [self._row(r.device, sev) for r in self.b.fleet.devices()]
+        return sorted((r for r in rows if r is not None), key=problem_rank)
+
+    def summary(self) -> dict[str, Any]:
+        now = time.time()
+        s = self.b.fleet.summary(now)
+        return {
+            "devices": s.devices, "online": s.online, "offline": s.offline,
+            "samples_per_s": round(s.samples_per_s, 2), "lost_samples": s.lost_samples,
+            "agent_dropped": s.agent_dropped, "rejected": s.rejected, "duplicates": s.duplicates,
+            "firing": len(self.b.alerts.firing), "ws_clients": len(self.hub.clients), "now": now,
+        }
+
+    def alerts(self) -> dict[str, Any]:
+        return self.b.alerts.public()
+
+    def update_frame(self, dirty: set[str], alerts: list[dict[str, Any]]) -> dict[str, Any]:
+        """One coalesced WebSocket frame: changed rows, summary, new alert events."""
+        sev = self.b.alerts.severities()
+        if alerts:  # a device's severity may have changed
+            dirty = dirty | {a["device"] for a in alerts}
+        rows = [r for r in (self._row(d, sev) for d in sorted(dirty)) if r is not None]
+        return {"type": "update", "devices": rows, "removed": [], "summary": self.summary(),
+                "alerts": alerts}
+
+    async def device_detail(
+        self, device: str, start: float, end: float, keys: list[str] | None, points: int
+    ) -> dict[str, Any] | None:
+        row = self._row(device, self.b.alerts.severities())
+        if row is None:
+            return None
+        known = sorted(self._latest.get(device, (0.0, {}))[1])
+        wanted = keys or [k for k in known if _chartable(k)] or list(DEFAULT_KEYS)
+        history = await asyncio.to_thread(self.b.store.history, device, start, end, wanted, points)
+        return {"device": row, "keys": known, "history": history_json(history, wanted)}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        connected = self.b.transport.connected.is_set()
+        return connected, {"mqtt_connected": connected, "devices": len(self.b.fleet.devices())}
+
+    def metrics_text(self) -> str:
+        c = self.b.ingest.counters()
+        s = self.b.fleet.summary(time.time())
+        d = self.b.dispatcher.stats()
+        rejected = [({"reason": r}, float(n)) for r, n in sorted(c.rejected_total.items())]
+        return prometheus([
+            ("edgefleet_ingest_messages_total", "counter", "MQTT messages handled",
+             [({}, c.messages_total)]),
+            ("edgefleet_ingest_samples_total", "counter", "new samples accepted",
+             [({}, c.samples_total)]),
+            ("edgefleet_ingest_samples_per_second", "gauge", "samples/s over 10 s",
+             [({}, s.samples_per_s)]),
+            ("edgefleet_ingest_duplicates_total", "counter", "duplicate samples removed",
+             [({}, c.duplicates_total)]),
+            ("edgefleet_ingest_rejected_total", "counter", "messages rejected, by reason",
+             rejected or [({"reason": "none"}, 0.0)]),
+            ("edgefleet_lost_samples", "gauge", "sequence gaps never filled",
+             [({}, c.lost_samples)]),
+            ("edgefleet_agent_dropped_samples", "gauge", "samples agents dropped (queue full)",
+             [({}, c.agent_dropped)]),
+            ("edgefleet_stream_resets_total", "counter", "agents whose seq restarted",
+             [({}, c.stream_resets_total)]),
+            ("edgefleet_devices", "gauge", "devices by state",
+             [({"state": "online"}, s.online), ({"state": "offline"}, s.offline)]),
+            ("edgefleet_alerts_firing", "gauge", "alerts firing",
+             [({}, len(self.b.alerts.firing))]),
+            ("edgefleet_alert_outbox_depth", "gauge", "alerts waiting for Slack",
+             [({}, d.outbox_depth)]),
+            ("edgefleet_slack_messages_total", "counter", "Slack messages sent",
+             [({}, d.sent_messages)]),
+            ("edgefleet_websocket_clients", "gauge", "dashboard WebSocket clients",
+             [({}, len(self.hub.clients))]),
+            ("edgefleet_websocket_slow_disconnects_total", "counter", "clients too slow",
+             [({}, self.hub.slow_disconnects)]),
+        ])
+
+
+def _chartable(key: str) -> bool:
+    family = key.split("[", 1)[0]
+    return family in {
+        "cpu.percent", "memory.used_percent", "disk.used_percent", "temp.celsius",
+        "net.rx_bytes_per_s", "net.tx_bytes_per_s", "load.load1", "swap.used_percent",
+    }

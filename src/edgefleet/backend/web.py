@@ -1,0 +1,154 @@
+"""The Quart app: REST, WebSocket and the dashboard page (docs/api.md)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from quart import Quart, Response, jsonify, request, send_from_directory, websocket
+from quart.typing import ResponseReturnValue
+
+from edgefleet import __version__
+from edgefleet.backend.hub import Hub
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+CLOSE_UNAUTHORIZED = 4401
+
+
+class FleetView(Protocol):
+    """What the web layer reads from the running backend."""
+
+    hub: Hub
+
+    def device_rows(self) -> list[dict[str, Any]]: ...
+    def summary(self) -> dict[str, Any]: ...
+    def alerts(self) -> dict[str, Any]: ...
+    async def device_detail(
+        self, device: str, start: float, end: float, keys: list[str] | None, points: int
+    ) -> dict[str, Any] | None: ...
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+    def metrics_text(self) -> str: ...
+
+
+def dashboard_dir() -> Path:
+    """The folder with index.html: packaged with edgefleet (a link to dashboard/ in the repo)."""
+    return Path(__file__).resolve().parent.parent / "dashboard"
+
+
+def _authorised(token: str | None, given: str | None) -> bool:
+    if token is None:
+        return True
+    return given is not None and hmac.compare_digest(token.encode(), given.encode())
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:] if header.startswith("Bearer ") else None
+
+
+def _float_arg(name: str, default: float) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    return float(raw)
+
+
+def create_app(view: FleetView, *, token: str | None = None) -> Quart:
+    """Build the app around a running backend's view of the fleet."""
+    app = Quart(__name__, static_folder=None)
+    static = dashboard_dir()
+
+    @app.after_request
+    async def _headers(resp: Response) -> Response:
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    @app.before_request
+    async def _guard() -> ResponseReturnValue | None:
+        guarded = request.path.startswith("/api/") and request.path != "/api/auth"
+        if guarded and not _authorised(token, _bearer()):
+            return jsonify(error="unauthorized"), 401
+        return None
+
+    @app.get("/")
+    async def index() -> ResponseReturnValue:
+        return await send_from_directory(static, "index.html")
+
+    @app.get("/static/<path:name>")
+    async def static_file(name: str) -> ResponseReturnValue:
+        return await send_from_directory(static, name)
+
+    @app.get("/healthz")
+    async def healthz() -> ResponseReturnValue:
+        ok, body = view.health()
+        body.update(status="ok" if ok else "degraded", version=__version__)
+        return jsonify(body), 200 if ok else 503
+
+    @app.get("/metrics")
+    async def metrics() -> ResponseReturnValue:
+        return Response(view.metrics_text(), content_type="text/plain; version=0.0.4")
+
+    @app.get("/api/auth")
+    async def auth() -> ResponseReturnValue:
+        return jsonify(required=token is not None)
+
+    @app.get("/api/devices")
+    async def devices() -> ResponseReturnValue:
+        return jsonify(devices=view.device_rows(), summary=view.summary())
+
+    @app.get("/api/devices/<device>")
+    async def device(device: str) -> ResponseReturnValue:
+        now = time.time()
+        try:
+            end = _float_arg("end", now)
+            start = _float_arg("start", end - 3600)
+            points = int(request.args.get("points", "500"))
+        except ValueError:
+            return jsonify(error="start, end and points must be numbers"), 400
+        if start >= end or not 2 <= points <= 5000:
+            return jsonify(error="need start < end and 2 <= points <= 5000"), 400
+        keys_arg = request.args.get("keys")
+        keys = [k for k in keys_arg.split(",") if k] if keys_arg else None
+        detail = await view.device_detail(device, start, end, keys, points)
+        if detail is None:
+            return jsonify(error=f"unknown device {device!r}"), 404
+        return jsonify(detail)
+
+    @app.get("/api/alerts")
+    async def alerts() -> ResponseReturnValue:
+        return jsonify(view.alerts())
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        if not _authorised(token, websocket.args.get("token")):
+            await websocket.accept()
+            await websocket.close(CLOSE_UNAUTHORIZED, "unauthorized")
+            return
+        await websocket.accept()
+        client = view.hub.register(peer=str(websocket.remote_addr))
+        try:
+            snapshot = {
+                "type": "snapshot",
+                "devices": view.device_rows(),
+                "summary": view.summary(),
+                "alerts": view.alerts(),
+            }
+            await websocket.send(json.dumps(snapshot, separators=(",", ":")))
+            while True:
+                frame = await client.queue.get()
+                await websocket.send(frame)
+                client.sent += 1
+        finally:
+            view.hub.unregister(client)
+
+    return app
