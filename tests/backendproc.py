@@ -50,7 +50,7 @@ class BackendProc:
 
     def get(self, path: str, *, token: str | None = None) -> tuple[int, Any]:
         """GET a path; return (status, parsed JSON or text)."""
-        req = urllib.request.Request(self.url + path)
+        req = urllib.request.Request(self.url + path)  # noqa: S310 - loopback http only
         tok = token if token is not None else self.token
         if tok:
             req.add_header("Authorization", f"Bearer {tok}")

@@ -112,7 +112,7 @@ async def test_certificate_rotation_on_disk_reconnects_and_loses_nothing(
     got = await _subscribe(mqtt_client)
     live = tmp_path / "live"
     live.mkdir()
-    cert, key, ca = broker.identity("dev-1")
+    cert, key, _ca = broker.identity("dev-1")
     (live / "dev.pem").write_bytes(cert.read_bytes())
     (live / "dev.key").write_bytes(key.read_bytes())
     (live / "dev.key").chmod(0o600)

@@ -61,9 +61,13 @@ def render_config(*, port: int, host: str, pki: Path, acl: Path, log_file: Path)
         "log_type warning",
         "log_type notice",
         "connection_messages true",
-        "max_inflight_messages 100",
-        "max_queued_messages 100000",
-        "message_size_limit 131072",
+        # AWS IoT Core allows 100 unacknowledged QoS 1 messages per client; the backend acks
+        # after storing each batch, so a larger window here only changes throughput.
+        "max_inflight_messages 1000",
+        "max_queued_messages 1000000",
+        # Above AWS's 128 KiB on purpose: oversized messages must reach the backend's own
+        # check in tests (AWS IoT Core would refuse them at the edge).
+        "message_size_limit 262144",
         f"listener {port} {host}",
         f"cafile {pki / 'ca.pem'}",
         f"certfile {pki / (SERVER_NAME + '.pem')}",
