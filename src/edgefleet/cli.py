@@ -137,6 +137,26 @@ def _cmd_backend(args: argparse.Namespace) -> int:
     return run_backend(config=Path(args.config) if args.config else None)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgefleet.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(
+        workdir=Path(args.dir), devices=args.devices, interval_s=args.interval,
+        broker_port=args.broker_port, http_port=args.http_port, duration_s=args.duration,
+    ))
+
+
+def _add_demo_parser(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="the whole system on this machine (Ctrl-C stops it)")
+    demo.add_argument("--dir", default=".edgefleet", help="working folder (default .edgefleet)")
+    demo.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
+    demo.add_argument("--interval", type=float, default=5.0, help="sample interval s (5)")
+    demo.add_argument("--broker-port", type=int, default=8883, help="MQTT port (8883)")
+    demo.add_argument("--http-port", type=int, default=8080, help="dashboard port (8080)")
+    demo.add_argument("--duration", type=float, default=0.0, help="stop after S s (0: never)")
+    demo.set_defaults(func=_cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.splitlines()[0])
@@ -163,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend = sub.add_parser("backend", help="run the backend and dashboard (EDGE_BACKEND_*)")
     backend.add_argument("--config", help="TOML settings file (or EDGE_BACKEND_CONFIG)")
     backend.set_defaults(func=_cmd_backend)
+    _add_demo_parser(sub)
 
     _add_provision_parser(sub)
     _add_simulate_parser(sub)
