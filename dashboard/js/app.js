@@ -1,0 +1,163 @@
+// Wiring: the WebSocket feeds the table, the alert feed and the figures; the hash picks the
+// view (#/ or #/device/<id>); a one-second tick keeps relative times fresh.
+
+import * as api from "./api.js";
+import * as auth from "./auth.js";
+import { AlertFeed } from "./alerts.js";
+import { DeviceView } from "./device.js";
+import { syncClock } from "./format.js";
+import { ConnState, renderSummary } from "./summary.js";
+import { FleetTable } from "./table.js";
+import { ReconnectingSocket } from "./ws.js";
+
+const $ = (id) => document.querySelector(`[data-testid=${id}]`);
+const fleetView = $("fleet-view");
+const summaryRoot = document.querySelector(".summary");
+const emptyState = $("empty-state");
+
+function showCounts(counts) {
+  for (const b of document.querySelectorAll("[data-filter]")) {
+    const n = b.querySelector(".n");
+    const text = String(counts[b.dataset.filter]);
+    if (n.textContent !== text) n.textContent = text;
+  }
+  let text = "";
+  if (counts.all === 0) text = "Waiting for devices…";
+  else if (counts.shown === 0) text = "No device matches.";
+  if (emptyState.textContent !== text) emptyState.textContent = text;
+  emptyState.hidden = !text;
+}
+
+const table = new FleetTable($("device-rows"), {
+  onOpen: (id) => {
+    location.hash = `#/device/${encodeURIComponent(id)}`;
+  },
+  onCounts: showCounts,
+});
+const feed = new AlertFeed($("alert-feed"), {
+  onChange: () => device.visible && device.refreshAlerts(),
+});
+const device = new DeviceView($("device-view"), {
+  getRow: (id) => table.get(id),
+  firingFor: (id) => feed.firingFor(id),
+  onAuth: () => reauth(),
+});
+const conn = new ConnState($("conn-state"), { onRetry: () => socket.reconnectNow() });
+
+// --- access token -----------------------------------------------------------------------------
+
+let authKnown = false;
+
+async function prepare() {
+  if (!authKnown) {
+    auth.setRequired(await api.authRequired());
+    authKnown = true;
+  }
+  if (auth.isRequired() && !auth.current()) {
+    conn.set("disconnected", { reason: "auth" });
+    await auth.ask();
+    conn.set("connecting");
+  }
+}
+
+/** The token was refused (REST 401, WebSocket close 4401/1008): ask for another one. */
+async function reauth() {
+  const hadToken = Boolean(auth.current());
+  auth.forget();
+  try {
+    auth.setRequired(await api.authRequired());
+  } catch {
+    // keep what we knew
+  }
+  if (!auth.isRequired()) {
+    await new Promise((resolve) => setTimeout(resolve, 2000)); // refused without a token? wait
+    return;
+  }
+  await auth.ask(hadToken ? "That token was not accepted. Please enter it again." : "");
+}
+
+/**
+ * After a failed handshake (which a browser reports as a bare 1006): false when the backend
+ * refuses our token. Only asked when a token is in use, so a backend that is merely down
+ * costs no extra requests.
+ */
+async function probeAuth() {
+  if (!auth.isRequired()) return true;
+  return auth.current() ? api.tokenAccepted() : false;
+}
+
+// --- live data --------------------------------------------------------------------------------
+
+function onFrame(msg) {
+  if (msg.summary) {
+    syncClock(msg.summary.now);
+    renderSummary(summaryRoot, msg.summary);
+  }
+  if (msg.type === "snapshot") {
+    table.replaceAll(msg.devices || []);
+    feed.replace(msg.alerts || {});
+  } else if (msg.type === "update") {
+    table.update(msg.devices || [], msg.removed || []);
+    feed.add(msg.alerts || []);
+  } else {
+    return;
+  }
+  if (device.visible && (msg.type === "snapshot" || (msg.devices || []).some((r) => r.id === device.id))) {
+    device.updateRow(table.get(device.id));
+  }
+}
+
+const socket = new ReconnectingSocket({
+  url: api.wsUrl,
+  prepare,
+  onFrame,
+  onState: (state, detail) => conn.set(state, detail),
+  onAuthFailure: reauth,
+  probeAuth,
+});
+
+// --- views ------------------------------------------------------------------------------------
+
+function route() {
+  const m = location.hash.match(/^#\/device\/(.+)$/);
+  let id = null;
+  if (m) {
+    try {
+      id = decodeURIComponent(m[1]);
+    } catch {
+      id = null;
+    }
+  }
+  if (id) {
+    fleetView.hidden = true;
+    device.show(id);
+    $("device-title").focus({ preventScroll: true });
+    window.scrollTo(0, 0);
+  } else {
+    const previous = device.id;
+    device.hide();
+    fleetView.hidden = false;
+    if (previous) table.focusRow(previous);
+  }
+}
+
+for (const b of document.querySelectorAll("[data-filter]")) {
+  b.addEventListener("click", () => {
+    for (const other of document.querySelectorAll("[data-filter]")) {
+      other.setAttribute("aria-pressed", String(other === b));
+    }
+    table.setFilter(b.dataset.filter);
+  });
+}
+$("search").addEventListener("input", (ev) => table.setQuery(ev.target.value));
+window.addEventListener("hashchange", route);
+
+setInterval(() => {
+  table.tick();
+  feed.tick();
+  conn.tick();
+  if (device.visible) device.tick();
+}, 1000);
+
+route();
+socket.start();

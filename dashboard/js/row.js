@@ -1,0 +1,86 @@
+// One device row of the fleet table: built once as a prototype, then deep-cloned per device.
+
+import { sparkline } from "./chart.js";
+
+const COLUMNS = [
+  ["c-status", "Status"],
+  ["c-id", "Device"],
+  ["c-seen", "Last seen"],
+  ["c-cpu num", "CPU"],
+  ["c-mem num", "Memory"],
+  ["c-disk num", "Disk"],
+  ["c-temp num", "Temp"],
+  ["c-spark", "CPU trend"],
+  ["c-alert", "Alerts"],
+];
+
+function meterCell(td) {
+  const val = document.createElement("span");
+  val.className = "val";
+  const meter = document.createElement("span");
+  meter.className = "meter";
+  meter.setAttribute("aria-hidden", "true");
+  const fill = document.createElement("span");
+  fill.className = "fill";
+  meter.append(fill);
+  td.append(val, meter);
+}
+
+const TEST_IDS = { 3: "cpu", 4: "memory", 5: "disk", 6: "temp", 8: "alerts" }; // by column
+
+/** One empty row, built once; every device row is a deep clone of it (cheap for 1,000). */
+function prototypeRow() {
+  const tr = document.createElement("tr");
+  tr.tabIndex = 0;
+  tr.setAttribute("role", "row"); // explicit: the CSS lays rows out as grids
+  tr.dataset.testid = "device-row";
+  COLUMNS.forEach(([cls, label], i) => {
+    const td = document.createElement(i === 1 ? "th" : "td");
+    if (i === 1) td.scope = "row";
+    td.setAttribute("role", i === 1 ? "rowheader" : "cell");
+    td.className = cls;
+    td.dataset.label = label;
+    if (TEST_IDS[i]) td.dataset.testid = TEST_IDS[i];
+    tr.append(td);
+  });
+  const [status, idCell, seen, cpu, mem, disk, , spark, alert] = tr.children;
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  status.append(badge);
+  const link = document.createElement("a");
+  link.tabIndex = -1; // the row itself is the tab stop
+  idCell.append(link);
+  const time = document.createElement("time");
+  time.dataset.testid = "last-seen";
+  seen.append(time);
+  meterCell(cpu);
+  meterCell(mem);
+  meterCell(disk);
+  spark.append(sparkline());
+  const sev = document.createElement("span");
+  sev.className = "sev";
+  alert.append(sev);
+  return tr;
+}
+
+let proto = null;
+
+/** A new row for device `id` and direct references to the cells that updates write to. */
+export function createRow(id) {
+  proto = proto || prototypeRow();
+  const tr = proto.cloneNode(true);
+  tr.dataset.deviceId = id;
+  const [status, idCell, seen, cpu, mem, disk, temp, spark, alert] = tr.children;
+  const link = idCell.firstChild;
+  link.href = `#/device/${encodeURIComponent(id)}`;
+  link.textContent = id;
+  const meter = (td) => ({ val: td.firstChild, fill: td.lastChild.firstChild });
+  return {
+    tr,
+    cells: {
+      badge: status.firstChild, time: seen.firstChild, temp, sev: alert.firstChild,
+      cpu: meter(cpu), mem: meter(mem), disk: meter(disk),
+      spark: spark.firstChild.firstChild,
+    },
+  };
+}

@@ -1,0 +1,214 @@
+"""The dashboard's JavaScript modules, run in Chromium without a backend.
+
+The files under ``dashboard/`` are served to the page by Playwright's request routing (no
+socket, no server), so these checks run even where the backend cannot: backoff, ranking,
+filters, time formatting, chart paths, and that a table update touches only what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.async_api")
+Page = playwright_api.Page
+Route = playwright_api.Route
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
+ORIGIN = "http://dashboard.test"
+BLANK = (
+    '<!doctype html><html lang="en"><meta charset="utf-8"><title>t</title>'
+    '<link rel="icon" href="data:,"><link rel="stylesheet" href="/css/app.css">'
+    '<table class="devices"><tbody data-testid="device-rows"></tbody></table></html>'
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed"),
+]
+
+
+async def _serve(route: Route) -> None:
+    path = urlparse(route.request.url).path
+    if path == "/":
+        await route.fulfill(body=BLANK, content_type="text/html; charset=utf-8")
+        return
+    file = (DASHBOARD / path.lstrip("/")).resolve()
+    if not file.is_relative_to(DASHBOARD) or not file.is_file():
+        await route.fulfill(status=404, body="not found")
+        return
+    types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+    await route.fulfill(body=file.read_bytes(), content_type=types.get(file.suffix, "text/plain"))
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Page]:
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        await page.route(f"{ORIGIN}/**", _serve)
+        await page.goto(ORIGIN + "/")
+        yield page
+        await browser.close()
+        assert not errors, errors
+
+
+async def run(page: Page, body: str, arg: Any = None) -> Any:
+    """Evaluate an async function body that can `await load("x.js")` a dashboard module."""
+    return await page.evaluate(
+        f"async (arg) => {{ const load = (m) => import('/js/' + m); {body} }}", arg
+    )
+
+
+async def test_reconnect_backoff_doubles_with_jitter_and_is_capped_at_10_s(page: Page) -> None:
+    low, high = await run(page, """
+        const { backoffMs } = await load("ws.js");
+        const at = (r) => Array.from({ length: 12 }, (_, n) => backoffMs(n, () => r));
+        return [at(0), at(0.999999)];
+    """)
+    assert high[:6] == [500, 1000, 2000, 4000, 8000, 10000]
+    assert low[:5] == [250, 500, 1000, 2000, 4000]
+    assert max(high) == 10000
+    assert min(low[5:]) == 5000  # jitter never collapses the wait to zero
+
+
+async def test_rows_sort_problems_first(page: Page) -> None:
+    order = await run(page, """
+        const { rank, compare } = await load("rank.js");
+        const rows = [
+          { id: "ok", status: "online", cpu: 10 },
+          { id: "info", status: "online", severity: "info" },
+          { id: "hot-disk", status: "online", disk: 95 },
+          { id: "warn", status: "online", severity: "warning" },
+          { id: "stale", status: "stale" },
+          { id: "crit", status: "online", severity: "critical" },
+          { id: "off-b", status: "offline" },
+          { id: "off-a", status: "offline", severity: "warning" },
+        ];
+        return rows.map((r) => ({ id: r.id, rank: rank(r) })).sort(compare).map((r) => r.id);
+    """)
+    # the backend's order (views.problem_rank): critical, offline, alerting, high usage, rest
+    assert order == ["crit", "off-a", "off-b", "stale", "info", "warn", "hot-disk", "ok"]
+
+
+async def test_filters(page: Page) -> None:
+    got = await run(page, """
+        const { rank, passesFilter } = await load("rank.js");
+        const rows = [
+          { id: "a", status: "online" }, { id: "b", status: "offline" },
+          { id: "c", status: "online", cpu: 99 }, { id: "d", status: "stale" },
+        ];
+        const out = {};
+        for (const f of ["all", "problems", "offline", "online"]) {
+          out[f] = rows.filter((r) => passesFilter(f, r.status, rank(r))).map((r) => r.id);
+        }
+        return out;
+    """)
+    assert got == {
+        "all": ["a", "b", "c", "d"], "problems": ["b", "c", "d"], "offline": ["b", "d"],
+        "online": ["a", "c"],
+    }
+
+
+async def test_relative_times_and_units(page: Page) -> None:
+    got = await run(page, """
+        const f = await load("format.js");
+        const t = 1_000_000;
+        return [f.ago(t, t + 1), f.ago(t, t + 42.9), f.ago(t, t + 600), f.ago(t, t + 7300),
+                f.ago(t, t + 3 * 86400), f.ago(null, t), f.pct(41.6), f.pct(null),
+                f.bytes(1536), f.bytes(12_345_678), f.level("cpu", 85), f.level("temp", 85)];
+    """)
+    assert got == ["just now", "42 s ago", "10 min ago", "2 h ago", "3 d ago", "never", "42%",
+                   "\u2013", "1.5 KB", "12 MB", "warn", "crit"]  # en dash for "unknown"
+
+
+async def test_chart_lines_break_at_missing_values_and_gaps(page: Page) -> None:
+    got = await run(page, """
+        const c = await load("chart.js");
+        const id = (v) => v;
+        const t = [0, 10, 20, 30, 40, 200, 210];
+        const v = [1, 2, null, 4, 5, 6, 7];
+        const d = c.linePath(t, v, id, id, 30);
+        return { moves: d.split("M").length - 1, d, spark: c.sparkPoints([0, 50, 100]),
+                 nice: [c.niceMax(7), c.niceMax(23), c.niceMax(180), c.niceMax(0)],
+                 nearest: [c.nearest(t, 14), c.nearest(t, 16), c.nearest(t, 999)] };
+    """)
+    assert got["moves"] == 3, got["d"]  # [0,10] | [30,40] | [200,210]
+    assert got["spark"] == "0.0,23.0 50.0,12.0 100.0,1.0"
+    assert got["nice"] == [10, 25, 200, 1]
+    assert got["nearest"] == [1, 2, 6]
+
+
+async def test_device_view_picks_chart_series_from_known_keys(page: Page) -> None:
+    picked = await run(page, """
+        const { pickKeys } = await load("device.js");
+        return pickKeys(["cpu.percent", "cpu.core_percent[0]", "memory.used_percent",
+          "disk.used_percent[/data]", "disk.used_percent[/]", "disk.free_bytes[/]",
+          "net.rx_bytes_per_s[lo]", "net.rx_bytes_per_s[eth0]", "net.tx_bytes_per_s[eth0]",
+          "temp.celsius[coretemp/Core 0]"]);
+    """)
+    assert picked == {
+        "cpu": ["cpu.percent"], "memory": ["memory.used_percent"],
+        "disk": ["disk.used_percent[/]", "disk.used_percent[/data]"],
+        "temp": ["temp.celsius[coretemp/Core 0]"],
+        "net": ["net.rx_bytes_per_s[eth0]", "net.tx_bytes_per_s[eth0]"],
+    }
+
+
+async def test_table_update_touches_only_changed_rows_of_1000(page: Page) -> None:
+    got = await run(page, """
+        const { FleetTable } = await load("table.js");
+        const tbody = document.querySelector("tbody");
+        const table = new FleetTable(tbody, { onOpen() {}, onCounts() {} });
+        const now = Date.now() / 1000;
+        const mk = (i, cpu) => ({ id: "d" + String(i).padStart(4, "0"), status: "online",
+          online: true, last_seen: now, cpu, memory: 40, disk: 50, temp: 45,
+          spark: [cpu, cpu], severity: null, firing: 0 });
+        const t0 = performance.now();
+        table.replaceAll(Array.from({ length: 1000 }, (_, i) => mk(i, 10)));
+        const snapshotMs = performance.now() - t0;
+        const before = [...tbody.children];
+        const seen = [];
+        const obs = new MutationObserver((records) => seen.push(...records));
+        obs.observe(tbody, { subtree: true, childList: true, characterData: true, attributes: true });
+        const touched = () => {
+          const rows = new Set();
+          let moved = 0;
+          for (const m of seen.splice(0).concat(obs.takeRecords())) {
+            if (m.target === tbody) { moved += m.addedNodes.length; continue; }
+            const tr = (m.target.nodeType === 1 ? m.target : m.target.parentElement).closest("tr");
+            rows.add(tr.dataset.deviceId);
+          }
+          return { rows: [...rows].sort(), moved };
+        };
+        table.update([mk(3, 55), mk(500, 61), mk(999, 12)]);
+        const changed = touched();
+        table.update([mk(3, 55), mk(500, 61)]);  // same figures again
+        const same = touched();
+        table.update([{ ...mk(700, 5), status: "offline", online: false }]);
+        await new Promise((r) => setTimeout(r, 1100));  // re-sorted at most once a second
+        const resorted = touched();
+        const reused = [...tbody.children].every((tr) => before.includes(tr));
+        return { changed, same, resorted, first: tbody.firstElementChild.dataset.deviceId,
+                 reused, count: tbody.childElementCount, snapshotMs };
+    """)
+    assert got["changed"] == {"rows": ["d0003", "d0500", "d0999"], "moved": 0}
+    assert got["same"] == {"rows": [], "moved": 0}
+    assert got["resorted"] == {"rows": ["d0700"], "moved": 1}  # one row moved, nothing rebuilt
+    assert got["first"] == "d0700"
+    assert got["reused"]
+    assert got["count"] == 1000
