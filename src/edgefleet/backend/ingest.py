@@ -103,6 +103,15 @@ class Ingest:
         tracker = self._trackers.get(device)
         return 0 if tracker is None else tracker.lost
 
+    def sequence(self, device: str) -> dict[str, object] | None:
+        """What arrived of ``device``'s current stream: first/last seq, count, lost."""
+        tracker = self._trackers.get(device)
+        if tracker is None:
+            return None
+        c = tracker.cursor()
+        return {"stream": c.stream, "first_seq": c.base, "last_seq": c.high,
+                "received": c.received, "lost": c.lost}
+
     def take_cursors(self) -> dict[str, SeqCursor]:
         """The dedup state of every device changed since the last call (for the store)."""
         taken = {device: self._trackers[device].cursor() for device in self._dirty}

@@ -93,7 +93,12 @@ class FleetViewModel:
         known = sorted(self._latest.get(device, (0.0, {}))[1])
         wanted = keys or [k for k in known if _chartable(k)] or list(DEFAULT_KEYS)
         history = await asyncio.to_thread(self.b.store.history, device, start, end, wanted, points)
-        return {"device": row, "keys": known, "history": history_json(history, wanted)}
+        return {"device": row, "keys": known, "history": history_json(history, wanted),
+                "sequence": self.b.ingest.sequence(device)}
+
+    def sequences(self) -> dict[str, Any]:
+        """Per device: stream, first and last seq received, distinct count, lost."""
+        return {r.device: self.b.ingest.sequence(r.device) for r in self.b.fleet.devices()}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         connected = self.b.transport.connected.is_set()

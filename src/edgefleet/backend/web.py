@@ -32,6 +32,7 @@ class FleetView(Protocol):
     async def device_detail(
         self, device: str, start: float, end: float, keys: list[str] | None, points: int
     ) -> dict[str, Any] | None: ...
+    def sequences(self) -> dict[str, Any]: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
     def metrics_text(self) -> str: ...
 
@@ -123,6 +124,10 @@ def create_app(view: FleetView, *, token: str | None = None) -> Quart:
         if detail is None:
             return jsonify(error=f"unknown device {device!r}"), 404
         return jsonify(detail)
+
+    @app.get("/api/sequences")
+    async def sequences() -> ResponseReturnValue:
+        return jsonify(view.sequences())
 
     @app.get("/api/alerts")
     async def alerts() -> ResponseReturnValue:
