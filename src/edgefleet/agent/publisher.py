@@ -110,9 +110,11 @@ class Publisher:
         """Send batches until something breaks; return True when the broker refused."""
         window = asyncio.Semaphore(self.limits.max_inflight)
         inflight: set[asyncio.Task[bool]] = set()
-        after = -1
+        after, after_stream = -1, self.queue.stream
         self._refused = False
         while not self._stop_event.is_set() and not self._broken.is_set():
+            if self.queue.stream != after_stream:  # store replaced: its seqs restart at 0
+                after, after_stream = -1, self.queue.stream
             batch = self._next_batch(after)
             if not batch:
                 await self._wait_for_work()
