@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping
 
 import pytest
@@ -332,20 +331,20 @@ rules:
     assert {a.key for a in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}
 
 
-def test_throughput_of_a_fleet() -> None:
+def test_a_fleet_keeps_one_condition_per_rule_device_and_instance() -> None:
     rules = load_rules(default_rules_path())
-    metrics = {"cpu.percent": 50.0, "mem.used_percent": 40.0, "swap.used_percent": 0.0,
+    metrics = {"cpu.percent": 50.0, "memory.used_percent": 40.0, "swap.used_percent": 0.0,
                "load.load1": 0.5, "load.load5_per_core": 0.2, "disk.used_percent[/]": 60.0,
                "disk.used_percent[/data]": 70.0, "temp.celsius[coretemp/Package id 0]": 50.0,
                **{f"net.rx_bytes_per_s[eth{i}]": 1.0 for i in range(4)}}
     state = AlertState()
-    start = time.perf_counter()
     for i in range(5000):
         device = f"edge-{i % 1000}"
-        state, _ = evaluate(rules, state, device, float(i), metrics, float(i))
-    elapsed = time.perf_counter() - start
-    assert len(state) == 1000 * 9  # two disk rules x two mounts
-    assert elapsed < 2.5, f"5000 samples took {elapsed:.2f} s"
+        state, events = evaluate(rules, state, device, float(i), metrics, float(i))
+        assert events == []
+    # cpu, memory, swap, load, temp, and two disk rules x two mounts (the engine's speed is
+    # measured in bench/, not asserted here)
+    assert len(state) == 1000 * 9
 
 
 def test_a_sample_from_a_wrong_future_clock_does_not_freeze_the_key() -> None:

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgefleet.agent.batch import build_message, fit, too_big
+from edgefleet.agent.batch import Health, build_message, fit, too_big
 from edgefleet.agent.contracts import QueuedSample, SampleQueue
 from edgefleet.agent.ratelimit import TokenBucket
 from edgefleet.common.logs import kv
-from edgefleet.common.protocol import AgentHealth, metrics_topic
 from edgefleet.common.transport import Transport
+from edgefleet.common.wire import metrics_topic
 from edgefleet.errors import PermanentPublishError, TransportError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Publisher:
         queue: SampleQueue,
         transport: Transport,
         limits: Limits,
-        health: Callable[[], AgentHealth],
+        health: Callable[[], Health],
     ) -> None:
         self.device_id = device_id
         self.queue = queue
@@ -171,8 +171,11 @@ class Publisher:
         except PermanentPublishError as exc:
             self.stats.errors += 1
             self.stats.refused += 1
+            first = not self._refused  # the rest of the window is refused the same way
             self._refused = True
             self._broken.set()
+            if not first:
+                return True
             log.error(
                 "broker REFUSED metrics publish; check the IoT policy for this thing",
                 extra=kv(
