@@ -8,11 +8,8 @@ Sub-packages read as the architecture:
 - ``edgefleet.backend``: ingest, fleet state, alerts and the dashboard (extra ``backend``).
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("edgefleet")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
+# A literal, not importlib.metadata: that import alone costs the edge agent ~2 MiB of RSS.
+# pyproject.toml's ``version`` must say the same (tests/agent/test_agent_lean.py checks it).
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

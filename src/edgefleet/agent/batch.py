@@ -5,13 +5,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from edgefleet.agent.contracts import QueuedSample
-from edgefleet.common.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, AgentHealth
+from edgefleet.common.wire import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, HealthDoc, encode_health
 
 # Room kept free for the header, the health object and the JSON punctuation.
 _HEADER_ROOM = 1024
 _PER_SAMPLE = 48
+
+
+class HealthModel(Protocol):
+    """A health object that encodes itself, e.g. ``protocol.AgentHealth`` (the simulator)."""
+
+    def model_dump_json(self) -> str:
+        """Compact JSON of the object."""
+        ...
+
+
+Health = HealthDoc | HealthModel
+"""The ``health`` of a message: the agent's plain dict, or a model with the same fields."""
 
 
 def sample_body(metrics: dict[str, float], failed: Sequence[str]) -> bytes:
@@ -49,7 +62,7 @@ def build_message(
     device_id: str,
     stream: str,
     samples: Sequence[QueuedSample],
-    health: AgentHealth | None,
+    health: Health | None,
     sent_at: float | None = None,
 ) -> bytes:
     """Encode one ``MetricsMessage`` (protocol v1) from queued samples."""
@@ -63,7 +76,9 @@ def build_message(
         separators=(",", ":"),
     ).encode()
     parts = [head[:-1], b',"samples":[', b",".join(_sample_json(s) for s in samples), b"]"]
-    if health is not None:
+    if isinstance(health, dict):
+        parts += [b',"health":', encode_health(health)]
+    elif health is not None:
         parts += [b',"health":', health.model_dump_json().encode()]
     parts.append(b"}")
     return b"".join(parts)

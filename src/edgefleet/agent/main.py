@@ -1,4 +1,11 @@
-"""Wiring of the agent: settings -> collectors -> durable queue -> publisher -> broker."""
+"""Wiring of the agent: settings -> collectors -> durable queue -> publisher -> broker.
+
+Two process images, one PID (see ``docs/agent.md``, *Memory*): :func:`run_agent` validates
+the settings with pydantic-settings and runs :func:`preflight`, then re-executes the
+interpreter as ``python -m edgefleet.agent.run``, which runs :class:`Agent` on the plain
+:class:`~edgefleet.agent.config.AgentConfig` it was handed. Nothing imported at the top of
+this module may import pydantic (``tests/agent/test_agent_lean.py`` checks it).
+"""
 
 from __future__ import annotations
 
@@ -6,36 +13,45 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
 from edgefleet.agent.collectors import build_collectors, collect_all
+from edgefleet.agent.config import HANDOVER_ENV, AgentConfig, Handover
 from edgefleet.agent.contracts import Collector, SampleQueue
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
-from edgefleet.agent.settings import AgentSettings
-from edgefleet.common.greengrass import watch_agent_configuration
+from edgefleet.common.files import check_cert_file, check_private_key
 from edgefleet.common.ipc import GREENGRASS_ENV, IpcTransport, resolve_transport, under_greengrass
-from edgefleet.common.logs import kv
+from edgefleet.common.logs import JsonFormatter, kv
 from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.protocol import AgentHealth, StatusMessage, encode, status_topic
-from edgefleet.common.settings import check_cert_file, check_private_key, load_settings
 from edgefleet.common.transport import Transport
+from edgefleet.common.wire import HealthDoc, StatusState, encode_status, status_topic
 from edgefleet.errors import ConfigError, TransportError
+
+if TYPE_CHECKING:
+    from edgefleet.agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 4.0
+RUNTIME_MODULE = "edgefleet.agent.run"
+# Blocked from just before the re-exec until the new image has its handlers: a SIGTERM in
+# between is delivered then (a clean stop) instead of killing the half-started process.
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
-def preflight(s: AgentSettings) -> str:
+def preflight(settings: AgentConfig | AgentSettings) -> str:
     """Check what the agent needs before it starts; return the thing name."""
+    s = AgentConfig.from_settings(settings)
     if not s.thing_name:
         raise ConfigError("EDGE_AGENT_THING_NAME is not set (the device's AWS IoT thing name)")
     if resolve_transport(s.transport) == "ipc":
@@ -63,17 +79,14 @@ def _file_id(path: Path) -> tuple[int, int, int]:
 class Agent:
     """One running agent; :meth:`run` returns after :meth:`stop` within a few seconds."""
 
-    def __init__(self, settings: AgentSettings, thing: str) -> None:
-        self.s = settings
+    def __init__(self, settings: AgentConfig | AgentSettings, thing: str) -> None:
+        self.s = s = AgentConfig.from_settings(settings)
         self.thing = thing
         self.collectors: list[Collector] = build_collectors(
-            settings.collectors or None, settings.disabled_collectors
+            s.collectors or None, s.disabled_collectors
         )
         self.queue: SampleQueue = open_queue(
-            settings.queue,
-            settings.queue_path,
-            max_bytes=settings.queue_max_bytes,
-            max_samples=settings.queue_max_samples,
+            s.queue, s.queue_path, max_bytes=s.queue_max_bytes, max_samples=s.queue_max_samples
         )
         self._proc = psutil.Process()
         self._stop = asyncio.Event()
@@ -95,19 +108,19 @@ class Agent:
             bytes_per_s=self.s.max_bytes_per_s if on else None,
         )
 
-    def _status(self, state: str) -> bytes:
-        return encode(
-            StatusMessage(
-                v=1, device_id=self.thing, state=state,  # type: ignore[arg-type]
-                ts=time.time(), agent_version=__version__, interval_s=self.s.interval_s,
-            )
+    def _status(self, state: StatusState) -> bytes:
+        return encode_status(
+            self.thing, state, time.time(), agent_version=__version__, interval_s=self.s.interval_s
         )
 
     def _make_transport(self) -> Transport:
         s = self.s
         if resolve_transport(s.transport) == "ipc":
             # Under Greengrass: publish through the nucleus and answer its configuration
-            # validation requests (see edgefleet.common.greengrass).
+            # validation requests (see edgefleet.common.greengrass; it validates with the
+            # pydantic settings model, so it is imported only here).
+            from edgefleet.common.greengrass import watch_agent_configuration
+
             return IpcTransport(on_connect=self._on_connect, on_client=watch_agent_configuration)
         assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked
         cfg = MqttConfig(
@@ -127,10 +140,10 @@ class Agent:
         with contextlib.suppress(TransportError):
             await self.publisher.transport.publish(status_topic(self.thing), self._status("online"))
 
-    def health(self) -> AgentHealth:
-        """The agent's own figures, sent with every metrics message."""
+    def health(self) -> HealthDoc:
+        """The agent's own figures, sent with every metrics message (``AgentHealth``)."""
         st = self.queue.stats()
-        return AgentHealth(
+        return HealthDoc(
             queue_depth=st.depth,
             queue_bytes=st.bytes,
             oldest_age_s=max(0.0, time.time() - st.oldest_ts) if st.oldest_ts else 0.0,
@@ -210,7 +223,7 @@ class Agent:
         self._stop.set()
 
 
-def _print_once(settings: AgentSettings) -> int:
+def _print_once(settings: AgentConfig) -> int:
     collectors = build_collectors(settings.collectors or None, settings.disabled_collectors)
     time.sleep(0.5)  # rates and CPU need a short window after the first reading
     taken = time.time()
@@ -222,20 +235,59 @@ def _print_once(settings: AgentSettings) -> int:
 
 async def _serve(agent: Agent) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, agent.stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked across the re-exec
     await agent.run()
 
 
-def run_agent(config: Path | None = None, once: bool = False) -> int:
-    """``edgefleet agent``: run until SIGTERM/SIGINT, or print one sample with ``once``."""
-    settings = load_settings(AgentSettings, config)
-    if once:
-        return _print_once(settings)
-    thing = preflight(settings)
+def serve(config: AgentConfig) -> int:
+    """Run the agent in this process until SIGTERM/SIGINT (the re-executed image's job)."""
+    thing = preflight(config)
 
     async def main() -> None:
-        await _serve(Agent(settings, thing))
+        await _serve(Agent(config, thing))
 
     asyncio.run(main())
     return 0
+
+
+def _logging_now() -> tuple[str, str]:
+    """The level and format ``setup_logging`` gave this process, for the next image."""
+    root = logging.getLogger()
+    json_out = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return logging.getLevelName(root.level), "json" if json_out else "text"
+
+
+def _reexec(config: AgentConfig) -> None:
+    """Replace this process image (same PID) by the lean runtime; returns only on failure."""
+    level, fmt = _logging_now()
+    env = dict(os.environ)
+    env[HANDOVER_ENV] = Handover(config, level, fmt).to_env()
+    argv = [sys.executable, "-m", RUNTIME_MODULE]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter, fixed argv
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        log.warning("cannot re-execute the agent; running it here", extra=kv(error=str(exc)))
+
+
+def run_agent(config: Path | None = None, once: bool = False) -> int:
+    """``edgefleet agent``: run until SIGTERM/SIGINT, or print one sample with ``once``.
+
+    Settings are validated here, with pydantic-settings; the long-running agent is then the
+    same process re-executed without pydantic (:mod:`edgefleet.agent.run`).
+    """
+    from edgefleet.agent.settings import AgentSettings
+    from edgefleet.common.settings import load_settings
+
+    resolved = AgentConfig.from_settings(load_settings(AgentSettings, config))
+    if once:
+        return _print_once(resolved)
+    preflight(resolved)
+    if sys.executable:
+        _reexec(resolved)
+    return serve(resolved)

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from edgefleet.common.protocol import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
+from edgefleet.common.wire import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
 
 CommaList = Annotated[list[str], NoDecode]
 

@@ -10,31 +10,65 @@ Every payload is UTF-8 JSON with ``"v": 1``. A message is at most 128 KiB (AWS I
 limit). ``protocol.schema.json`` beside this module is generated from these models
 (``python -m edgefleet.common.protocol > src/edgefleet/common/protocol.schema.json``) and a
 test keeps the two in agreement.
+
+Constants, topic helpers and the agent's own encoders live in the pydantic-free
+:mod:`edgefleet.common.wire` (the edge agent imports only that) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgefleet.common.wire import (
+    APP,
+    MAX_MESSAGE_BYTES,
+    METRIC_KEY_PATTERN,
+    METRICS_FILTER,
+    PROTOCOL_VERSION,
+    STATUS_FILTER,
+    THING_NAME_PATTERN,
+    TOPIC_PREFIX,
+    HealthDoc,
+    encode_health,
+    encode_status,
+    is_valid_thing_name,
+    metrics_topic,
+    parse_topic,
+    status_topic,
+)
 from edgefleet.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 128 * 1024
-APP = "edgefleet"
-TOPIC_PREFIX = f"dt/{APP}"
-METRICS_FILTER = f"{TOPIC_PREFIX}/+/metrics"
-STATUS_FILTER = f"{TOPIC_PREFIX}/+/status"
-
-# AWS IoT thing names: 1-128 of [a-zA-Z0-9:_-]. MQTT wildcards and '/' are excluded by this.
-THING_NAME_PATTERN = r"^[a-zA-Z0-9:_-]{1,128}$"
-_THING_RE = re.compile(THING_NAME_PATTERN)
-# A metric key is ``family`` or ``family[instance]``: ``cpu.percent``, ``disk.used_percent[/]``.
-METRIC_KEY_PATTERN = r"^[a-z][a-z0-9_.]{0,63}(\[[^\[\]]{1,200}\])?$"
+__all__ = [
+    "APP",
+    "MAX_MESSAGE_BYTES",
+    "METRICS_FILTER",
+    "METRIC_KEY_PATTERN",
+    "PROTOCOL_VERSION",
+    "STATUS_FILTER",
+    "THING_NAME_PATTERN",
+    "TOPIC_PREFIX",
+    "AgentHealth",
+    "HealthDoc",
+    "MetricKey",
+    "MetricsMessage",
+    "Sample",
+    "StatusMessage",
+    "ThingName",
+    "UnixTime",
+    "decode",
+    "encode",
+    "encode_health",
+    "encode_status",
+    "is_valid_thing_name",
+    "json_schema",
+    "metrics_topic",
+    "parse_topic",
+    "status_topic",
+]
 
 MetricKey = Annotated[str, Field(pattern=METRIC_KEY_PATTERN)]
 ThingName = Annotated[str, Field(pattern=THING_NAME_PATTERN, description="AWS IoT thing name")]
@@ -106,32 +140,6 @@ class StatusMessage(_Model):
     ts: UnixTime = Field(description="when the agent connected (also for the Last Will)")
     agent_version: str | None = Field(default=None, max_length=64)
     interval_s: float | None = Field(default=None, gt=0, description="sampling interval")
-
-
-def metrics_topic(thing: str) -> str:
-    """Topic on which ``thing`` publishes its metrics."""
-    return f"{TOPIC_PREFIX}/{thing}/metrics"
-
-
-def status_topic(thing: str) -> str:
-    """Topic on which ``thing`` publishes its online/offline status."""
-    return f"{TOPIC_PREFIX}/{thing}/status"
-
-
-def is_valid_thing_name(name: str) -> bool:
-    """True when ``name`` is a legal AWS IoT thing name (and so safe inside a topic)."""
-    return bool(_THING_RE.match(name))
-
-
-def parse_topic(topic: str) -> tuple[str, str]:
-    """Split ``dt/edgefleet/<thing>/<kind>`` into ``(thing, kind)`` or raise ``bad_topic``."""
-    parts = topic.split("/")
-    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_PREFIX:
-        raise ProtocolError("bad_topic", f"topic {topic!r} is not {TOPIC_PREFIX}/<thing>/<kind>")
-    thing, kind = parts[2], parts[3]
-    if kind not in ("metrics", "status") or not is_valid_thing_name(thing):
-        raise ProtocolError("bad_topic", f"topic {topic!r} has no valid thing/kind")
-    return thing, kind
 
 
 def _load(payload: bytes) -> dict[str, Any]:

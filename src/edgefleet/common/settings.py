@@ -4,12 +4,14 @@ Conventions (same for both services): an environment prefix (``EDGE_AGENT_`` /
 ``EDGE_BACKEND_``), an optional TOML config file whose unknown keys are an error, unknown
 prefixed environment variables are an error too (pydantic-settings would ignore a typo),
 and every failure becomes ONE line naming the setting.
+
+The key and certificate checks live in the pydantic-free :mod:`edgefleet.common.files`
+(the edge agent's long-running process uses them) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +19,10 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from edgefleet.errors import ConfigError, KeyFileError
+from edgefleet.common.files import check_cert_file, check_private_key
+from edgefleet.errors import ConfigError
+
+__all__ = ["check_cert_file", "check_private_key", "load_settings"]
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -84,35 +89,3 @@ def load_settings(cls: type[S], config_file: Path | None = None, **overrides: An
         return cls(**init)
     except ValidationError as exc:
         raise ConfigError(_one_line(cls, exc, source)) from None
-
-
-def check_private_key(path: Path, setting: str) -> None:
-    """Refuse a missing key, or one that group or others can read or write."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise KeyFileError(f"{setting}: private key {path} does not exist") from None
-    except PermissionError:
-        raise KeyFileError(f"{setting}: private key {path} cannot be read by this user") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{setting}: private key {path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise KeyFileError(
-            f"{setting}: private key {path} is readable by group or others "
-            f"(mode {mode:04o}); fix with: chmod 600 {path}"
-        )
-    if not os.access(path, os.R_OK):
-        raise KeyFileError(f"{setting}: private key {path} cannot be read by this user")
-
-
-def check_cert_file(path: Path, setting: str) -> None:
-    """Refuse a missing or unreadable certificate file (a PEM certificate is expected)."""
-    if not path.is_file():
-        raise KeyFileError(f"{setting}: certificate file {path} does not exist")
-    try:
-        head = path.read_bytes()[:4096]
-    except PermissionError:
-        raise KeyFileError(f"{setting}: certificate file {path} cannot be read") from None
-    if b"-----BEGIN CERTIFICATE-----" not in head:
-        raise KeyFileError(f"{setting}: {path} is not a PEM certificate")

@@ -25,7 +25,7 @@ from edgefleet.agent.collectors.temp import TempCollector
 from edgefleet.agent.collectors.uptime import UptimeCollector
 from edgefleet.agent.contracts import Collector
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.protocol import METRIC_KEY_PATTERN
+from edgefleet.common.wire import METRIC_KEY_PATTERN
 from edgefleet.errors import ConfigError
 
 __all__ = ["REGISTRY", "build_collectors", "collect_all"]
