@@ -4,5 +4,5 @@
 # devices. Ctrl-C stops everything. Extra arguments go to `edgefleet demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EDGEFLEET_NO_BROWSER=1 bash scripts/setup.sh
+EDGEFLEET_DEMO_ONLY=1 bash scripts/setup.sh
 exec .venv/bin/edgefleet demo "$@"

@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 
 want=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || want+=(mosquitto)
-if [ "${EDGEFLEET_NO_BROWSER:-0}" != 1 ] && [ ! -x /usr/bin/chromium ]; then want+=(chromium); fi
+if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && [ ! -x /usr/bin/chromium ]; then want+=(chromium); fi
+# libfaketime: the fault suite jumps a device's clock (tests only; the demo does not need it)
+if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+    want+=(faketime)
+fi
 if [ ${#want[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${want[*]}; run: sudo apt-get update && sudo apt-get install -y ${want[*]}" >&2

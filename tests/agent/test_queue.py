@@ -394,7 +394,11 @@ def test_disk_full_on_put_counts_the_sample_as_dropped(
     assert (queue.stream, seqs(queue), queue.stats().dropped_total) == (stream, [0, 2], 1)
     assert aside_files(path) == []
     assert [getattr(r, "fields", {}).get("reason") for r in caplog.records] == ["store_error"]
-    queue.close()
+    queue.close()  # (a SIGKILL would do the same: the next put already saved the counters)
+    again = SqliteQueue(path, max_bytes=BIG, max_samples=10)
+    assert again.stats().dropped_total == 1  # the drop is remembered, not forgotten
+    assert again.put(3.0, body(3)) == 3  # and its seq is never handed out twice
+    again.close()
 
 
 @pytest.mark.parametrize("where", ["is_a_directory", "under_a_file"])

@@ -351,3 +351,21 @@ def test_a_sample_from_a_wrong_future_clock_does_not_freeze_the_key() -> None:
     state, _ = run(cpu((1e9, 50)), now=1000)  # device clock far ahead, then corrected
     _, events = run(cpu(*every_10s(*[95] * 7, start=1000)), state=state)
     assert brief(events) == [("firing", 1060, 1000)]
+
+
+def test_a_clock_jumping_ahead_does_not_skip_the_for_duration() -> None:
+    # pending from t=1000; then the device clock jumps one hour ahead while the backend's
+    # clock is at 1010: that sample is in the future and must not fire the alert
+    state, events = run(cpu((1000, 95)), now=1000)
+    state, events = run(cpu((1000 + 3600, 95)), state=state, now=1010)
+    assert events == []
+    # the clock comes back: the condition, pending since 1000, fires once `for` has passed
+    _, events = run(cpu(*every_10s(*[95] * 8, start=1020)), state=state)
+    assert brief(events) == [("firing", 1060, 1000)]
+
+
+def test_a_pending_time_from_a_future_clock_restarts_when_the_clock_returns() -> None:
+    state, events = run(cpu((5000, 95)), now=1000)  # first sample comes from the future
+    assert events == []
+    _, events = run(cpu(*every_10s(*[95] * 8, start=1010)), state=state)
+    assert brief(events) == [("firing", 1070, 1010)]

@@ -183,7 +183,10 @@ def evaluate(  # noqa: PLR0917 - the engine's documented positional signature
 ) -> tuple[AlertState, list[AlertEvent]]:
     """Evaluate one sample of ``device`` taken at ``ts``; ``now`` is the backend's clock."""
     ts = float(ts)
-    fresh, horizon = ts >= now - rules.replay_grace_s, now + rules.replay_grace_s
+    horizon = now + rules.replay_grace_s
+    # Only samples near the backend's clock may fire: replayed ones are old, and ones from a
+    # clock that jumped ahead are in the future (they would skip every ``for`` duration).
+    fresh = now - rules.replay_grace_s <= ts <= horizon
     current = state.device(device)
     changes: dict[_Slot, Condition | None] = {}
     events: list[AlertEvent] = []
@@ -225,7 +228,8 @@ def _step(
         return Condition(None, None, None, value, ts), "resolved"
     if not _OPS[op](value, params.threshold):
         return Condition(None, None, None, value, ts), None
-    since = ts if old.since is None else old.since
+    # A pending time after this sample's came from a clock that has since gone back.
+    since = ts if old.since is None or old.since > ts else old.since
     if fresh and ts - since >= params.for_s:
         return Condition(since, ts, params.severity, value, ts), "firing"
     return Condition(since, None, None, value, ts), None

@@ -59,6 +59,7 @@ def transport_factory(s: BackendSettings, kind: str) -> Callable[..., Any]:
             endpoint=s.endpoint, port=s.port, cert_file=s.cert_file, key_file=s.key_file,
             ca_file=s.ca_file, client_id=s.client_id, aws_limits=s.aws_limits,
             session_expiry_s=s.session_expiry_s, on_connect=on_connect,
+            max_reconnect_ms=int(s.reconnect_max_s * 1000),
         )
         return MqttClient(cfg, on_message_acked=on_message)
 

@@ -42,6 +42,7 @@ class BackendSettings(BaseSettings):
     transport: Literal["auto", "mqtt", "ipc"] = "auto"
     aws_limits: bool = True
     session_expiry_s: int = Field(default=3600, ge=0, le=7 * 86400)
+    reconnect_max_s: float = Field(default=10.0, ge=1, le=600)
 
     db_path: Path = Path("/var/lib/edgefleet/backend/fleet.db")
     rules_file: Path | None = None

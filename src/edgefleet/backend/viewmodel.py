@@ -39,10 +39,11 @@ class FleetViewModel:
             self._spark[row.device] = deque((v for _, v in points), maxlen=SPARK_POINTS)
 
     def on_samples(self, samples: Iterable[AcceptedSample]) -> None:
-        """Remember the newest sample per device (replayed older ones don't overwrite)."""
+        """Remember each device's newest sample: the highest seq of its current stream, not
+        the latest timestamp (a device clock can jump; replayed backlogs are older)."""
         for s in samples:
-            ts, _ = self._latest.get(s.device, (-1.0, {}))
-            if s.ts >= ts:
+            seq = self.b.ingest.sequence(s.device)
+            if seq is not None and s.seq == seq["last_seq"]:
                 self._latest[s.device] = (s.ts, dict(s.metrics))
                 value = s.metrics.get(SPARK_KEY)
                 if value is not None:

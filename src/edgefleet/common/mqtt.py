@@ -157,8 +157,10 @@ class MqttClient:
             reason = f"CONNACK {int(connack.reason_code)} {reason}"
         self.last_error = reason
         hint = ""
-        if "TLS" in reason:
+        if "NEGOTIATION_FAILURE" in reason or "TLS_ERROR_READ_FAILURE" in reason:
             hint = "TLS handshake failed: is this certificate signed by a CA the broker trusts?"
+        elif "TIMEOUT" in reason or "SOCKET" in reason:
+            hint = "network: the broker did not answer in time"
         if self._ratelog.allow("fail") is not None:
             log.error(
                 "mqtt connection failed",

@@ -115,6 +115,7 @@ class SqliteQueue:
         self._lock = threading.Lock()
         self._events = QueueLog(self.kind, self.path)
         self._recent = RecentDrops()
+        self._counters_dirty = False
         self._stream, self._next_seq, self._dropped, self._depth, self._bytes = "", 0, 0, 0, 0
         self._conn = self._open()
 
@@ -135,6 +136,7 @@ class SqliteQueue:
                 seq = self._next_seq
                 self._next_seq += 1
                 self._dropped += 1
+                self._counters_dirty = True  # saved by the next put that reaches the file
                 self._events.dropped("store_error", 1, self._dropped, error=repr(exc))
                 return seq
 
@@ -274,11 +276,13 @@ class SqliteQueue:
                     "DELETE FROM samples WHERE seq <= ? RETURNING seq", (last,)
                 ).fetchall()
                 self._recent.add(row[0] for row in gone)
+            if count or self._counters_dirty:
                 self._save_counters(seq + 1, self._dropped + count)
             self._conn.execute(
                 "INSERT INTO samples (seq, ts, body) VALUES (?, ?, ?)", (seq, ts, body)
             )
         self._next_seq = seq + 1
+        self._counters_dirty = False
         self._depth += 1 - count
         self._bytes += len(body) + ROW_OVERHEAD_BYTES - freed
         if count:
