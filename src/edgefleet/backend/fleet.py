@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgefleet.backend.ingest import Ingest, IngestResult
@@ -234,7 +234,15 @@ class FleetState:
 
     def _row(self, dev: _Device) -> DeviceRow:
         lost = self._ingest.lost(dev.device) if self._ingest is not None else 0
-        return DeviceRow(**asdict(dev), lost_samples=lost)
+        # Field by field: dataclasses.asdict deep-copies health and labels (10x slower), and
+        # the health dict is replaced, never mutated, so sharing it is safe.
+        return DeviceRow(
+            device=dev.device, first_seen=dev.first_seen, last_seen=dev.last_seen,
+            last_sample_ts=dev.last_sample_ts, status=dev.status, status_ts=dev.status_ts,
+            session_ts=dev.session_ts, health=dev.health, health_sent_at=dev.health_sent_at,
+            agent_version=dev.agent_version, interval_s=dev.interval_s,
+            labels=dict(dev.labels), lost_samples=lost,
+        )
 
 
 def _from_row(row: DeviceRow) -> _Device:

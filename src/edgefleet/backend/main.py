@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -91,6 +92,10 @@ def run_backend(config: Path | None = None) -> int:
         from edgefleet.backend.service import Backend
 
         backend = Backend(settings, rules, transport_factory(settings, kind))
+        # Long-lived state is built: keep the collector off it, and collect young objects
+        # less often (about 6 % of ingest CPU went to collections otherwise).
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
         app = create_app(backend.view, token=token)
         loop = asyncio.get_running_loop()

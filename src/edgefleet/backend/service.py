@@ -34,7 +34,9 @@ from edgefleet.errors import TransportError
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 5000
+BATCH_MAX = 1000  # messages per stored batch; keeps the event loop responsive
+GATHER_MIN = 200
+GATHER_S = 0.01
 TICK_S = 1.0
 COMPACT_EVERY_S = 600.0
 
@@ -81,11 +83,17 @@ class Backend:
         task.add_done_callback(lambda t: t.exception())
 
     async def _subscribe(self) -> None:
-        try:
-            codes = await self.transport.subscribe([METRICS_FILTER, STATUS_FILTER])
-        except TransportError as exc:
-            log.error("subscribe failed", extra=kv(error=str(exc)))
-            return
+        delay = 0.5
+        while True:
+            try:
+                codes = await self.transport.subscribe([METRICS_FILTER, STATUS_FILTER])
+                break
+            except TransportError as exc:
+                if self._stop.is_set() or not self.transport.connected.is_set():
+                    return  # the next connection subscribes again
+                log.error("subscribe failed; retrying", extra=kv(error=str(exc), in_s=delay))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         if any(c >= 128 for c in codes):
             log.error("broker refused the fleet subscription; check the backend's policy",
                       extra=kv(codes=codes))
@@ -99,6 +107,8 @@ class Backend:
             self._wake.clear()
             if self._stop.is_set() and not self._inbox:
                 return
+            if len(self._inbox) < GATHER_MIN and not self._stop.is_set():
+                await asyncio.sleep(GATHER_S)  # a batch has a fixed cost: let one gather
             while self._inbox:
                 batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), BATCH_MAX))]
                 await self._process(batch)
