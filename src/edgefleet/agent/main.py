@@ -1,8 +1,8 @@
 """Wiring of the agent: settings -> collectors -> durable queue -> publisher -> broker.
 
-Two process images, one PID (see ``docs/agent.md``, *Memory*): :func:`run_agent` validates
-the settings with pydantic-settings and runs :func:`preflight`, then re-executes the
-interpreter as ``python -m edgefleet.agent.run``, which runs :class:`Agent` on the plain
+Two process images, one PID (``docs/agent.md``, *One process, two images*): :func:`run_agent`
+validates the settings with pydantic-settings and runs :func:`preflight`, then re-executes
+the interpreter as ``python -m edgefleet.agent.run``, which runs :class:`Agent` on the plain
 :class:`~edgefleet.agent.config.AgentConfig` it was handed. Nothing imported at the top of
 this module may import pydantic (``tests/agent/test_agent_lean.py`` checks it).
 """

@@ -1,0 +1,97 @@
+"""The pydantic-free half of the wire contract (see ``docs/protocol.md``).
+
+Constants, topics and thing names, plus the two payload parts an agent builds itself (its
+status message and its health object), encoded with :mod:`json`. The edge agent's
+long-running process imports only this module, never :mod:`edgefleet.common.protocol`,
+whose pydantic models cost it about 12 MiB of RSS. ``protocol`` re-exports everything here
+and stays the one place that VALIDATES messages; ``tests/agent/test_agent_lean.py`` checks
+that what these encoders produce is exactly what the models accept and encode.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal, TypedDict
+
+from edgefleet.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 128 * 1024
+APP = "edgefleet"
+TOPIC_PREFIX = f"dt/{APP}"
+METRICS_FILTER = f"{TOPIC_PREFIX}/+/metrics"
+STATUS_FILTER = f"{TOPIC_PREFIX}/+/status"
+
+# AWS IoT thing names: 1-128 of [a-zA-Z0-9:_-]. MQTT wildcards and '/' are excluded by this.
+THING_NAME_PATTERN = r"^[a-zA-Z0-9:_-]{1,128}$"
+_THING_RE = re.compile(THING_NAME_PATTERN)
+# A metric key is ``family`` or ``family[instance]``: ``cpu.percent``, ``disk.used_percent[/]``.
+METRIC_KEY_PATTERN = r"^[a-z][a-z0-9_.]{0,63}(\[[^\[\]]{1,200}\])?$"
+
+StatusState = Literal["online", "offline"]
+
+
+class HealthDoc(TypedDict):
+    """The ``health`` object of a metrics message, as ``protocol.AgentHealth`` (same order)."""
+
+    queue_depth: int
+    queue_bytes: int
+    oldest_age_s: float
+    dropped_total: int
+    publish_errors_total: int
+    rss_bytes: int
+    agent_version: str
+
+
+def metrics_topic(thing: str) -> str:
+    """Topic on which ``thing`` publishes its metrics."""
+    return f"{TOPIC_PREFIX}/{thing}/metrics"
+
+
+def status_topic(thing: str) -> str:
+    """Topic on which ``thing`` publishes its online/offline status."""
+    return f"{TOPIC_PREFIX}/{thing}/status"
+
+
+def is_valid_thing_name(name: str) -> bool:
+    """True when ``name`` is a legal AWS IoT thing name (and so safe inside a topic)."""
+    return bool(_THING_RE.match(name))
+
+
+def parse_topic(topic: str) -> tuple[str, str]:
+    """Split ``dt/edgefleet/<thing>/<kind>`` into ``(thing, kind)`` or raise ``bad_topic``."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_PREFIX:
+        raise ProtocolError("bad_topic", f"topic {topic!r} is not {TOPIC_PREFIX}/<thing>/<kind>")
+    thing, kind = parts[2], parts[3]
+    if kind not in ("metrics", "status") or not is_valid_thing_name(thing):
+        raise ProtocolError("bad_topic", f"topic {topic!r} has no valid thing/kind")
+    return thing, kind
+
+
+def _compact(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_health(health: HealthDoc) -> bytes:
+    """The health object as compact JSON (what ``AgentHealth.model_dump_json()`` gives)."""
+    return _compact(health)
+
+
+def encode_status(
+    device_id: str,
+    state: StatusState,
+    ts: float,
+    agent_version: str | None = None,
+    interval_s: float | None = None,
+) -> bytes:
+    """A ``StatusMessage`` as compact JSON, ``None`` fields left out (as ``protocol.encode``)."""
+    doc: dict[str, object] = {
+        "v": PROTOCOL_VERSION, "device_id": device_id, "state": state, "ts": float(ts),
+    }
+    if agent_version is not None:
+        doc["agent_version"] = agent_version
+    if interval_s is not None:
+        doc["interval_s"] = float(interval_s)
+    return _compact(doc)
