@@ -40,6 +40,7 @@ class Hub:
         self.clients: set[Client] = set()
         self.frames_sent = 0
         self.slow_disconnects = 0
+        self.generation = 0
         self._dirty: set[str] = set()
         self._alerts: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
@@ -84,10 +85,15 @@ class Hub:
 
     async def run(self, build: Callable[[set[str], list[dict[str, Any]]], dict[str, Any]]) -> None:
         """Every interval, if anything changed, build one update frame and broadcast it."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
             await self._changed.wait()
-            await asyncio.sleep(self.interval_s)
+            # A fixed cadence: at most one frame per interval, never interval + build time.
+            next_at = max(next_at + self.interval_s, loop.time())
+            await asyncio.sleep(next_at - loop.time())
             self._changed.clear()
+            self.generation += 1  # every cycle that consumed changes, sent or not
             dirty, self._dirty = self._dirty, set()
             alerts, self._alerts = self._alerts, []
             if not self.clients:

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgefleet.backend.rules import default_rules_path, load_rules
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.backend.web import create_app
+from edgefleet.backend.web import create_app, disable_websocket_compression
 from edgefleet.common.ipc import IpcTransport, resolve_transport
 from edgefleet.common.logs import kv
 from edgefleet.common.mqtt import MqttClient, MqttConfig
@@ -98,6 +98,7 @@ def run_backend(config: Path | None = None) -> int:
         gc.set_threshold(50_000, 50, 100)
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
         app = create_app(backend.view, token=token)
+        disable_websocket_compression()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, backend.stop)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -12,7 +14,7 @@ from quart import Quart, Response, jsonify, request, send_from_directory, websoc
 from quart.typing import ResponseReturnValue
 
 from edgefleet import __version__
-from edgefleet.backend.hub import Hub
+from edgefleet.backend.hub import CLOSE_TOO_SLOW, Hub
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -58,6 +60,28 @@ def _float_arg(name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     return float(raw)
+
+
+def disable_websocket_compression() -> None:
+    """Make Hypercorn refuse permessage-deflate, which it otherwise always accepts.
+
+    Compressing every coalesced frame once per client inside the event loop cost ~14 ms per
+    client per frame (bench/bench_dashboard.py): 100 browsers stalled the backend. Frames
+    are small JSON on a LAN or loopback; plain frames cost 0.16 ms per client.
+    """
+    from hypercorn.protocol import ws_stream
+
+    handshake = ws_stream.Handshake
+    if getattr(handshake, "_edgefleet_no_deflate", False):
+        return
+    original = handshake.accept
+
+    def accept(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.extensions = None  # offer nothing back: the connection stays uncompressed
+        return original(self, *args, **kwargs)
+
+    setattr(handshake, "accept", accept)  # noqa: B010 - patching a third-party class
+    setattr(handshake, "_edgefleet_no_deflate", True)  # noqa: B010
 
 
 def create_app(view: FleetView, *, token: str | None = None) -> Quart:
@@ -133,6 +157,24 @@ def create_app(view: FleetView, *, token: str | None = None) -> Quart:
     async def alerts() -> ResponseReturnValue:
         return jsonify(view.alerts())
 
+    _add_websocket(app, view, token)
+    return app
+
+
+def _add_websocket(app: Quart, view: FleetView, token: str | None) -> None:
+    """``/ws``: a snapshot on connect, then the hub's coalesced frames (docs/api.md)."""
+    cached: dict[str, Any] = {"generation": -1, "frame": ""}
+
+    def snapshot() -> str:
+        """The full state, serialised once and shared by every client that connects before
+        the hub next consumes changes (a storm of reconnects costs one snapshot, not N)."""
+        if cached["generation"] != view.hub.generation:
+            doc = {"type": "snapshot", "devices": view.device_rows(),
+                   "summary": view.summary(), "alerts": view.alerts()}
+            cached.update(generation=view.hub.generation,
+                          frame=json.dumps(doc, separators=(",", ":")))
+        return str(cached["frame"])
+
     @app.websocket("/ws")
     async def ws() -> None:
         if not _authorised(token, websocket.args.get("token")):
@@ -142,18 +184,15 @@ def create_app(view: FleetView, *, token: str | None = None) -> Quart:
         await websocket.accept()
         client = view.hub.register(peer=str(websocket.remote_addr))
         try:
-            snapshot = {
-                "type": "snapshot",
-                "devices": view.device_rows(),
-                "summary": view.summary(),
-                "alerts": view.alerts(),
-            }
-            await websocket.send(json.dumps(snapshot, separators=(",", ":")))
+            await websocket.send(snapshot())
             while True:
                 frame = await client.queue.get()
                 await websocket.send(frame)
                 client.sent += 1
+        except asyncio.CancelledError:
+            if client.dropped:  # too slow: say so (1013), but never wait on this client
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(websocket.close(CLOSE_TOO_SLOW, "too slow"), 1.0)
+            raise
         finally:
             view.hub.unregister(client)
-
-    return app
