@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 set +e
-workers=${EDGEFLEET_TEST_WORKERS:-4}
+workers=${EDGEFLEET_TEST_WORKERS:-3}
 if [ "$workers" -gt 0 ]; then
     .venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"
 else

@@ -173,7 +173,11 @@ async def test_cli_runs_until_sigterm_and_writes_the_final_truth(
     assert proc.returncode == 0, err.decode()
     assert out.decode().startswith("simulated 3 devices:")
     doc = json.loads(truth_file.read_text())
-    assert doc["final"] and doc["totals"]["pending"] == 0 and doc["totals"]["count"] >= 10
+    assert doc["final"] and doc["totals"]["count"] >= 10
+    # under load a few samples may still await their PUBACK at the stop: they are listed as
+    # pending (never counted as delivered), device by device
+    for dev in doc["devices"].values():
+        assert sum(b - a + 1 for a, b in dev["pending_ranges"]) == dev["pending"]
     assert doc["options"]["demo"] is True and doc["options"]["interval_s"] == 0.2
 
 
