@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite (unit, real-broker, fault and browser tests). Extra arguments go to
 # pytest, e.g. `bash scripts/test.sh -m "not fault" -x`. Test files run in parallel on
-# EDGEFLEET_TEST_WORKERS workers (default 4; most tests wait on brokers and timers, not CPU);
+# EDGEFLEET_TEST_WORKERS workers (default 3; most tests wait on brokers and timers, not CPU);
 # EDGEFLEET_TEST_WORKERS=0 runs them in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
