@@ -103,6 +103,11 @@ class Ingest:
         tracker = self._trackers.get(device)
         return 0 if tracker is None else tracker.lost
 
+    def last_seq(self, device: str) -> int | None:
+        """Highest seq received of ``device``'s current stream (cheap; None if unknown)."""
+        tracker = self._trackers.get(device)
+        return None if tracker is None else tracker.high
+
     def sequence(self, device: str) -> dict[str, object] | None:
         """What arrived of ``device``'s current stream: first/last seq, count, lost."""
         tracker = self._trackers.get(device)

@@ -47,9 +47,9 @@ from edgefleet.backend.store_schema import (
     cursor_params,
     device_params,
     device_row,
-    transaction,
 )
 from edgefleet.common.logs import kv
+from edgefleet.common.sqlitetx import transaction
 
 _log = logging.getLogger(__name__)
 

@@ -42,8 +42,7 @@ class FleetViewModel:
         """Remember each device's newest sample: the highest seq of its current stream, not
         the latest timestamp (a device clock can jump; replayed backlogs are older)."""
         for s in samples:
-            seq = self.b.ingest.sequence(s.device)
-            if seq is not None and s.seq == seq["last_seq"]:
+            if s.seq == self.b.ingest.last_seq(s.device):
                 self._latest[s.device] = (s.ts, dict(s.metrics))
                 value = s.metrics.get(SPARK_KEY)
                 if value is not None:

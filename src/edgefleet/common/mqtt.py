@@ -91,7 +91,6 @@ class MqttClient:
             "cert_filepath": str(cfg.cert_file),
             "pri_key_filepath": str(cfg.key_file),
             "client_id": cfg.client_id,
-            "clean_start": cfg.session_expiry_s == 0,
             "keep_alive_interval_sec": cfg.keep_alive_s,
             "ping_timeout_ms": cfg.ping_timeout_ms,
             "ack_timeout_sec": cfg.ack_timeout_s,

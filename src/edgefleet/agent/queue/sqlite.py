@@ -14,8 +14,8 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Generator, Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -30,6 +30,7 @@ from edgefleet.agent.queue.memory import (
     take_batch,
 )
 from edgefleet.common.logs import kv
+from edgefleet.common.sqlitetx import transaction as _transaction
 
 Synchronous = Literal["normal", "full"]
 _PRAGMA_SYNC = {"normal": "PRAGMA synchronous=NORMAL", "full": "PRAGMA synchronous=FULL"}
@@ -78,18 +79,6 @@ def _prepare(conn: sqlite3.Connection, synchronous: Synchronous) -> None:
         raise CorruptStoreError(f"quick_check failed: {check[:3]}")
     for statement in _SCHEMA:
         conn.execute(statement)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        with suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
 
 
 class SqliteQueue:
