@@ -66,7 +66,16 @@ from typing import Any
 import aiohttp
 import psutil
 
-from benchlib import HOST, MIB, broker_in, exit_on_sigterm, figure, print_machine, print_result
+from benchlib import (
+    HOST,
+    MIB,
+    OBSERVER,
+    broker_in,
+    exit_on_sigterm,
+    figure,
+    print_machine,
+    print_result,
+)
 from edgefleet.common.broker import Mosquitto, free_port
 from edgefleet.common.mqtt import MqttClient, MqttConfig
 from edgefleet.common.protocol import METRICS_FILTER
@@ -465,10 +474,10 @@ class BrokerLatency:
 
 
 async def start_bare(broker: Mosquitto, got: BrokerLatency) -> MqttClient:
-    cert, key, ca = broker.identity("backend")
+    cert, key, ca = broker.identity(OBSERVER)
     cfg = MqttConfig(
         endpoint=HOST, port=broker.port, cert_file=cert, key_file=key, ca_file=ca,
-        client_id="bench-dashboard-bare", aws_limits=False, min_reconnect_ms=100,
+        client_id=OBSERVER, aws_limits=False, min_reconnect_ms=100,
         max_reconnect_ms=1000,
     )
     client = MqttClient(cfg, on_message=got.on_message)

@@ -71,7 +71,7 @@ from typing import Any
 import psutil
 
 from _loadgen import ACKED, FAILED, REFUSED, SENT, Device, GenConfig, generator_main
-from benchlib import HOST, MIB, exit_on_sigterm, figure, print_machine, print_result
+from benchlib import HOST, MIB, OBSERVER, exit_on_sigterm, figure, print_machine, print_result
 from edgefleet.common.broker import Mosquitto, free_port
 from edgefleet.common.logs import setup_logging
 from edgefleet.common.protocol import METRICS_FILTER
@@ -92,7 +92,7 @@ class Broker(Mosquitto):
     which sets no receive maximum; AWS IoT Core: 100) or ``autosave_interval``."""
 
     def __init__(self, workdir: Path, overrides: dict[str, int]) -> None:
-        super().__init__(workdir, host=HOST)
+        super().__init__(workdir, host=HOST, readers=(OBSERVER,))
         self.overrides = overrides
 
     def prepare(self) -> None:
@@ -193,14 +193,14 @@ class BareSubscriber:
         from awscrt import mqtt5
         from awsiot import mqtt5_client_builder
 
-        cert, key, ca = broker.identity("backend")
+        cert, key, ca = broker.identity(OBSERVER)
         self.count = 0
         self._connected = threading.Event()
         self._stopped = threading.Event()
         self._mqtt5 = mqtt5
         self.client = mqtt5_client_builder.mtls_from_path(
             endpoint=HOST, port=broker.port, cert_filepath=str(cert), pri_key_filepath=str(key),
-            ca_filepath=str(ca), client_id="bench-bare",
+            ca_filepath=str(ca), client_id=OBSERVER,
             extended_validation_and_flow_control_options=(
                 mqtt5.ExtendedValidationAndFlowControlOptions.NONE),
             on_publish_received=self._on_publish,

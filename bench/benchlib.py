@@ -34,6 +34,9 @@ HOST = "127.0.0.1"
 THING = "bench-1"
 MIB = 1024 * 1024
 _SEQ = re.compile(rb'"seq":(\d+)')
+# A measuring subscriber next to the backend: the broker pins client ids to the
+# certificate CN, so it needs an identity of its own (read rights: ``broker_in``).
+OBSERVER = "bench-observer"
 
 
 # --- machine and results ------------------------------------------------------------------
@@ -247,8 +250,9 @@ class AgentProcess:
 
 @contextmanager
 def broker_in(workdir: Path) -> Iterator[Mosquitto]:
-    """A Mosquitto on a free 127.0.0.1 port, stopped on the way out."""
-    broker = Mosquitto(workdir / "broker", host=HOST)
+    """A Mosquitto on a free 127.0.0.1 port (``OBSERVER`` may read like the backend),
+    stopped on the way out."""
+    broker = Mosquitto(workdir / "broker", host=HOST, readers=(OBSERVER,))
     try:
         broker.start()
         yield broker

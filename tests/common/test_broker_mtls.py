@@ -93,3 +93,79 @@ async def test_broker_restart_keeps_port_and_client_reconnects(
     broker.start()
     assert broker.port == port
     await asyncio.wait_for(dev.connected.wait(), 10)
+
+
+# --- client ids are pinned to the certificate (use_username_as_clientid) ------------------
+
+
+async def _log_line(broker: Mosquitto, text: str, wait_s: float = 5.0) -> str:
+    """The broker's log once it holds ``text`` (Mosquitto writes each line as it happens)."""
+    async with asyncio.timeout(wait_s):
+        while text not in (log := broker.log_file.read_text()):
+            await asyncio.sleep(0.02)
+    return log
+
+
+async def test_device_cannot_take_over_the_backends_queued_session(
+    broker: Mosquitto, mqtt_client: ClientFactory
+) -> None:
+    got: list[tuple[str, bytes]] = []
+    backend = mqtt_client("backend", on_message=lambda t, p: got.append((t, p)),
+                          session_expiry_s=3600)
+    await asyncio.wait_for(backend.connected.wait(), 10)
+    await backend.subscribe([METRICS_FILTER])
+    await backend.stop()  # the persistent session stays and queues what arrives meanwhile
+    dev2 = mqtt_client("dev-2")
+    await asyncio.wait_for(dev2.connected.wait(), 10)
+    for i in range(3):
+        await dev2.publish(metrics_topic("dev-2"), f"queued-{i}".encode())
+    stolen: list[tuple[str, bytes]] = []
+    thief = mqtt_client("dev-1", client_id="backend", session_expiry_s=3600,
+                        on_message=lambda t, p: stolen.append((t, p)))
+    await asyncio.wait_for(thief.connected.wait(), 10)
+    await _log_line(broker, "as dev-1 (p5")  # the broker named it after its certificate
+    back = mqtt_client("backend", on_message=lambda t, p: got.append((t, p)),
+                       session_expiry_s=3600)
+    await _received(got, 3, 10)  # the session resumed with everything it had queued
+    assert [p for _, p in got] == [b"queued-0", b"queued-1", b"queued-2"]
+    assert stolen == []
+    assert back.connected.is_set()
+
+
+async def test_device_using_the_backends_client_id_does_not_disconnect_it(
+    broker: Mosquitto, mqtt_client: ClientFactory
+) -> None:
+    connects: list[int] = []
+    got: list[tuple[str, bytes]] = []
+    backend = mqtt_client("backend", on_message=lambda t, p: got.append((t, p)),
+                          on_connect=lambda: connects.append(1))
+    await asyncio.wait_for(backend.connected.wait(), 10)
+    await backend.subscribe([METRICS_FILTER])
+    thief = mqtt_client("dev-1", client_id="backend")
+    await asyncio.wait_for(thief.connected.wait(), 10)
+    log = await _log_line(broker, "as dev-1 (p5")
+    assert "Client backend already connected" not in log
+    await thief.publish(metrics_topic("dev-1"), b"after")
+    await _received(got, 1, 5)
+    assert backend.connected.is_set()
+    assert connects == [1]
+
+
+async def test_device_using_another_devices_client_id_does_not_disconnect_it(
+    broker: Mosquitto, mqtt_client: ClientFactory
+) -> None:
+    got = await _backend(mqtt_client)
+    connects: list[int] = []
+    dev2 = mqtt_client("dev-2", on_connect=lambda: connects.append(1))
+    await asyncio.wait_for(dev2.connected.wait(), 10)
+    thief = mqtt_client("dev-1", client_id="dev-2")
+    await asyncio.wait_for(thief.connected.wait(), 10)
+    log = await _log_line(broker, "as dev-1 (p5")
+    assert "Client dev-2 already connected" not in log
+    # The thief is still only dev-1 to the ACL: dev-2's topic stays closed to it.
+    with pytest.raises(PermanentPublishError):
+        await thief.publish(metrics_topic("dev-2"), b"spoof")
+    await dev2.publish(metrics_topic("dev-2"), b"still here")
+    await _received(got, 1, 5)
+    assert got == [("dt/edgefleet/dev-2/metrics", b"still here")]
+    assert connects == [1]

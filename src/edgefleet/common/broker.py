@@ -74,6 +74,10 @@ def render_config(*, port: int, host: str, pki: Path, acl: Path, log_file: Path)
         f"keyfile {pki / (SERVER_NAME + '.key')}",
         "require_certificate true",
         "use_identity_as_username true",
+        # The client id becomes the certificate CN whatever the client asks for, so no
+        # identity can take over another's session or knock it offline (AWS IoT Core: the
+        # policy's iot:Connect on client/${iot:Connection.Thing.ThingName}). docs/faults.md.
+        "use_username_as_clientid true",
         "tls_version tlsv1.2",
     ]
     if os.geteuid() == 0:
@@ -87,8 +91,17 @@ def render_config(*, port: int, host: str, pki: Path, acl: Path, log_file: Path)
 class Mosquitto:
     """One Mosquitto process on a loopback port; ``restart()`` keeps the port."""
 
-    def __init__(self, workdir: Path, *, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        readers: tuple[str, ...] = (),
+    ) -> None:
+        """``readers``: identities that may read every device's topics besides ``backend``."""
         self.workdir = workdir
+        self.readers = readers
         self.host = host
         self.port = port or free_port(host)
         self.pki = workdir / "pki"
@@ -102,7 +115,7 @@ class Mosquitto:
         ca = DevCA(self.pki).ensure()
         ca.ensure_identity(SERVER_NAME, server=True)
         acl = self.workdir / "acl"
-        acl.write_text(mosquitto_acl())
+        acl.write_text(mosquitto_acl(readers=self.readers))
         self.conf.write_text(
             render_config(
                 port=self.port, host=self.host, pki=self.pki, acl=acl, log_file=self.log_file
