@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pki = sub.add_parser("pki", help="create a development CA and certificates")
     pki.add_argument("--dir", default="pki", help="folder for the CA and pairs (default: pki)")
-    pki.add_argument("identity", nargs="*", help="thing names (or 'backend') to issue")
+    pki.add_argument("identity", nargs="*", help="thing names to issue, or 'backend' for the "
+                     "backend's identity ('ca' and 'server' are reserved)")
     pki.set_defaults(func=_cmd_pki)
 
     broker = sub.add_parser("broker", help="run Mosquitto with mTLS and the fleet ACL")

@@ -29,7 +29,8 @@ from edgefleet.agent.config import HANDOVER_ENV, AgentConfig, Handover
 from edgefleet.agent.contracts import Collector, SampleQueue
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
-from edgefleet.common.files import check_cert_file, check_private_key
+from edgefleet.agent.supervise import supervise
+from edgefleet.common.files import check_cert_file, check_private_key, check_queue_path
 from edgefleet.common.ipc import GREENGRASS_ENV, IpcTransport, resolve_transport, under_greengrass
 from edgefleet.common.logs import JsonFormatter, kv
 from edgefleet.common.mqtt import MqttClient, MqttConfig
@@ -54,6 +55,8 @@ def preflight(settings: AgentConfig | AgentSettings) -> str:
     s = AgentConfig.from_settings(settings)
     if not s.thing_name:
         raise ConfigError("EDGE_AGENT_THING_NAME is not set (the device's AWS IoT thing name)")
+    if s.queue == "sqlite":
+        check_queue_path(s.queue_path, "EDGE_AGENT_QUEUE_PATH")
     if resolve_transport(s.transport) == "ipc":
         if not under_greengrass():
             raise ConfigError(
@@ -90,6 +93,7 @@ class Agent:
         )
         self._proc = psutil.Process()
         self._stop = asyncio.Event()
+        self.failure: str | None = None  # set when a task died: the process exits non-zero
         self._started = time.time()
         self.publisher = Publisher(
             device_id=thing,
@@ -203,7 +207,7 @@ class Agent:
             asyncio.create_task(self.publisher.run(), name="publisher"),
             asyncio.create_task(self._watch_certificates(), name="cert-watch"),
         ]
-        await self._stop.wait()
+        self.failure = await supervise(tasks, self._stop)
         self.publisher.stop()
         _, pending = await asyncio.wait(tasks, timeout=STOP_BUDGET_S - 1.5)
         for task in pending:
@@ -221,6 +225,7 @@ class Agent:
     def stop(self) -> None:
         """Ask :meth:`run` to flush and return."""
         self._stop.set()
+
 
 
 def _print_once(settings: AgentConfig) -> int:
@@ -245,11 +250,12 @@ def serve(config: AgentConfig) -> int:
     """Run the agent in this process until SIGTERM/SIGINT (the re-executed image's job)."""
     thing = preflight(config)
 
-    async def main() -> None:
-        await _serve(Agent(config, thing))
+    async def main() -> int:
+        agent = Agent(config, thing)
+        await _serve(agent)
+        return 0 if agent.failure is None else 1
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def _logging_now() -> tuple[str, str]:

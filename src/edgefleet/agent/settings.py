@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edgefleet.common.policy import BACKEND_IDENTITY
 from edgefleet.common.wire import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
 
 CommaList = Annotated[list[str], NoDecode]
@@ -46,6 +47,15 @@ class AgentSettings(BaseSettings):
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
     reconnect_max_s: float = Field(default=60.0, ge=1, le=600)
     cert_check_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("thing_name")
+    @classmethod
+    def _not_the_backend(cls, value: str | None) -> str | None:
+        if value is not None and value.casefold() == BACKEND_IDENTITY:
+            raise ValueError(
+                f"{value!r} is the backend's identity (it reads the whole fleet), not a device's"
+            )
+        return value
 
     @field_validator("collectors", "disabled_collectors", mode="before")
     @classmethod

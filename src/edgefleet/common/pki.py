@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.common.logs import kv
+from edgefleet.common.policy import BACKEND_IDENTITY
 from edgefleet.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,23 @@ log = logging.getLogger(__name__)
 CA_NAME = "ca"
 SERVER_NAME = "server"
 _VALID_DAYS = 825
+
+
+def check_identity_name(name: str, *, device: bool = False) -> None:
+    """Refuse a name whose files are the CA's or the broker's (``ca``, ``server``: the pair
+    ``<name>.pem``/``<name>.key`` would be theirs), and ``backend`` for a device (it would
+    get the backend's identity, which reads the whole fleet). Case-insensitive, as some
+    filesystems are."""
+    folded = name.casefold()
+    if folded in (CA_NAME, SERVER_NAME):
+        raise ConfigError(
+            f"identity name {name!r} is reserved: {folded}.pem/{folded}.key are the "
+            f"{'CA' if folded == CA_NAME else 'broker'}'s own files; pick another name"
+        )
+    if device and folded == BACKEND_IDENTITY:
+        raise ConfigError(
+            f"device name {name!r} is reserved for the backend's identity; pick another name"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +132,12 @@ class DevCA:
         return self
 
     def issue(self, name: str, *, server: bool = False, days: int = _VALID_DAYS) -> Identity:
-        """Sign a new key pair for ``name`` (CN), overwriting an earlier pair of that name."""
+        """Sign a new key pair for ``name`` (CN), overwriting an earlier pair of that name.
+
+        ``server`` is only for the broker's own pair (``server``); every other name passes
+        :func:`check_identity_name`."""
+        if not (server and name == SERVER_NAME):
+            check_identity_name(name)
         if self._key is None or self._cert is None:
             self.ensure()
         assert self._key is not None and self._cert is not None  # noqa: S101 - set by ensure()
@@ -160,7 +183,9 @@ class DevCA:
         )
 
     def ensure_identity(self, name: str, *, server: bool = False) -> Identity:
-        """Return the pair for ``name``, issuing it when missing."""
+        """Return the pair for ``name``, issuing it when missing (reserved names refused)."""
+        if not (server and name == SERVER_NAME):
+            check_identity_name(name)
         ident = self.paths(name)
         if ident.cert.exists() and ident.key.exists():
             return ident
@@ -168,7 +193,11 @@ class DevCA:
 
 
 def make_dev_pki(folder: Path, identities: list[str]) -> dict[str, Identity]:
-    """Create (or reuse) the CA, the server pair and one client pair per identity."""
+    """Create (or reuse) the CA, the server pair and one client pair per identity
+    (``backend``: the backend's; any other: a device's). Reserved names are refused before
+    anything is written."""
+    for name in identities:
+        check_identity_name(name)
     ca = DevCA(folder).ensure()
     out = {SERVER_NAME: ca.ensure_identity(SERVER_NAME, server=True)}
     for name in identities:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgefleet.common.logs import kv
 from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.pki import DevCA, Identity
+from edgefleet.common.pki import DevCA, Identity, check_identity_name
 from edgefleet.common.protocol import StatusMessage, encode, status_topic
 from edgefleet.errors import ConfigError
 from edgefleet.sim.device import AGENT_VERSION
@@ -112,6 +112,8 @@ def issue_identities(pki: DevCA, names: list[str]) -> dict[str, Identity]:
             f"no CA at {pki.ca_file}: start `edgefleet broker` first or pass --pki DIR "
             "(the broker's pki folder)"
         )
+    for name in names:
+        check_identity_name(name, device=True)
     pki.ensure()
     made = {name: pki.ensure_identity(name) for name in names}
     log.info("device identities ready", extra=kv(devices=len(made), pki=str(pki.folder)))

@@ -31,6 +31,7 @@ from edgefleet.agent.queue.memory import (
 )
 from edgefleet.common.logs import kv
 from edgefleet.common.sqlitetx import transaction as _transaction
+from edgefleet.errors import ConfigError
 
 Synchronous = Literal["normal", "full"]
 _PRAGMA_SYNC = {"normal": "PRAGMA synchronous=NORMAL", "full": "PRAGMA synchronous=FULL"}
@@ -181,7 +182,9 @@ class SqliteQueue:
         return self._open_once()
 
     def _open_once(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.is_symlink():  # SQLite would follow it; preflight says why in full
+            raise ConfigError(f"queue file {self.path} is a symbolic link; refusing to follow it")
         conn = sqlite3.connect(
             self.path, timeout=5.0, isolation_level=None, check_same_thread=False
         )
