@@ -143,6 +143,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(
         workdir=Path(args.dir), devices=args.devices, interval_s=args.interval,
         broker_port=args.broker_port, http_port=args.http_port, duration_s=args.duration,
+        keep=args.keep, rules_file=Path(args.rules) if args.rules else None,
     ))
 
 
@@ -154,6 +155,10 @@ def _add_demo_parser(sub: Any) -> None:
     demo.add_argument("--broker-port", type=int, default=8883, help="MQTT port (8883)")
     demo.add_argument("--http-port", type=int, default=8080, help="dashboard port (8080)")
     demo.add_argument("--duration", type=float, default=0.0, help="stop after S s (0: never)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the last run's devices, alerts and queues (default: fresh)")
+    demo.add_argument("--rules", help="alert rules file for the backend (default: "
+                      "EDGE_BACKEND_RULES_FILE, else the shipped rules)")
     demo.set_defaults(func=_cmd_demo)
 
 

@@ -2,6 +2,12 @@
 
 Development PKI -> Mosquitto (mTLS + fleet ACL) -> the backend with its dashboard -> one real
 agent reading this machine -> N simulated devices. Ctrl-C stops everything, newest first.
+
+Each run starts from a fresh state (the backend's database, the agent's queue, the broker's
+persisted sessions, the logs and the truth file of the last run are deleted; the CA and
+the certificates stay) unless ``keep`` is set. While it runs, its device names are claimed
+in the broker's CA folder (:mod:`edgefleet.sim.claims`) so ``edgefleet simulate`` cannot
+take them over.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +28,8 @@ from pathlib import Path
 from edgefleet.common.broker import Mosquitto
 from edgefleet.common.logs import kv
 from edgefleet.errors import EdgefleetError
+from edgefleet.sim.claims import read_claim, write_claim
+from edgefleet.sim.options import SimOptions
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,40 @@ class DemoOptions:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     duration_s: float = 0.0
+    keep: bool = False
+    rules_file: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+
+
+# What a run leaves behind, relative to the work folder; only these are deleted (never the
+# folder itself: ``--dir`` may point anywhere). The broker's pki/ stays.
+STATE = ("backend", "agent", "logs", "sim-truth.json", "broker/mosquitto.db",
+         "broker/mosquitto.log")
+
+
+def reset_state(workdir: Path) -> list[Path]:
+    """Delete the previous run's state in ``workdir``; return what was deleted."""
+    gone = []
+    for rel in STATE:
+        path = workdir / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        gone.append(path)
+    return gone
+
+
+def rules_env(rules_file: Path | None) -> dict[str, str]:
+    """``EDGE_BACKEND_RULES_FILE`` for the backend: ``--rules``, else the caller's own."""
+    if rules_file is None:
+        inherited = os.environ.get("EDGE_BACKEND_RULES_FILE")
+        return {"EDGE_BACKEND_RULES_FILE": inherited} if inherited else {}
+    if not rules_file.is_file():
+        raise EdgefleetError(f"--rules: rules file {rules_file} does not exist")
+    return {"EDGE_BACKEND_RULES_FILE": str(rules_file.resolve())}
 
 
 def this_thing() -> str:
@@ -62,6 +104,14 @@ class Demo:
         self.broker = Mosquitto(opts.workdir / "broker", port=opts.broker_port)
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.logs = opts.workdir / "logs"
+        self.claim: Path | None = None
+
+    def claim_devices(self) -> None:
+        """Claim this machine's thing name and the simulated ones for the demo's lifetime."""
+        names = [this_thing()]
+        if self.o.devices > 0:
+            names += SimOptions(devices=self.o.devices).names()
+        self.claim = write_claim(self.broker.pki, self.o.workdir.resolve(), names)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -84,6 +134,7 @@ class Demo:
             "HTTP_HOST": self.o.http_host, "HTTP_PORT": str(self.o.http_port),
         }
         env.update({f"EDGE_BACKEND_{k}": v for k, v in settings.items()})
+        env.update(rules_env(self.o.rules_file))
         env.update(self.o.extra_env)
         self._spawn("backend", ["backend"], env)
 
@@ -125,8 +176,10 @@ class Demo:
     def check_alive(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
+                log_file = self.logs / f"{name}.log"
                 raise EdgefleetError(
-                    f"{name} exited with {proc.returncode}; see {self.logs / (name + '.log')}"
+                    f"{name} exited with {proc.returncode}: {_last_line(log_file)} "
+                    f"(see {log_file})"
                 )
 
     def stop(self) -> None:
@@ -139,6 +192,16 @@ class Demo:
                     proc.kill()
             log.info("stopped", extra=kv(process=name))
         self.broker.stop()
+        if self.claim is not None:
+            self.claim.unlink(missing_ok=True)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
 
 
 def _alert_target() -> str:
@@ -149,12 +212,42 @@ def _alert_target() -> str:
     return "the log and the dashboard (no EDGE_BACKEND_SLACK_* settings)"
 
 
-def run_demo(opts: DemoOptions) -> int:
-    """Start everything, print where to look, run until Ctrl-C (or ``duration_s``)."""
+def _preflight(opts: DemoOptions) -> None:
+    """Refuse busy ports, a missing rules file or a demo running from the same folder;
+    then clear the last run's state unless ``keep``."""
     for host, port, what in (("127.0.0.1", opts.broker_port, "--broker-port"),
                              (opts.http_host, opts.http_port, "--http-port")):
         if not _port_free(host, port):
             raise EdgefleetError(f"port {port} on {host} is in use; choose another with {what}")
+    rules_env(opts.rules_file)
+    running = read_claim(opts.workdir / "broker" / "pki")
+    if running is not None and running.alive():
+        raise EdgefleetError(
+            f"a demo is already running from {running.workdir} (pid {running.pid}); "
+            "stop it first or pass another --dir"
+        )
+    if not opts.keep:
+        gone = reset_state(opts.workdir)
+        log.info("fresh demo state (--keep keeps the last run's)", extra=kv(deleted=len(gone)))
+
+
+def _banner(demo: Demo, thing: str) -> None:
+    opts = demo.o
+    sys.stdout.write(
+        f"\nedgefleet demo is running\n"
+        f"  dashboard : http://127.0.0.1:{opts.http_port}/\n"
+        f"  broker    : mqtts://127.0.0.1:{demo.broker.port} (CA {demo.broker.pki}/ca.pem)\n"
+        f"  devices   : {thing} (this machine) + {opts.devices} simulated\n"
+        f"  alerts    : {_alert_target()}\n"
+        f"  logs      : {demo.logs}/\n"
+        f"Ctrl-C stops everything.\n\n"
+    )
+    sys.stdout.flush()
+
+
+def run_demo(opts: DemoOptions) -> int:
+    """Start everything, print where to look, run until Ctrl-C (or ``duration_s``)."""
+    _preflight(opts)
     demo = Demo(opts)
     stop = False
 
@@ -166,20 +259,12 @@ def run_demo(opts: DemoOptions) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         demo.broker.start()
+        demo.claim_devices()
         demo.start_backend()
         demo.wait_backend()
         thing = demo.start_agent()
         demo.start_simulator()
-        sys.stdout.write(
-            f"\nedgefleet demo is running\n"
-            f"  dashboard : http://127.0.0.1:{opts.http_port}/\n"
-            f"  broker    : mqtts://127.0.0.1:{demo.broker.port} (CA {demo.broker.pki}/ca.pem)\n"
-            f"  devices   : {thing} (this machine) + {opts.devices} simulated\n"
-            f"  alerts    : {_alert_target()}\n"
-            f"  logs      : {demo.logs}/\n"
-            f"Ctrl-C stops everything.\n\n"
-        )
-        sys.stdout.flush()
+        _banner(demo, thing)
         started = time.monotonic()
         while not stop:
             time.sleep(0.5)

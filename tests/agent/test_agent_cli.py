@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentproc import AgentProc
-from edgefleet.common.broker import Mosquitto
+from edgefleet.common.broker import Mosquitto, free_port
 from edgefleet.common.pki import DevCA
 
 
@@ -97,3 +97,29 @@ def test_once_prints_one_sample_without_a_broker() -> None:
     assert 0 <= doc["metrics"]["cpu.percent"] <= 100
     assert doc["metrics"]["memory.total_bytes"] > 0
     assert abs(doc["ts"] - time.time()) < 60
+
+
+def test_no_broker_is_a_clear_connection_refused_line(tmp_path: Path) -> None:
+    ident = DevCA(tmp_path / "pki").ensure().issue("dev-1")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update(
+        EDGE_AGENT_THING_NAME="dev-1", EDGE_AGENT_ENDPOINT="127.0.0.1", EDGE_AGENT_PORT=str(port),
+        EDGE_AGENT_CERT_FILE=str(ident.cert), EDGE_AGENT_KEY_FILE=str(ident.key),
+        EDGE_AGENT_CA_FILE=str(ident.ca), EDGE_AGENT_QUEUE="memory",
+        EDGE_AGENT_AWS_LIMITS="false", EDGE_AGENT_KEEP_ALIVE_S="5", PYTHONUNBUFFERED="1",
+    )
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "agent"], env=env,
+                                stdout=out, stderr=out)
+        deadline = time.monotonic() + 30
+        while "connection refused" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        proc.terminate()
+        assert proc.wait(10) == 0  # it keeps retrying until stopped: the broker may come
+    lines = [ln for ln in log.read_text().splitlines() if "mqtt connection" in ln]
+    assert lines, log.read_text()
+    assert f"mqtt connection refused at 127.0.0.1:{port} — is the broker running?" in lines[0]
+    assert "Traceback" not in log.read_text()

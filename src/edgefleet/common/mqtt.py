@@ -155,17 +155,20 @@ class MqttClient:
         if connack is not None and connack.reason_code is not None:
             reason = f"CONNACK {int(connack.reason_code)} {reason}"
         self.last_error = reason
-        hint = ""
-        if "NEGOTIATION_FAILURE" in reason or "TLS_ERROR_READ_FAILURE" in reason:
+        endpoint = f"{self.cfg.endpoint}:{self.cfg.port}"
+        message, hint = "mqtt connection failed", ""
+        if "CONNECTION_REFUSED" in reason:
+            message = f"mqtt connection refused at {endpoint} — is the broker running?"
+        elif "NEGOTIATION_FAILURE" in reason or "TLS_ERROR_READ_FAILURE" in reason:
             hint = "TLS handshake failed: is this certificate signed by a CA the broker trusts?"
         elif "TIMEOUT" in reason or "SOCKET" in reason:
             hint = "network: the broker did not answer in time"
         if self._ratelog.allow("fail") is not None:
             log.error(
-                "mqtt connection failed",
+                message,
                 extra=kv(
                     client_id=self.cfg.client_id,
-                    endpoint=f"{self.cfg.endpoint}:{self.cfg.port}",
+                    endpoint=endpoint,
                     reason=reason,
                     failures=self.connect_failures,
                     hint=hint,

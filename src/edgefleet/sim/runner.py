@@ -21,6 +21,7 @@ from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.common.pki import DevCA, Identity
 from edgefleet.common.protocol import metrics_topic, status_topic
 from edgefleet.errors import PermanentPublishError, TransportError
+from edgefleet.sim.claims import check_unclaimed
 from edgefleet.sim.client import SimClient, issue_identities, make_client, status_payload
 from edgefleet.sim.device import SimDevice, Transition
 from edgefleet.sim.options import SimOptions
@@ -178,6 +179,7 @@ class Simulation:
 
     async def run(self) -> Truth:
         names = self.opts.names()
+        check_unclaimed(self.opts.pki, names)
         idents = await asyncio.to_thread(issue_identities, DevCA(self.opts.pki), names)
         self.t0 = self.truth.started_at = time.time()
         for index, name in enumerate(names):
