@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ClientFactory
 from edgefleet.common.broker import Mosquitto
-from edgefleet.common.mqtt import NOT_AUTHORIZED
+from edgefleet.common.mqtt import NOT_AUTHORIZED, MqttClient, MqttConfig
 from edgefleet.common.pki import DevCA
 from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER, metrics_topic
 from edgefleet.errors import PermanentPublishError
@@ -169,3 +169,32 @@ async def test_device_using_another_devices_client_id_does_not_disconnect_it(
     await _received(got, 1, 5)
     assert got == [("dt/edgefleet/dev-2/metrics", b"still here")]
     assert connects == [1]
+
+
+async def test_an_extra_reader_identity_observes_next_to_the_backend(tmp_path: Path) -> None:
+    """``Mosquitto(readers=...)``: a second subscriber (the benchmarks' observer) needs an
+    identity of its own now that the client id is the CN; it reads what the backend reads."""
+    with Mosquitto(tmp_path / "b", readers=("observer",)) as broker:
+        got: dict[str, list[bytes]] = {"backend": [], "observer": []}
+        clients = []
+        for name in ("backend", "observer", "dev-1"):
+            cert, key, ca = broker.identity(name)
+            client = MqttClient(
+                MqttConfig(endpoint="127.0.0.1", port=broker.port, cert_file=cert,
+                           key_file=key, ca_file=ca, client_id=name, aws_limits=False),
+                on_message=(lambda t, p, n=name: got[n].append(p)) if name in got else None,
+            )
+            client.start()
+            clients.append(client)
+        try:
+            for client in clients:
+                await asyncio.wait_for(client.connected.wait(), 10)
+            for client in clients[:2]:
+                assert await client.subscribe([METRICS_FILTER]) == [1]
+            await clients[2].publish(metrics_topic("dev-1"), b"both")
+            async with asyncio.timeout(5):
+                while not (got["backend"] and got["observer"]):
+                    await asyncio.sleep(0.02)
+            assert got == {"backend": [b"both"], "observer": [b"both"]}
+        finally:
+            await asyncio.gather(*(c.stop() for c in clients))
