@@ -153,7 +153,8 @@ def test_a_missing_rules_file_is_one_line_and_starts_nothing(
 def test_reset_deletes_the_last_runs_state_only(tmp_path: Path) -> None:
     work = tmp_path / "work"
     for rel in ("backend/fleet.db", "agent/queue.db", "logs/backend.log", "sim-truth.json",
-                "broker/mosquitto.db", "broker/pki/ca.key", "notes.txt"):
+                "broker/mosquitto.db", "broker/mosquitto.conf", "broker/pki/ca.key",
+                "notes.txt"):
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text("x")
     elsewhere = tmp_path / "elsewhere"
@@ -163,5 +164,13 @@ def test_reset_deletes_the_last_runs_state_only(tmp_path: Path) -> None:
     (work / "agent").symlink_to(elsewhere)  # a link is removed, never followed
     reset_state(work)
     left = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
-    assert left == ["broker", "broker/pki", "broker/pki/ca.key", "notes.txt"]
+    assert left == ["broker", "broker/mosquitto.conf", "broker/pki", "broker/pki/ca.key",
+                    "notes.txt"]
     assert (elsewhere / "keep.txt").read_text() == "mine"
+
+
+def test_reset_leaves_a_folder_that_was_never_a_demos_alone(tmp_path: Path) -> None:
+    (tmp_path / "backend").mkdir()
+    (tmp_path / "backend" / "code.py").write_text("x")
+    assert reset_state(tmp_path) == []
+    assert (tmp_path / "backend" / "code.py").read_text() == "x"

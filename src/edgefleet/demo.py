@@ -54,10 +54,15 @@ class DemoOptions:
 # folder itself: ``--dir`` may point anywhere). The broker's pki/ stays.
 STATE = ("backend", "agent", "logs", "sim-truth.json", "broker/mosquitto.db",
          "broker/mosquitto.log")
+# Written by every earlier run: a folder without it was never a demo's, so nothing in it is
+# deleted (``--dir src`` must not lose a ``src/backend``).
+DEMO_MARK = "broker/mosquitto.conf"
 
 
 def reset_state(workdir: Path) -> list[Path]:
     """Delete the previous run's state in ``workdir``; return what was deleted."""
+    if not (workdir / DEMO_MARK).is_file():
+        return []
     gone = []
     for rel in STATE:
         path = workdir / rel
