@@ -6,11 +6,9 @@ it in one transaction (in a worker thread) and only then acknowledges those mess
 the broker (manual PUBACK), so a crash means redelivery, never loss. Duplicates of stored
 samples are recognised from the persisted per-device cursors.
 
-The inbox is bounded (``inbox_max``): the MQTT link announces it as its receive maximum, so
-the broker never has more unacknowledged messages out to us than fit, and holds the rest;
-should a transport overfill it anyway, the excess is counted (``inbox_full``), never acked,
-and redelivered by the broker on the next connection. A batch the store cannot take is
-retried, then stored message by message with the offending ones quarantined (``persist.py``).
+The inbox is bounded (``inbox_max``) without losing messages: see ``inbox.py``. A batch the
+store cannot take is retried, then stored message by message with the offending ones
+quarantined (``persist.py``).
 The tick task also watches the backend's own feed (``feed.py``).
 """
 
@@ -19,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -28,6 +26,7 @@ from edgefleet.backend.alerting import AlertCenter
 from edgefleet.backend.feed import FEED_KEY, FeedMonitor, feed_event
 from edgefleet.backend.fleet import FleetState
 from edgefleet.backend.hub import Hub
+from edgefleet.backend.inbox import Inbound, Inbox
 from edgefleet.backend.ingest import Ingest
 from edgefleet.backend.notify import AlertDispatcher, Outbox
 from edgefleet.backend.persist import BatchWriter, Message
@@ -37,7 +36,7 @@ from edgefleet.backend.rules import RuleSet
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.store import FleetStore
 from edgefleet.backend.viewmodel import FleetViewModel
-from edgefleet.common.logs import RateLimitedLog, kv
+from edgefleet.common.logs import kv
 from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
 from edgefleet.errors import TransportError
 
@@ -48,8 +47,6 @@ GATHER_MIN = 200
 GATHER_S = 0.01
 TICK_S = 1.0
 COMPACT_EVERY_S = 600.0
-
-Inbound = tuple[str, bytes, Any]
 
 
 class Backend:
@@ -82,33 +79,21 @@ class Backend:
         )
         firing = self.alerts.firing.get(FEED_KEY)  # fired before a restart: resolve it later
         self._feed_alert: float | None = None if firing is None else float(firing["started_at"])
-        self._inbox: deque[Inbound] = deque()
-        self.inbox_max = s.inbox_max
-        self.inbox_dropped = 0
-        self._ratelog = RateLimitedLog(30.0)
         self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
+        self._stop = asyncio.Event()
         self.transport = transport_factory(self._on_message, self._on_connect)
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: Any = None) -> None:
-        """SDK thread: queue the message and wake the ingest task."""
-        if len(self._inbox) >= self.inbox_max:  # not acked: the broker redelivers it
-            self.inbox_dropped += 1
-            if self._ratelog.allow("inbox_full") is not None:
-                log.error("inbox full; message left unacknowledged at the broker",
-                          extra=kv(topic=topic, inbox_max=self.inbox_max,
-                                   dropped_total=self.inbox_dropped))
-            return
-        self._inbox.append((topic, payload, handle))
-        if len(self._inbox) == 1:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """SDK thread: queue the message (waiting while the inbox is full); the inbox wakes
+        the ingest task."""
+        self.inbox.put((topic, payload, handle))
 
-    @property
-    def inbox_depth(self) -> int:
-        """Messages received and not yet handed to the store."""
-        return len(self._inbox)
+    def _wake_soon(self) -> None:
+        """Any thread: wake the ingest task."""
+        self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_connect(self) -> None:
         task = self._loop.create_task(self._subscribe())
@@ -137,13 +122,12 @@ class Backend:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._stop.is_set() and not self._inbox:
+            if self._stop.is_set() and not self.inbox:
                 return
-            if len(self._inbox) < GATHER_MIN and not self._stop.is_set():
+            if len(self.inbox) < GATHER_MIN and not self._stop.is_set():
                 await asyncio.sleep(GATHER_S)  # a batch has a fixed cost: let one gather
-            while self._inbox:
-                batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), BATCH_MAX))]
-                await self._process(batch)
+            while self.inbox:
+                await self._process(self.inbox.take(BATCH_MAX))
 
     async def _process(self, batch: list[Inbound]) -> None:
         now = time.time()
@@ -245,6 +229,7 @@ class Backend:
             if task.get_name() == "ws-hub":
                 task.cancel()
         _, pending = await asyncio.wait(tasks, timeout=5.0)
+        self.inbox.close()
         for task in pending:
             task.cancel()
         save = self.alerts.take_save()

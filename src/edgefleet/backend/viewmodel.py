@@ -125,8 +125,8 @@ class FleetViewModel:
         s = self.b.fleet.summary(time.time())
         d = self.b.dispatcher.stats()
         rejected = [({"reason": r}, float(n)) for r, n in sorted(c.rejected_total.items())]
-        if self.b.inbox_dropped:
-            rejected.append(({"reason": "inbox_full"}, float(self.b.inbox_dropped)))
+        if self.b.inbox.dropped:
+            rejected.append(({"reason": "inbox_full"}, float(self.b.inbox.dropped)))
         return prometheus([
             ("edgefleet_ingest_messages_total", "counter", "MQTT messages handled",
              [({}, c.messages_total)]),
@@ -171,7 +171,9 @@ class FleetViewModel:
             ("edgefleet_store_failing", "gauge", "1 while storing fails",
              [({}, 0.0 if b.writer.failing is None else 1.0)]),
             ("edgefleet_inbox_messages", "gauge", "received messages waiting to be stored",
-             [({}, float(b.inbox_depth))]),
+             [({}, float(len(b.inbox)))]),
+            ("edgefleet_inbox_full_waits_total", "counter",
+             "times the broker link waited for room in the inbox", [({}, float(b.inbox.waits))]),
         ]
 
 
