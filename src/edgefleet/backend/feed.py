@@ -63,7 +63,7 @@ class FeedMonitor:
         return self.state == "ok"
 
     def heard(self, now: float) -> None:
-        """A device message (metrics or status) arrived and was handled."""
+        """A message arrived from the broker (from any device, even one refused)."""
         self.last_heard = now if self.last_heard is None else max(self.last_heard, now)
 
     def silence_window(self, interval_s: float) -> float:

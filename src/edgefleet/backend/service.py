@@ -131,6 +131,9 @@ class Backend:
 
     async def _process(self, batch: list[Inbound]) -> None:
         now = time.time()
+        self.feed.heard(now)  # any message at all shows that the feed flows
+        if not self.feed.ok:  # it just came back: the grace starts before anything is judged
+            self._watch_feed(now)
         accepted: list[AcceptedSample] = []
         messages: list[Message] = []
         for topic, payload, _ in batch:
@@ -138,8 +141,6 @@ class Backend:
             self.fleet.observe(result, now)
             accepted.extend(result.samples)
             messages.append(Message(topic, payload, result.device, result.samples))
-            if result.device is not None:
-                self.feed.heard(now)
         self.view.on_samples(accepted)
         for event in self.alerts.on_samples(accepted, now):
             self.hub.alert(event)
