@@ -298,3 +298,22 @@ async def test_full_inbox_leaves_messages_at_the_broker_and_loses_none(
     assert backend.inbox.dropped == 0
     assert len(depths) == n and max(depths) <= 20, max(depths)
     print(f"inbox waits: {backend.inbox.waits}")
+
+
+async def test_feed_alert_firing_at_a_restart_is_resolved_once_the_feed_is_back(
+    start: Start,
+) -> None:
+    r = await start(feed_alert_after_s=0.0)
+    r.send("dev-a", 0)
+    await until(lambda: r.b.feed.ok and r.t.acked != [])
+    r.t.connected.clear()
+    await until(lambda: FEED_KEY in r.b.alerts.firing)
+    started_at = r.b.alerts.firing[FEED_KEY]["started_at"]
+    await r.stop()  # SIGTERM while the feed is lost: the alert is saved as firing
+
+    r = await start(feed_alert_after_s=0.0)
+    await until(lambda: FEED_KEY not in r.b.alerts.firing)
+    resolved = r.b.alerts.recent[0]
+    assert (resolved["key"], resolved["kind"], resolved["started_at"]) == (
+        FEED_KEY, "resolved", started_at)
+    assert r.b.view.summary()["feed"]["state"] == "ok"
