@@ -20,6 +20,7 @@ from devices import Device, metrics_payload, status_payload
 from edgefleet.backend.feed import FEED_KEY
 from edgefleet.backend.inbox import Inbox
 from edgefleet.backend.main import transport_factory
+from edgefleet.backend.persist import is_transient
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.rules import load_rules
 from edgefleet.backend.service import Backend
@@ -317,3 +318,12 @@ async def test_feed_alert_firing_at_a_restart_is_resolved_once_the_feed_is_back(
     assert (resolved["key"], resolved["kind"], resolved["started_at"]) == (
         FEED_KEY, "resolved", started_at)
     assert r.b.view.summary()["feed"]["state"] == "ok"
+
+
+def test_only_errors_of_the_data_are_quarantined() -> None:
+    for exc in (sqlite3.OperationalError("database is locked"), OSError(28, "No space left"),
+                sqlite3.DatabaseError("database disk image is malformed")):
+        assert is_transient(exc), exc
+    for exc in (OverflowError("Python int too large"), ValueError("nan"),
+                sqlite3.IntegrityError("NOT NULL"), sqlite3.DataError("string or blob too big")):
+        assert not is_transient(exc), exc

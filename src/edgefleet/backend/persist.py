@@ -3,9 +3,10 @@
 :meth:`BatchWriter.write` stores a batch in one transaction (in a worker thread). When that
 fails:
 
-- a TRANSIENT error (``sqlite3.OperationalError`` such as a locked or full database, or an
-  ``OSError``) is retried with backoff for as long as it lasts; nothing is acknowledged and
-  :attr:`BatchWriter.failing` says why (``/healthz`` answers 503 "degraded");
+- a TRANSIENT error (``sqlite3.OperationalError`` such as a locked or full database, an
+  ``OSError``, a damaged database file) is retried with backoff for as long as it lasts;
+  nothing is acknowledged and :attr:`BatchWriter.failing` says why (``/healthz`` answers 503
+  "degraded");
 - any other error is retried ``retries`` times, then the batch is stored message by message
   so that only the message(s) that still fail are set aside in the :class:`Quarantine`
   (and then acknowledged); the rest of the fleet's samples are stored.
@@ -49,8 +50,12 @@ class TransientStoreError(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors of the disk or the database, not of the data being stored."""
-    return isinstance(exc, (sqlite3.OperationalError, OSError, TransientStoreError))
+    """True for errors of the disk or the database (locked, full, I/O, a damaged file), not
+    of the data being stored (``OverflowError``, ``ValueError``, ``sqlite3.DataError``,
+    ``IntegrityError``, ...): quarantining messages cannot help with those."""
+    if isinstance(exc, (sqlite3.OperationalError, OSError, TransientStoreError)):
+        return True
+    return type(exc) in {sqlite3.DatabaseError, sqlite3.InternalError}
 
 
 class BatchWriter:
