@@ -327,3 +327,46 @@ def test_only_errors_of_the_data_are_quarantined() -> None:
     for exc in (OverflowError("Python int too large"), ValueError("nan"),
                 sqlite3.IntegrityError("NOT NULL"), sqlite3.DataError("string or blob too big")):
         assert not is_transient(exc), exc
+
+
+@pytest.mark.slow
+async def test_quarantined_message_is_acked_at_the_broker_and_a_restart_flows(
+    broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real Mosquitto, persistent session: the message the store cannot take is quarantined
+    and acknowledged, so the restarted backend is not handed it again and ingests on."""
+    poison(monkeypatch, "dev-x", 2)
+    cert, key, ca = broker.identity("backend")
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    s = BackendSettings(
+        db_path=tmp_path / "fleet.db", endpoint="127.0.0.1", port=broker.port, cert_file=cert,
+        key_file=key, ca_file=ca, aws_limits=False, store_retries=1,
+    )
+
+    async def run_backend(devices: dict[str, Device], seqs: range) -> Backend:
+        backend = Backend(s, load_rules(rules_file), transport_factory(s, "mqtt"))
+        task = asyncio.create_task(backend.run(lambda stop: stop.wait()))
+        try:
+            await until(lambda: backend.feed.ok)
+            await asyncio.sleep(0.5)  # subscribed (a persistent session after the first run)
+            for seq in seqs:
+                for dev in devices.values():
+                    dev.seq = seq
+                    await dev.sample(time.time(), cpu_percent=1.0)
+            want = {name: list(range(seqs.stop)) for name in devices}
+            want["dev-x"] = [q for q in want["dev-x"] if q != 2]
+            await until(lambda: stored(tmp_path / "fleet.db") == want, timeout=30)
+            await asyncio.sleep(1.0)  # anything redelivered would arrive now
+        finally:
+            backend.stop()
+            await asyncio.wait_for(task, 15)
+        return backend
+
+    devices = {n: await Device.connect(mqtt_client, n) for n in ("dev-a", "dev-x")}
+    first = await run_backend(devices, range(4))
+    assert first.quarantine.total == 1
+    second = await run_backend(devices, range(4, 8))
+    assert second.quarantine.total == 1  # the same one, from the file: not quarantined again
+    assert second.ingest.counters().duplicates_total == 0  # nothing was redelivered
