@@ -162,26 +162,83 @@ async def test_cpu_alert_fires_once_resolves_once_and_flapping_is_quiet(
 async def test_fifty_devices_going_silent_make_one_grouped_message(
     broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path
 ) -> None:
+    """50 devices go silent while one keeps talking (the feed is fine): one grouped message
+    with the 50 offline alerts, and nothing about the feed."""
     async with FakeSlack() as slack:
         be = _backend(broker, tmp_path, slack, stale_min_s=1, alert_group_window_s=3).start()
         be.wait_healthy()
         names = [f"node-{i:02d}" for i in range(50)]
         devs = await asyncio.gather(*(Device.connect(mqtt_client, n) for n in names))
+        keeper = await Device.connect(mqtt_client, "keeper")
         now = time.time()
-        await asyncio.gather(*(d.online(now, interval_s=0.3) for d in devs))
+        await asyncio.gather(*(d.online(now, interval_s=0.3) for d in [*devs, keeper]))
         for _ in range(3):
-            await asyncio.gather(*(d.sample(time.time(), cpu_percent=10.0) for d in devs))
+            await asyncio.gather(*(d.sample(time.time(), cpu_percent=10.0)
+                                   for d in [*devs, keeper]))
             await asyncio.sleep(0.3)
-        # silence: no more data from any of them
-        await slack.wait_for_messages(1, within_s=20)
-        await asyncio.sleep(4)  # nothing else may follow
+
+        async def keep_talking() -> None:
+            while True:
+                await keeper.sample(time.time(), cpu_percent=10.0)
+                await asyncio.sleep(0.3)
+
+        talking = asyncio.create_task(keep_talking())
+        try:  # silence: no more data from any of the 50
+            await slack.wait_for_messages(1, within_s=20)
+            await asyncio.sleep(4)  # nothing else may follow
+        finally:
+            talking.cancel()
         be.stop()
     assert len(slack.messages) == 1, [m["text"] for m in slack.messages]
     text = json.dumps(slack.messages[0]["blocks"])
     assert all(n in text for n in names)
-    assert sorted(slack.event_ids()) == sorted(f"offline|{n}||firing" for n in names) or len(
-        set(slack.event_ids())
-    ) == 50
+    ids = slack.event_ids()
+    assert len(set(ids)) == 50 and all(i.startswith("offline|node-") for i in ids), ids
+
+
+async def test_whole_fleet_silent_is_one_feed_lost_alert_not_offline_alerts(
+    broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Every device goes silent at once with the backend's link up: the backend cannot tell
+    a dead fleet from a dead feed, so it says "feed lost" once, pages nobody about devices,
+    answers /healthz 503, and resolves the alert when the fleet is heard again."""
+    async with FakeSlack() as slack:
+        be = _backend(broker, tmp_path, slack, stale_min_s=1, feed_silence_min_s=2,
+                      feed_alert_after_s=3).start()
+        be.wait_healthy()
+        devs = await asyncio.gather(*(Device.connect(mqtt_client, f"node-{i}") for i in range(5)))
+        await asyncio.gather(*(d.online(time.time(), interval_s=0.3) for d in devs))
+        for _ in range(3):
+            await asyncio.gather(*(d.sample(time.time(), cpu_percent=10.0) for d in devs))
+            await asyncio.sleep(0.3)
+        await slack.wait_for_messages(1, within_s=20)
+        status, health = be.get("/healthz")
+        _, summary = be.get("/api/devices")
+        _, metrics = be.get("/metrics")
+
+        async def talk() -> None:
+            while True:
+                await asyncio.gather(*(d.sample(time.time(), cpu_percent=10.0) for d in devs))
+                await asyncio.sleep(0.3)
+
+        talking = asyncio.create_task(talk())  # the fleet is heard again
+        try:
+            await slack.wait_for_messages(2, within_s=20)
+            status_after, _ = be.get("/healthz")
+        finally:
+            talking.cancel()
+        be.stop()
+    assert status == 503 and health["status"] == "degraded", health
+    assert health["feed"]["state"] == "lost" and health["feed"]["connected"] is True
+    assert "no device heard" in health["reason"]
+    assert summary["summary"]["feed"]["state"] == "lost"
+    assert _metric(metrics, "edgefleet_feed_up") == 0
+    assert all(d["online"] for d in summary["devices"])
+    ids = slack.event_ids()
+    assert len(ids) == 2 and all(i.startswith("feed_lost|edgefleet-backend||") for i in ids), ids
+    assert "firing" in ids[0] and "resolved" in ids[1]
+    assert "edgefleet lost its feed" in slack.messages[0]["text"]
+    assert status_after == 200
 
 
 @pytest.mark.fault

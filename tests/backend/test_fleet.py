@@ -209,3 +209,47 @@ def test_dirty_rows_round_trip_through_the_store(store: FleetStore) -> None:
     assert saved == live
     assert saved is not None
     assert (saved.interval_s, saved.agent_dropped, saved.session_ts) == (2.5, 7, T)
+
+
+def test_nobody_goes_stale_while_the_feed_is_lost(store: FleetStore) -> None:
+    rig = Rig(store)
+    for device in ("a", "b"):
+        rig.status(T, "online", ts=T, interval_s=1.0, device=device)
+    rig.fleet.tick(T)
+    assert rig.fleet.tick(T + 100, feed_ok=False) == []
+    assert all(row.status == "online" for row in rig.fleet.devices())
+
+
+def test_after_the_feed_returns_everyone_gets_one_stale_window(store: FleetStore) -> None:
+    rig = Rig(store, stale_min_s=5.0)
+    for device in ("quiet", "back"):
+        rig.status(T, "online", ts=T, interval_s=1.0, device=device)
+    rig.fleet.tick(T)
+    rig.fleet.tick(T + 60, feed_ok=False)  # lost for a minute
+    rig.fleet.regrace(T + 60)  # the feed is back
+    rig.data(T + 61, device="back")
+    assert rig.fleet.tick(T + 64.9, feed_heard=T + 64.9) == []  # window of 5 s from T + 60
+    assert rig.fleet.tick(T + 65.1, feed_heard=T + 65.1) == [
+        DeviceTransition("quiet", False, T, "stale")]
+
+
+def test_a_device_goes_stale_only_when_the_feed_proves_it_silent_alone(
+    store: FleetStore,
+) -> None:
+    rig = Rig(store, stale_min_s=5.0)
+    for device in ("a", "b"):
+        rig.status(T, "online", ts=T, interval_s=1.0, device=device)
+    rig.fleet.tick(T)
+    # Nothing heard from anyone since T: the window ran out, but no message after it
+    # shows that the feed works, so nobody is declared offline by staleness.
+    assert rig.fleet.tick(T + 30, feed_heard=T) == []
+    rig.data(T + 31, device="b")
+    assert rig.fleet.tick(T + 31, feed_heard=T + 31) == [DeviceTransition("a", False, T, "stale")]
+
+
+def test_typical_interval_is_the_median_of_online_devices(store: FleetStore) -> None:
+    rig = Rig(store, default_interval_s=10.0)
+    assert rig.fleet.typical_interval() == 10.0
+    for device, interval in (("a", 1.0), ("b", 2.0), ("c", 60.0)):
+        rig.status(T, "online", ts=T, interval_s=interval, device=device)
+    assert rig.fleet.typical_interval() == 2.0

@@ -62,7 +62,7 @@ SPIKE_RULE = {"cpu": "high_cpu", "temp": "high_temperature"}
 RULES = """
 version: 1
 replay_grace: 2m
-offline: {enabled: true, severity: critical, for: 60s}
+offline: {enabled: true, severity: critical, for: OFFLINE_FOR}
 rules:
   - name: high_cpu
     metric: cpu.percent
@@ -108,8 +108,10 @@ class SystemSpec:
     # devices outside the ground truth (e.g. a hostile publisher): their alerts and Slack
     # messages are not compared with the spikes
     unchecked_devices: tuple[str, ...] = ()
-    backend_settings: dict[str, Any] = field(default_factory=dict)  # extra EDGE_BACKEND_*
     seed: int = 20240601
+    offline_for: str = "60s"  # the offline rule's `for`
+    backend_settings: dict[str, Any] = field(default_factory=dict)  # extra EDGE_BACKEND_*
+    backend_via_proxy: bool = False  # the backend's own link goes through the black hole
 
 
 @dataclass
@@ -232,9 +234,11 @@ class System:
     async def start(self) -> None:
         """Proxy, backend, agents and simulators up; returns when every device is flowing."""
         spec = self.spec
-        if spec.proxied_sim_devices or any(a.via_proxy for a in spec.agents):
+        if (spec.proxied_sim_devices or spec.backend_via_proxy
+                or any(a.via_proxy for a in spec.agents)):
             self.proxy = await BlackholeProxy("127.0.0.1", self.broker.port).start()
-        self.rules_file.write_text(RULES + spec.extra_rules)
+        self.rules_file.write_text(RULES.replace("OFFLINE_FOR", spec.offline_for)
+                                   + spec.extra_rules)
         self.backend = self._make_backend()
         self.backend.start()
         await asyncio.to_thread(self.backend.wait_healthy, 30)
@@ -248,10 +252,14 @@ class System:
         await self.wait_flowing(timeout=60, what="start")
 
     def _make_backend(self, http_port: int | None = None) -> BackendProc:
+        settings = dict(self.spec.backend_settings)
+        if self.spec.backend_via_proxy:
+            assert self.proxy is not None
+            settings["port"] = self.proxy.port
         return BackendProc(
             self.broker, self.workdir / "backend", http_port=http_port,
             rules_file=self.rules_file, slack_webhook_url=self.slack.webhook_url,
-            alert_group_window_s=0.5, **self.spec.backend_settings,
+            alert_group_window_s=0.5, **settings,
         )
 
     def _make_agent(self, spec: AgentSpec) -> AgentProc:

@@ -97,6 +97,10 @@ class AlertCenter:
             self.dispatcher.remind(firing, now)
         return out
 
+    def emit(self, events: list[AlertEvent]) -> list[dict[str, Any]]:
+        """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
+        return self._emit(events)
+
     def _emit(self, events: list[AlertEvent]) -> list[dict[str, Any]]:
         if not events:
             return []

@@ -13,7 +13,9 @@ A device is ONLINE after any metrics message or an ``online`` status, and goes O
 
 After a restart the devices come back from the store with their ``last_seen`` and status;
 the grace window starts at the restart, so a device that stays silent goes offline at the
-first :meth:`FleetState.tick` after ``stale window`` has passed since the restart.
+first :meth:`FleetState.tick` after ``stale window`` has passed since the restart. The same
+grace starts again when the backend's own feed comes back (:meth:`FleetState.regrace`), and
+nobody goes stale while the feed is lost (``tick(feed_ok=False)``, see ``feed.py``).
 All times are Unix seconds; ``now`` is always passed in.
 """
 
@@ -112,13 +114,35 @@ class FleetState:
         elif result.kind == "metrics":
             self._metrics(result.device, result, now)
 
-    def tick(self, now: float) -> list[DeviceTransition]:
-        """Mark stale devices offline; return every transition since the last tick."""
-        for dev in self._devices.values():
-            if dev.status == "online" and now - self._heard(dev) > self.stale_window(dev):
-                self._set(dev, "offline", now, "stale", at=dev.last_seen)
+    def tick(
+        self, now: float, *, feed_ok: bool = True, feed_heard: float | None = None
+    ) -> list[DeviceTransition]:
+        """Mark stale devices offline; return every transition since the last tick.
+
+        With ``feed_ok`` False (the backend's own feed is lost) nobody goes stale. With
+        ``feed_heard`` (the newest message from ANY device) a device goes stale only once the
+        feed was heard after its window ran out: proof that its silence is its own.
+        """
+        if feed_ok:
+            for dev in self._devices.values():
+                if dev.status != "online":
+                    continue
+                deadline = self._heard(dev) + self.stale_window(dev)
+                if now > deadline and (feed_heard is None or feed_heard >= deadline):
+                    self._set(dev, "offline", now, "stale", at=dev.last_seen)
         out, self._pending = self._pending, []
         return out
+
+    def regrace(self, now: float) -> None:
+        """Give every device one staleness window from ``now`` (the feed came back), the
+        same grace as after a restart."""
+        self._started = max(self._started, now)
+
+    def typical_interval(self) -> float:
+        """The median reporting interval of the online devices (the default if none)."""
+        values = sorted(dev.interval_s or self._default_interval
+                        for dev in self._devices.values() if dev.status == "online")
+        return values[len(values) // 2] if values else self._default_interval
 
     def stale_window(self, dev: _Device | DeviceRow) -> float:
         """Seconds of silence after which ``dev`` counts as offline."""

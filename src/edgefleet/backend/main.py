@@ -21,6 +21,8 @@ from edgefleet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+MQTT_RECEIVE_MAXIMUM = 65_535  # the largest value MQTT5 allows
+
 
 def preflight(s: BackendSettings) -> str:
     """Check files and permissions before anything starts; return the transport kind."""
@@ -61,6 +63,9 @@ def transport_factory(s: BackendSettings, kind: str) -> Callable[..., Any]:
             ca_file=s.ca_file, client_id=s.client_id, aws_limits=s.aws_limits,
             session_expiry_s=s.session_expiry_s, on_connect=on_connect,
             max_reconnect_ms=int(s.reconnect_max_s * 1000),
+            # Backpressure: unacknowledged messages (the inbox) never exceed this; the
+            # broker holds the rest until we acknowledge (MQTT5 receive maximum).
+            receive_maximum=min(s.inbox_max, MQTT_RECEIVE_MAXIMUM),
         )
         return MqttClient(cfg, on_message_acked=on_message)
 

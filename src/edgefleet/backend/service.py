@@ -5,6 +5,11 @@ into an in-memory inbox; the ingest task processes whatever is waiting as one ba
 it in one transaction (in a worker thread) and only then acknowledges those messages to
 the broker (manual PUBACK), so a crash means redelivery, never loss. Duplicates of stored
 samples are recognised from the persisted per-device cursors.
+
+The inbox is bounded (``inbox_max``) without losing messages: see ``inbox.py``. A batch the
+store cannot take is retried, then stored message by message with the offending ones
+quarantined (``persist.py``).
+The tick task also watches the backend's own feed (``feed.py``).
 """
 
 from __future__ import annotations
@@ -12,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import Any
 
 from edgefleet.backend.alerting import AlertCenter
+from edgefleet.backend.feed import FEED_KEY, FeedMonitor, feed_event
 from edgefleet.backend.fleet import FleetState
 from edgefleet.backend.hub import Hub
+from edgefleet.backend.inbox import Inbound, Inbox
 from edgefleet.backend.ingest import Ingest
 from edgefleet.backend.notify import AlertDispatcher, Outbox
+from edgefleet.backend.persist import BatchWriter, Message
+from edgefleet.backend.quarantine import Quarantine
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.rules import RuleSet
 from edgefleet.backend.settings import BackendSettings
@@ -39,8 +47,6 @@ GATHER_MIN = 200
 GATHER_S = 0.01
 TICK_S = 1.0
 COMPACT_EVERY_S = 600.0
-
-Inbound = tuple[str, bytes, Any]
 
 
 class Backend:
@@ -65,18 +71,29 @@ class Backend:
         self.alerts = AlertCenter(rules, self.store, self.dispatcher)
         self.hub = Hub(interval_s=s.ws_interval_s, queue_frames=s.ws_queue_frames)
         self.view = FleetViewModel(self)
-        self._inbox: deque[Inbound] = deque()
+        self.quarantine = Quarantine(s.db_path.with_name(s.db_path.stem + "-quarantine.db"))
+        self.writer = BatchWriter(self.store, self.quarantine, retries=s.store_retries)
+        self.feed = FeedMonitor(
+            now=now, silence_intervals=s.feed_silence_intervals,
+            silence_min_s=s.feed_silence_min_s, alert_after_s=s.feed_alert_after_s,
+        )
+        firing = self.alerts.firing.get(FEED_KEY)  # fired before a restart: resolve it later
+        self._feed_alert: float | None = None if firing is None else float(firing["started_at"])
         self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
+        self._stop = asyncio.Event()
         self.transport = transport_factory(self._on_message, self._on_connect)
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: Any = None) -> None:
-        """SDK thread: queue the message and wake the ingest task."""
-        self._inbox.append((topic, payload, handle))
-        if len(self._inbox) == 1:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """SDK thread: queue the message (waiting while the inbox is full); the inbox wakes
+        the ingest task."""
+        self.inbox.put((topic, payload, handle))
+
+    def _wake_soon(self) -> None:
+        """Any thread: wake the ingest task."""
+        self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_connect(self) -> None:
         task = self._loop.create_task(self._subscribe())
@@ -105,34 +122,32 @@ class Backend:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._stop.is_set() and not self._inbox:
+            if self._stop.is_set() and not self.inbox:
                 return
-            if len(self._inbox) < GATHER_MIN and not self._stop.is_set():
+            if len(self.inbox) < GATHER_MIN and not self._stop.is_set():
                 await asyncio.sleep(GATHER_S)  # a batch has a fixed cost: let one gather
-            while self._inbox:
-                batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), BATCH_MAX))]
-                await self._process(batch)
+            while self.inbox:
+                await self._process(self.inbox.take(BATCH_MAX))
 
     async def _process(self, batch: list[Inbound]) -> None:
         now = time.time()
+        self.feed.heard(now)  # any message at all shows that the feed flows
+        if not self.feed.ok:  # it just came back: the grace starts before anything is judged
+            self._watch_feed(now)
         accepted: list[AcceptedSample] = []
+        messages: list[Message] = []
         for topic, payload, _ in batch:
             result = self.ingest.handle(topic, payload, now)
             self.fleet.observe(result, now)
             accepted.extend(result.samples)
+            messages.append(Message(topic, payload, result.device, result.samples))
         self.view.on_samples(accepted)
         for event in self.alerts.on_samples(accepted, now):
             self.hub.alert(event)
         save = self.alerts.take_save()
         cursors = self.ingest.take_cursors()
         dirty = self.fleet.take_dirty()
-
-        def persist() -> None:
-            if save is not None:
-                save()
-            self.store.add_samples(accepted, cursors=cursors, devices=dirty)
-
-        await _retrying(persist, "store batch")
+        await self.writer.write(messages, cursors=cursors, devices=dirty, save=save)
         ack = getattr(self.transport, "ack", None)
         if ack is not None:
             for _, _, handle in batch:
@@ -146,7 +161,8 @@ class Backend:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
             now = time.time()
-            for tr in self.fleet.tick(now):
+            self._watch_feed(now)
+            for tr in self.fleet.tick(now, feed_ok=self.feed.ok, feed_heard=self.feed.last_heard):
                 for event in self.alerts.on_presence(tr.device, tr.online, tr.at, now):
                     self.hub.alert(event)
                 self.hub.touch({tr.device})
@@ -155,12 +171,34 @@ class Backend:
             save = self.alerts.take_save()
             dirty = self.fleet.take_dirty()
             if save is not None or dirty:
-                await _retrying(partial(_save_rows, self.store, save, dirty), "store devices")
+                await self.writer.write([], cursors={}, devices=dirty, save=save)
                 self.hub.touch({row.device for row in dirty})
             self.hub.touch(set())  # summary figures change every second
             if time.monotonic() - last_compact > COMPACT_EVERY_S:
                 last_compact = time.monotonic()
                 await asyncio.to_thread(self.store.compact, now)
+
+    def _watch_feed(self, now: float) -> None:
+        """Update the feed state; raise or resolve the one fleet-level ``feed_lost`` alert."""
+        feed = self.feed
+        change = feed.update(now, connected=self.transport.connected.is_set(),
+                             active=self.fleet.summary(now).online,
+                             interval_s=self.fleet.typical_interval())
+        if change is not None:
+            level = logging.INFO if change.state == "ok" else logging.ERROR
+            log.log(level, "feed %s", change.state, extra=kv(detail=change.detail,
+                                                             since=feed.since))
+            if change.state == "ok":
+                self.fleet.regrace(now)  # one staleness window for everyone from now
+        events = []
+        if self._feed_alert is None and feed.alert_due(now):
+            self._feed_alert = feed.since
+            events.append(feed_event("firing", feed.since, now, feed.alert_after_s))
+        elif self._feed_alert is not None and feed.ok:
+            events.append(feed_event("resolved", self._feed_alert, now, feed.alert_after_s))
+            self._feed_alert = None
+        for event in self.alerts.emit(events):
+            self.hub.alert(event)
 
     # --- life cycle -----------------------------------------------------------------------------
     async def run(self, serve_http: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
@@ -192,6 +230,7 @@ class Backend:
             if task.get_name() == "ws-hub":
                 task.cancel()
         _, pending = await asyncio.wait(tasks, timeout=5.0)
+        self.inbox.close()
         for task in pending:
             task.cancel()
         save = self.alerts.take_save()
@@ -199,32 +238,12 @@ class Backend:
             save()
         await self.dispatcher.stop()
         self.outbox.close()
+        self.quarantine.close()
         self.store.close()
         log.info("backend stopped")
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _save_rows(store: FleetStore, save: Callable[[], None] | None, dirty: list[Any]) -> None:
-    if save is not None:
-        save()
-    if dirty:
-        store.add_samples([], devices=dirty)
-
-
-async def _retrying(work: Callable[[], None], what: str) -> None:
-    """Run blocking store work in a thread; retry on errors (the data is not acked)."""
-    delay = 0.1
-    while True:
-        try:
-            await asyncio.to_thread(work)
-        except Exception as exc:  # noqa: BLE001 - storage errors must not kill ingest
-            log.error("storage failed; retrying", extra=kv(what=what, error=repr(exc)))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        else:
-            return
 
 
 def _slack_kind(s: BackendSettings) -> str:

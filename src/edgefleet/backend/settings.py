@@ -65,6 +65,13 @@ class BackendSettings(BaseSettings):
     ws_interval_s: float = Field(default=0.5, ge=0.05, le=10)
     ws_queue_frames: int = Field(default=64, ge=2, le=10_000)
 
+    # --- service: own feed, storage failures, inbox bound ---
+    feed_silence_intervals: float = Field(default=3.0, ge=1.0)
+    feed_silence_min_s: float = Field(default=10.0, ge=0.5)
+    feed_alert_after_s: float = Field(default=30.0, ge=0)
+    store_retries: int = Field(default=3, ge=0, le=100)
+    inbox_max: int = Field(default=20_000, ge=10, le=1_000_000)
+
     @field_validator("slack_api_url")
     @classmethod
     def _trailing_slash(cls, value: str) -> str:

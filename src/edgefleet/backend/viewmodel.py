@@ -70,6 +70,7 @@ class FleetViewModel:
             "samples_per_s": round(s.samples_per_s, 2), "lost_samples": s.lost_samples,
             "agent_dropped": s.agent_dropped, "rejected": s.rejected, "duplicates": s.duplicates,
             "firing": len(self.b.alerts.firing), "ws_clients": len(self.hub.clients), "now": now,
+            "feed": self.b.feed.public(),
         }
 
     def alerts(self) -> dict[str, Any]:
@@ -101,14 +102,31 @@ class FleetViewModel:
         return {r.device: self.b.ingest.sequence(r.device) for r in self.b.fleet.devices()}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        connected = self.b.transport.connected.is_set()
-        return connected, {"mqtt_connected": connected, "devices": len(self.b.fleet.devices())}
+        """Healthy = broker link up, feed not lost, storing works; else the reasons why not."""
+        b = self.b
+        connected = b.transport.connected.is_set()
+        feed = b.feed.public()
+        reasons = []
+        if not connected:
+            reasons.append("no link to the broker")
+        if feed["state"] == "lost":
+            reasons.append(f"feed lost: {feed['detail']}")
+        if b.writer.failing is not None:
+            reasons.append(f"storing fails: {b.writer.failing}")
+        return not reasons, {
+            "mqtt_connected": connected, "devices": len(b.fleet.devices()), "feed": feed,
+            "store": {"ok": b.writer.failing is None, "error": b.writer.failing,
+                      "since": b.writer.failing_since},
+            "quarantined": b.quarantine.total, "reason": "; ".join(reasons) or None,
+        }
 
     def metrics_text(self) -> str:
         c = self.b.ingest.counters()
         s = self.b.fleet.summary(time.time())
         d = self.b.dispatcher.stats()
         rejected = [({"reason": r}, float(n)) for r, n in sorted(c.rejected_total.items())]
+        if self.b.inbox.dropped:
+            rejected.append(({"reason": "inbox_full"}, float(self.b.inbox.dropped)))
         return prometheus([
             ("edgefleet_ingest_messages_total", "counter", "MQTT messages handled",
              [({}, c.messages_total)]),
@@ -138,7 +156,25 @@ class FleetViewModel:
              [({}, len(self.hub.clients))]),
             ("edgefleet_websocket_slow_disconnects_total", "counter", "clients too slow",
              [({}, self.hub.slow_disconnects)]),
+            *self._service_metrics(),
         ])
+
+    def _service_metrics(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        b = self.b
+        return [
+            ("edgefleet_feed_up", "gauge", "1 while the backend hears its fleet, 0 when lost",
+             [({}, 1.0 if b.feed.ok else 0.0)]),
+            ("edgefleet_quarantined_messages_total", "counter",
+             "messages the store could not take, set aside", [({}, float(b.quarantine.total))]),
+            ("edgefleet_store_failures_total", "counter", "failed attempts to store a batch",
+             [({}, float(b.writer.failures_total))]),
+            ("edgefleet_store_failing", "gauge", "1 while storing fails",
+             [({}, 0.0 if b.writer.failing is None else 1.0)]),
+            ("edgefleet_inbox_messages", "gauge", "received messages waiting to be stored",
+             [({}, float(len(b.inbox)))]),
+            ("edgefleet_inbox_full_waits_total", "counter",
+             "times the broker link waited for room in the inbox", [({}, float(b.inbox.waits))]),
+        ]
 
 
 def _chartable(key: str) -> bool:

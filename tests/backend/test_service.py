@@ -1,0 +1,372 @@
+"""The running backend in-process with a hand-driven transport: a message the store cannot take
+is quarantined and acknowledged while the fleet flows on, a failing store makes /healthz
+degraded, the inbox is bounded, and a lost link raises one feed_lost alert instead of any
+device-offline alert."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ClientFactory
+from devices import Device, metrics_payload, status_payload
+from edgefleet.backend.feed import FEED_KEY
+from edgefleet.backend.inbox import Inbox
+from edgefleet.backend.main import transport_factory
+from edgefleet.backend.persist import is_transient
+from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.rules import load_rules
+from edgefleet.backend.service import Backend
+from edgefleet.backend.settings import BackendSettings
+from edgefleet.backend.store import FleetStore
+from edgefleet.common.broker import Mosquitto
+from edgefleet.common.protocol import metrics_topic, status_topic
+
+RULES = "version: 1\noffline: {enabled: true, severity: critical, for: 0s}\nrules: []\n"
+
+
+class FakeTransport:
+    """What ``Backend`` needs of a broker link; the test delivers and watches the acks."""
+
+    def __init__(self, on_message: Callable[[str, bytes, Any], None],
+                 on_connect: Callable[[], None]) -> None:
+        self.deliver = on_message
+        self.on_connect = on_connect
+        self.connected = asyncio.Event()
+        self.acked: list[Any] = []
+
+    def start(self) -> None:
+        self.connected.set()
+        self.on_connect()
+
+    async def stop(self, wait_s: float = 0.0) -> None:
+        self.connected.clear()
+
+    async def subscribe(self, filters: list[str]) -> list[int]:
+        return [1 for _ in filters]
+
+    def ack(self, handle: Any) -> None:
+        self.acked.append(handle)
+
+
+class Running:
+    """A started backend and its transport."""
+
+    def __init__(self, backend: Backend, task: asyncio.Task[None]) -> None:
+        self.b = backend
+        self.task = task
+        self.t: FakeTransport = backend.transport
+
+    def send(self, device: str, seq: int, value: float = 1.0, handle: Any = None) -> None:
+        payload = metrics_payload(device, seq, _now(), {"cpu.percent": value})
+        self.t.deliver(metrics_topic(device), payload, handle or (device, seq))
+
+    async def stop(self) -> None:
+        self.b.stop()
+        await asyncio.wait_for(self.task, 15)
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+def _now() -> float:
+    return time.time()
+
+
+@pytest.fixture
+async def start(tmp_path: Path) -> AsyncIterator[Start]:
+    made: list[Running] = []
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+
+    async def make(run: bool = True, **settings: Any) -> Running:
+        s = BackendSettings(db_path=tmp_path / "fleet.db", **settings)
+        backend = Backend(s, load_rules(rules_file), FakeTransport)
+        if not run:
+            return Running(backend, asyncio.create_task(asyncio.sleep(0)))
+        task = asyncio.create_task(backend.run(lambda stop: stop.wait()))
+        running = Running(backend, task)
+        made.append(running)
+        return running
+
+    yield make
+    for running in made:
+        if not running.task.done():
+            await running.stop()
+
+
+async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+def stored(db: Path) -> dict[str, list[int]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT d.name, r.seq FROM raw AS r JOIN devices AS d "
+                            "ON d.id = r.device ORDER BY r.seq").fetchall()
+    finally:
+        conn.close()
+    out: dict[str, list[int]] = {}
+    for name, seq in rows:
+        out.setdefault(name, []).append(seq)
+    return out
+
+
+def poison(monkeypatch: pytest.MonkeyPatch, device: str, seq: int) -> list[int]:
+    """Make the store raise OverflowError for one sample, the way seq 2^63 did; return a
+    list that counts the failed calls."""
+    real = FleetStore.add_samples
+    failures: list[int] = []
+
+    def add_samples(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+        if any(s.device == device and s.seq == seq for s in samples):
+            failures.append(1)
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return real(self, samples, **kw)
+
+    monkeypatch.setattr(FleetStore, "add_samples", add_samples)
+    return failures
+
+
+async def test_one_unstorable_message_is_quarantined_and_the_fleet_flows(
+    start: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    failures = poison(monkeypatch, "dev-x", 2)
+    r = await start(store_retries=2)
+    for seq in range(5):
+        for device in ("dev-a", "dev-x", "dev-b"):
+            r.send(device, seq)
+    await until(lambda: len(r.t.acked) == 15)
+    assert stored(tmp_path / "fleet.db") == {
+        "dev-a": [0, 1, 2, 3, 4], "dev-b": [0, 1, 2, 3, 4], "dev-x": [0, 1, 3, 4]}
+    assert len(failures) >= 3  # whole batch retried, then message by message
+    conn = sqlite3.connect(tmp_path / "fleet-quarantine.db")
+    rows = conn.execute("SELECT topic, payload, error FROM quarantine").fetchall()
+    conn.close()
+    assert len(rows) == 1
+    topic, payload, error = rows[0]
+    assert topic == metrics_topic("dev-x")
+    assert json.loads(payload)["samples"][0]["seq"] == 2
+    assert error.startswith("OverflowError: Python int too large")
+    assert "edgefleet_quarantined_messages_total 1" in r.b.view.metrics_text()
+    ok, body = r.b.view.health()
+    assert ok and body["quarantined"] == 1 and body["store"]["ok"]
+
+    # A restart does not get stuck: the broker redelivering the quarantined message (it
+    # should not: it was acknowledged) is a duplicate, and everyone flows on.
+    await r.stop()
+    r = await start(store_retries=2)
+    r.send("dev-x", 2, handle="again")
+    for device in ("dev-a", "dev-x"):
+        r.send(device, 5)
+    await until(lambda: len(r.t.acked) == 3)
+    got = stored(tmp_path / "fleet.db")
+    assert got["dev-a"][-1] == 5 and got["dev-x"] == [0, 1, 3, 4, 5]
+    assert r.b.quarantine.total == 1
+
+
+async def test_store_failing_makes_health_degraded_and_nothing_is_acked(
+    start: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real = FleetStore.add_samples
+    locked = True
+
+    def add_samples(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+        if locked:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, samples, **kw)
+
+    monkeypatch.setattr(FleetStore, "add_samples", add_samples)
+    r = await start(store_retries=1)
+    r.send("dev-a", 0)
+    await until(lambda: r.b.writer.failures_total >= 4)  # retried beyond store_retries
+    ok, body = r.b.view.health()
+    assert not ok
+    assert body["reason"] == "storing fails: OperationalError: database is locked"
+    assert "edgefleet_store_failing 1" in r.b.view.metrics_text()
+    assert r.t.acked == []
+    assert r.b.quarantine.total == 0  # a locked disk is not the data's fault
+    locked = False
+    await until(lambda: r.t.acked == [("dev-a", 0)])
+    assert r.b.view.health()[0]
+    assert stored(tmp_path / "fleet.db") == {"dev-a": [0]}
+
+
+async def test_inbox_is_bounded_and_the_excess_is_counted_never_acked(start: Start) -> None:
+    r = await start(run=False, inbox_max=100)
+    for seq in range(150):
+        r.send("dev-a", seq)
+    assert len(r.b.inbox) == 100
+    assert r.b.inbox.dropped == 50  # put from the event loop's thread: refused, not acked
+    assert 'edgefleet_ingest_rejected_total{reason="inbox_full"} 50' in r.b.view.metrics_text()
+    task = asyncio.create_task(r.b.run(lambda stop: stop.wait()))
+    r = Running(r.b, task)
+    await until(lambda: len(r.t.acked) == 100)
+    assert sorted(seq for _, seq in r.t.acked) == list(range(100))
+    await r.stop()
+
+
+async def test_lost_link_raises_one_feed_alert_and_no_device_goes_offline(
+    start: Start,
+) -> None:
+    r = await start(stale_min_s=0.5, feed_alert_after_s=1.0)
+    for device in ("dev-a", "dev-b"):
+        r.t.deliver(status_topic(device), status_payload(device, "online", _now(), 0.1), None)
+        r.send(device, 0)
+    await until(lambda: r.b.feed.ok and r.b.fleet.summary(_now()).online == 2)
+    r.t.connected.clear()  # the backend's own link drops; the devices are fine
+    await until(lambda: FEED_KEY in r.b.alerts.firing)
+    alert = r.b.alerts.firing[FEED_KEY]
+    assert (alert["rule"], alert["device"], alert["severity"], alert["kind"]) == (
+        "feed_lost", "edgefleet-backend", "critical", "firing")
+    assert alert["summary"] == "edgefleet lost its feed: device states unknown"
+    summary = r.b.view.summary()
+    assert summary["feed"]["state"] == "lost" and summary["feed"]["connected"] is False
+    ok, body = r.b.view.health()
+    assert not ok and "feed lost" in body["reason"] and "no link" in body["reason"]
+    assert "edgefleet_feed_up 0" in r.b.view.metrics_text()
+    await asyncio.sleep(2.5)  # far beyond every device's stale window (0.5 s)
+    assert [row.status for row in r.b.fleet.devices()] == ["online", "online"]
+    assert set(r.b.alerts.firing) == {FEED_KEY}
+
+    r.t.connected.set()  # back: resolved, and one stale window from now for everyone
+    await until(lambda: FEED_KEY not in r.b.alerts.firing)
+    kinds = [(a["key"], a["kind"]) for a in r.b.alerts.recent]
+    assert kinds == [(FEED_KEY, "resolved"), (FEED_KEY, "firing")]
+    assert r.b.view.summary()["feed"]["state"] == "ok"
+    assert "edgefleet_feed_up 1" in r.b.view.metrics_text()
+    for seq in range(1, 30):  # only dev-a talks: dev-b goes offline once the window ran out
+        r.send("dev-a", seq)
+        await asyncio.sleep(0.1)
+        if r.b.fleet.device("dev-b").status == "offline":  # type: ignore[union-attr]
+            break
+    assert r.b.fleet.device("dev-b").status == "offline"  # type: ignore[union-attr]
+    assert r.b.fleet.device("dev-a").status == "online"  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+async def test_full_inbox_leaves_messages_at_the_broker_and_loses_none(
+    broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real Mosquitto: the backend announces its inbox bound as the MQTT5 receive maximum,
+    so with a slow store the broker holds what does not fit; nothing is dropped or lost."""
+    real = FleetStore.add_samples
+
+    def slow(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+        time.sleep(0.02)
+        return real(self, samples, **kw)
+
+    monkeypatch.setattr(FleetStore, "add_samples", slow)
+    cert, key, ca = broker.identity("backend")
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    s = BackendSettings(
+        db_path=tmp_path / "fleet.db", endpoint="127.0.0.1", port=broker.port, cert_file=cert,
+        key_file=key, ca_file=ca, aws_limits=False, inbox_max=20,
+    )
+    backend = Backend(s, load_rules(rules_file), transport_factory(s, "mqtt"))
+    depths: list[int] = []
+    put = Inbox.put
+
+    def watched(self: Inbox, item: Any) -> bool:
+        done = put(self, item)
+        depths.append(len(self))
+        return done
+
+    monkeypatch.setattr(Inbox, "put", watched)
+    task = asyncio.create_task(backend.run(lambda stop: stop.wait()))
+    try:
+        await until(lambda: backend.feed.ok)
+        dev = await Device.connect(mqtt_client, "dev-a")
+        await asyncio.sleep(0.5)  # the backend's subscription is in place
+        n = 400
+        await asyncio.gather(*(dev.sample(time.time(), cpu_percent=1.0) for _ in range(n)))
+        await until(lambda: stored(tmp_path / "fleet.db").get("dev-a", []) == list(range(n)),
+                    timeout=60)
+    finally:
+        backend.stop()
+        await asyncio.wait_for(task, 15)
+    assert backend.inbox.dropped == 0
+    assert len(depths) == n and max(depths) <= 20, max(depths)
+    print(f"inbox waits: {backend.inbox.waits}")
+
+
+async def test_feed_alert_firing_at_a_restart_is_resolved_once_the_feed_is_back(
+    start: Start,
+) -> None:
+    r = await start(feed_alert_after_s=0.0)
+    r.send("dev-a", 0)
+    await until(lambda: r.b.feed.ok and r.t.acked != [])
+    r.t.connected.clear()
+    await until(lambda: FEED_KEY in r.b.alerts.firing)
+    started_at = r.b.alerts.firing[FEED_KEY]["started_at"]
+    await r.stop()  # SIGTERM while the feed is lost: the alert is saved as firing
+
+    r = await start(feed_alert_after_s=0.0)
+    await until(lambda: FEED_KEY not in r.b.alerts.firing)
+    resolved = r.b.alerts.recent[0]
+    assert (resolved["key"], resolved["kind"], resolved["started_at"]) == (
+        FEED_KEY, "resolved", started_at)
+    assert r.b.view.summary()["feed"]["state"] == "ok"
+
+
+def test_only_errors_of_the_data_are_quarantined() -> None:
+    for exc in (sqlite3.OperationalError("database is locked"), OSError(28, "No space left"),
+                sqlite3.DatabaseError("database disk image is malformed")):
+        assert is_transient(exc), exc
+    for exc in (OverflowError("Python int too large"), ValueError("nan"),
+                sqlite3.IntegrityError("NOT NULL"), sqlite3.DataError("string or blob too big")):
+        assert not is_transient(exc), exc
+
+
+@pytest.mark.slow
+async def test_quarantined_message_is_acked_at_the_broker_and_a_restart_flows(
+    broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real Mosquitto, persistent session: the message the store cannot take is quarantined
+    and acknowledged, so the restarted backend is not handed it again and ingests on."""
+    poison(monkeypatch, "dev-x", 2)
+    cert, key, ca = broker.identity("backend")
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    s = BackendSettings(
+        db_path=tmp_path / "fleet.db", endpoint="127.0.0.1", port=broker.port, cert_file=cert,
+        key_file=key, ca_file=ca, aws_limits=False, store_retries=1,
+    )
+
+    async def run_backend(devices: dict[str, Device], seqs: range) -> Backend:
+        backend = Backend(s, load_rules(rules_file), transport_factory(s, "mqtt"))
+        task = asyncio.create_task(backend.run(lambda stop: stop.wait()))
+        try:
+            await until(lambda: backend.feed.ok)
+            await asyncio.sleep(0.5)  # subscribed (a persistent session after the first run)
+            for seq in seqs:
+                for dev in devices.values():
+                    dev.seq = seq
+                    await dev.sample(time.time(), cpu_percent=1.0)
+            want = {name: list(range(seqs.stop)) for name in devices}
+            want["dev-x"] = [q for q in want["dev-x"] if q != 2]
+            await until(lambda: stored(tmp_path / "fleet.db") == want, timeout=30)
+            await asyncio.sleep(1.0)  # anything redelivered would arrive now
+        finally:
+            backend.stop()
+            await asyncio.wait_for(task, 15)
+        return backend
+
+    devices = {n: await Device.connect(mqtt_client, n) for n in ("dev-a", "dev-x")}
+    first = await run_backend(devices, range(4))
+    assert first.quarantine.total == 1
+    second = await run_backend(devices, range(4, 8))
+    assert second.quarantine.total == 1  # the same one, from the file: not quarantined again
+    assert second.ingest.counters().duplicates_total == 0  # nothing was redelivered

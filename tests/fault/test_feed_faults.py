@@ -1,0 +1,159 @@
+"""The backend's own feed under faults: the broker stopped, the backend's link black-holed.
+
+Neither may page anyone about a device being offline: the backend raises ONE fleet-level
+``feed_lost`` alert while it cannot hear its fleet, resolves it when the feed returns, and
+gives every device one staleness window from then. Nothing is lost (the system's usual
+ground-truth checks in ``System.finish``).
+
+The offline rule is short here (``for: 5s``, stale window 2 s), so a silent device would be
+notified about 7 s after its last message: the "offline window" the outages are measured in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from system import AgentSpec, System, SystemSpec
+
+from edgefleet.common.broker import Mosquitto
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
+
+FEED_KEY = "feed_lost|edgefleet-backend|"
+OFFLINE_WINDOW_S = 2 + 5  # stale window + the offline rule's `for`
+BACKEND = {"stale_min_s": 2, "feed_silence_min_s": 3, "feed_alert_after_s": 3,
+           "reconnect_max_s": 2}
+
+MakeSystem = Callable[[SystemSpec], Awaitable[System]]
+
+
+@pytest.fixture
+async def make_system(
+    broker: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[MakeSystem]:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    made: list[System] = []
+
+    async def make(spec: SystemSpec) -> System:
+        system = System(broker, tmp_path / "system", spec, request.node.name)
+        made.append(system)
+        return await system.__aenter__()
+
+    yield make
+    for system in made:
+        await system.close()
+
+
+def _spec(**kw: Any) -> SystemSpec:
+    agents = tuple(AgentSpec(f"agent-{i}", settings={"interval_s": 0.5}) for i in range(1, 11))
+    base: dict[str, Any] = {"sim_devices": 0, "agents": agents, "offline_for": "5s",
+                            "backend_settings": BACKEND}
+    base.update(kw)
+    names = [a.name for a in base["agents"]]
+    names += [f"sim-{i:04d}" for i in range(1, base["sim_devices"] + 1)]
+    # System.finish stops every agent (their offline status alerts after 5 s): its own
+    # alert check ignores those; the tests check "no offline alert" before the load stops.
+    base["allowed_extra_alert_keys"] = (FEED_KEY, *(f"offline|{n}|" for n in names))
+    return SystemSpec(**base)
+
+
+async def _wait_feed(system: System, state: str, timeout: float = 60) -> dict[str, Any]:
+    """Until /healthz reports the feed in ``state``; return that body."""
+    deadline = time.monotonic() + timeout
+    body: Any = None
+    while time.monotonic() < deadline:
+        try:
+            _, body = await system.get("/healthz")
+        except OSError:
+            body = None
+        if isinstance(body, dict) and body.get("feed", {}).get("state") == state:
+            return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"feed never {state}: {body}")
+
+
+def _check_feed_alerts(system: System, alerts: dict[str, Any], ids: list[str]) -> None:
+    """One feed_lost firing then resolved, delivered once each; no offline alert at all
+    (``alerts`` and the Slack ``ids`` as they were before the load stopped: stopping the
+    agents at the end sends their offline status, which legitimately alerts)."""
+    recent = list(reversed(alerts["recent"]))  # oldest first
+    feed = [(a["kind"], a["severity"]) for a in recent if a["key"] == FEED_KEY]
+    assert feed == [("firing", "critical"), ("resolved", "critical")], recent
+    offline = [a for a in recent if a["rule"] == "offline"]
+    assert offline == [], offline
+    assert not [i for i in ids if i.startswith("offline|")], ids
+    feed_ids = [i for i in ids if i.startswith(FEED_KEY)]
+    assert Counter(i.split("|")[3] for i in feed_ids) == {"firing": 1, "resolved": 1}, ids
+    texts = [m["text"] for m in system.slack.messages]
+    assert any("edgefleet lost its feed" in t for t in texts), texts
+
+
+async def test_broker_stopped_for_twice_the_offline_window(
+    make_system: MakeSystem, broker: Mosquitto
+) -> None:
+    """10 agents; Mosquitto stops for 2 x the offline window, then comes back: zero
+    device-offline notifications, one feed-lost notification firing then resolved, no
+    sample lost (every agent's queue delivered everything)."""
+    system = await make_system(_spec())
+    await system.start()
+    await asyncio.to_thread(broker.stop)
+    down = time.monotonic()
+    lost = await _wait_feed(system, "lost")
+    assert lost["status"] == "degraded" and lost["feed"]["connected"] is False, lost
+    await system.slack.wait_for_messages(1, within_s=30)  # the feed_lost alert
+    await asyncio.sleep(max(0.0, down + 2 * OFFLINE_WINDOW_S - time.monotonic()))
+    _, during = await system.get("/api/devices")
+    await asyncio.to_thread(broker.start)
+    system.figures.extra["broker_down_s"] = round(time.monotonic() - down, 1)
+    back = await _wait_feed(system, "ok")
+    system.figures.extra["feed_back_s"] = round(time.monotonic() - down, 1)
+    await system.wait_flowing(timeout=60, what="broker back")
+    assert all(d["online"] for d in during["devices"]), during  # nobody declared offline
+    assert during["summary"]["feed"]["state"] == "lost"
+    assert back["feed"]["connected"] is True
+    await asyncio.sleep(OFFLINE_WINDOW_S + 1)  # a full window after the return: still quiet
+    _, alerts = await system.get("/api/alerts")
+    ids = system.slack.event_ids()
+    await system.finish()
+    _check_feed_alerts(system, alerts, ids)
+    system.figures.extra["slack_messages"] = len(system.slack.messages)
+
+
+async def test_backend_link_black_holed_while_broker_and_devices_are_fine(
+    make_system: MakeSystem,
+) -> None:
+    """Only the backend's own connection goes through the black hole; it is cut for 2 x the
+    offline window (the backend hears nothing, the devices publish on), then heals. The
+    backend notices by silence, long before its keep-alive would: one feed_lost alert, no
+    device-offline alert, and everything the devices sent meanwhile arrives."""
+    agents = tuple(AgentSpec(f"agent-{i}", settings={"interval_s": 0.5}) for i in range(1, 5))
+    system = await make_system(_spec(agents=agents, sim_devices=6, backend_via_proxy=True))
+    await system.start()
+    proxy = system.proxy
+    assert proxy is not None
+    proxy.cut()
+    cut = time.monotonic()
+    lost = await _wait_feed(system, "lost")
+    system.figures.extra["noticed_s"] = round(time.monotonic() - cut, 1)
+    assert lost["feed"]["connected"] is True and "no device heard" in lost["feed"]["detail"]
+    await system.slack.wait_for_messages(1, within_s=30)
+    await asyncio.sleep(max(0.0, cut + 2 * OFFLINE_WINDOW_S - time.monotonic()))
+    _, during = await system.get("/api/devices")
+    proxy.restore()
+    await _wait_feed(system, "ok")
+    system.figures.extra["feed_back_s"] = round(time.monotonic() - cut, 1)
+    await system.wait_flowing(timeout=90, what="heal")
+    assert all(d["online"] for d in during["devices"]), during
+    await asyncio.sleep(OFFLINE_WINDOW_S + 1)
+    _, alerts = await system.get("/api/alerts")
+    ids = system.slack.event_ids()
+    await system.finish()
+    _check_feed_alerts(system, alerts, ids)
