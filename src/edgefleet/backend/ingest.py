@@ -13,6 +13,13 @@ accepted samples go to the store, take the changed cursors at the same moment::
     store.add_samples(pending, cursors=ingest.take_cursors(), devices=fleet.take_dirty())
 
 and on start ``ingest.restore(store.cursors())``.
+
+Bounds (see ``docs/protocol.md``): a device's metric keys are held to :class:`KeyBounds`
+(extra keys refused with reason ``cardinality``, the rest of the sample kept), it remembers
+at most ``max_streams`` streams, and a seq jump beyond ``max_seq_jump`` starts a new epoch
+(counted as the anomaly ``seq_jump``, not as loss). Samples of a retired stream are refused
+(``retired_stream``); when they keep coming, the device is flagged with an identity
+conflict (:meth:`Ingest.conflict`, :mod:`edgefleet.backend.ingest_identity`).
 """
 
 from __future__ import annotations
@@ -20,15 +27,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from edgefleet.backend.ingest_dedup import DEFAULT_WINDOW, SeqCursor, SeqTracker
+from edgefleet.backend.ingest_dedup import (
+    DEFAULT_JUMP,
+    DEFAULT_STREAMS,
+    DEFAULT_WINDOW,
+    SeqCursor,
+    SeqTracker,
+)
+from edgefleet.backend.ingest_identity import IdentityWatch
+from edgefleet.backend.ingest_keys import KeyBounds, KeyBudget
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.common.protocol import AgentHealth, MetricsMessage, StatusMessage, decode
 from edgefleet.errors import ProtocolError
 
 REJECT_REASONS = ("malformed", "oversized", "unknown_version", "spoofed", "bad_topic")
+REFUSED_KEY_REASONS = ("cardinality",)
+REFUSED_SAMPLE_REASONS = ("retired_stream",)
+ANOMALY_REASONS = ("seq_jump", "identity_conflict")
 _log = logging.getLogger(__name__)
 
 
@@ -40,6 +58,7 @@ class IngestResult:
     device: str | None = None
     samples: tuple[AcceptedSample, ...] = ()  # new samples, in message order
     duplicates: int = 0
+    refused: int = 0  # samples refused (a retired stream's)
     status: StatusMessage | None = None
     health: AgentHealth | None = None
     sent_at: float | None = None
@@ -55,7 +74,10 @@ class IngestCounters:
     samples_total: int = 0  # new samples accepted
     duplicates_total: int = 0
     stream_resets_total: int = 0
-    rejected_total: Mapping[str, int] = field(default_factory=dict)  # by reason
+    rejected_total: Mapping[str, int] = field(default_factory=dict)  # messages, by reason
+    refused_keys_total: Mapping[str, int] = field(default_factory=dict)  # keys, by reason
+    refused_samples_total: Mapping[str, int] = field(default_factory=dict)  # by reason
+    anomalies_total: Mapping[str, int] = field(default_factory=dict)  # by kind
     lost_samples: int = 0  # gauge: falls when late samples fill a gap
     agent_dropped: int = 0  # gauge: sum of the agents' last reported ``dropped_total``
 
@@ -63,15 +85,27 @@ class IngestCounters:
 class Ingest:
     """Decodes, counts and de-duplicates messages; call from one thread only."""
 
-    def __init__(self, *, window: int = DEFAULT_WINDOW, log_interval_s: float = 10.0) -> None:
-        self._window = window
+    def __init__(
+        self, *, window: int = DEFAULT_WINDOW, log_interval_s: float = 10.0,
+        max_seq_jump: int = DEFAULT_JUMP, max_streams: int = DEFAULT_STREAMS,
+        keys: KeyBounds | None = None, identity: IdentityWatch | None = None,
+    ) -> None:
+        self._window, self._jump, self._max_streams = window, max_seq_jump, max_streams
+        SeqTracker("check", window=window, jump=max_seq_jump, max_streams=max_streams)
+        self._bounds = keys or KeyBounds()
+        self._identity = identity or IdentityWatch(max_streams=max_streams)
         self._trackers: dict[str, SeqTracker] = {}
+        self._keys: dict[str, KeyBudget] = {}
         self._dirty: set[str] = set()
         self._dropped: dict[str, tuple[float, int]] = {}  # device -> (sent_at, dropped_total)
         self._rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self._refused_keys = dict.fromkeys(REFUSED_KEY_REASONS, 0)
+        self._refused_samples = dict.fromkeys(REFUSED_SAMPLE_REASONS, 0)
+        self._anomalies = dict.fromkeys(ANOMALY_REASONS, 0)
         self._messages = self._samples = self._duplicates = self._resets = 0
         self._lost = self._agent_dropped = 0
         self._ratelog = RateLimitedLog(log_interval_s)
+        self._notice = RateLimitedLog(max(log_interval_s, 600.0))  # per device
 
     def handle(self, topic: str, payload: bytes, now: float) -> IngestResult:
         """Process one received message; ``now`` is the backend's clock (Unix seconds)."""
@@ -94,6 +128,9 @@ class Ingest:
             duplicates_total=self._duplicates,
             stream_resets_total=self._resets,
             rejected_total=dict(self._rejected),
+            refused_keys_total=dict(self._refused_keys),
+            refused_samples_total=dict(self._refused_samples),
+            anomalies_total=dict(self._anomalies),
             lost_samples=self._lost,
             agent_dropped=self._agent_dropped,
         )
@@ -117,6 +154,11 @@ class Ingest:
         return {"stream": c.stream, "first_seq": c.base, "last_seq": c.high,
                 "received": c.received, "lost": c.lost}
 
+    def conflict(self, device: str) -> dict[str, Any] | None:
+        """``device``'s identity conflict: since, streams, refused_samples, last_refused,
+        detail (the likely cause); None when it is not flagged."""
+        return self._identity.conflict(device)
+
     def take_cursors(self) -> dict[str, SeqCursor]:
         """The dedup state of every device changed since the last call (for the store)."""
         taken = {device: self._trackers[device].cursor() for device in self._dirty}
@@ -130,7 +172,8 @@ class Ingest:
     def restore(self, cursors: Mapping[str, SeqCursor]) -> None:
         """Replace the dedup state with saved cursors (e.g. ``FleetStore.cursors()``)."""
         self._trackers = {
-            device: SeqTracker.from_cursor(cursor, window=self._window)
+            device: SeqTracker.from_cursor(cursor, window=self._window, jump=self._jump,
+                                           max_streams=self._max_streams)
             for device, cursor in cursors.items()
         }
         self._dirty.clear()
@@ -143,20 +186,22 @@ class Ingest:
         tracker = self._trackers.get(device)
         reset = False
         if tracker is None:
-            tracker = self._trackers[device] = SeqTracker(msg.stream, window=self._window)
+            tracker = self._trackers[device] = SeqTracker(
+                msg.stream, window=self._window, jump=self._jump, max_streams=self._max_streams)
         elif msg.stream != tracker.stream:
             if msg.stream in tracker.retired:
-                return self._old_stream(msg, now)
+                return self._old_stream(msg, tracker, now)
             reset = self._reset(tracker, msg, now)
-        lost_before = tracker.lost
-        accept = tracker.accept
-        samples = tuple(
-            AcceptedSample(device, s.seq, s.ts, s.metrics) for s in msg.samples if accept(s.seq)
-        )
+        if device in self._identity.watching and self._identity.heard(device, now):
+            _log.info("identity conflict over", extra=kv(device=device, stream=msg.stream))
+        lost_before, jumps_before = tracker.lost, tracker.jumps
+        samples = self._admit(device, tracker, msg, now)
         duplicates = len(msg.samples) - len(samples)
         self._samples += len(samples)
         self._duplicates += duplicates
         self._lost += tracker.lost - lost_before
+        if tracker.jumps != jumps_before:
+            self._jumped(device, tracker.jumps - jumps_before, now)
         if samples or reset:
             self._dirty.add(device)
         if msg.health is not None:
@@ -165,6 +210,38 @@ class Ingest:
             "metrics", device, samples, duplicates, health=msg.health, sent_at=msg.sent_at,
             stream_reset=reset,
         )
+
+    def _admit(
+        self, device: str, tracker: SeqTracker, msg: MetricsMessage, now: float
+    ) -> tuple[AcceptedSample, ...]:
+        """The new samples of ``msg``, each with only the keys within the device's bounds."""
+        budget = self._keys.get(device)
+        if budget is None:
+            budget = self._keys[device] = KeyBudget(self._bounds, now)
+        budget.tick(now)
+        refused_before, accept, admit = budget.refused, tracker.accept, budget.admit
+        samples = tuple(
+            AcceptedSample(device, s.seq, s.ts, admit(s.metrics))
+            for s in msg.samples if accept(s.seq)
+        )
+        if budget.refused != refused_before:
+            self._refused_keys["cardinality"] += budget.refused - refused_before
+            self._notify(device, "cardinality", now, "metric keys refused: over the bounds",
+                         refused=budget.refused - refused_before, keys=budget.count,
+                         max_keys=self._bounds.max_keys,
+                         max_instances=self._bounds.max_instances)
+        return samples
+
+    def _jumped(self, device: str, jumps: int, now: float) -> None:
+        self._anomalies["seq_jump"] += jumps
+        self._notify(device, "seq_jump", now, "seq jumped: a new epoch of the stream",
+                     jumps=jumps, max_seq_jump=self._jump)
+
+    def _notify(self, device: str, what: str, now: float, text: str, **fields: Any) -> None:
+        """A warning about one device, at most once per device and kind every 10 minutes."""
+        suppressed = self._notice.allow(f"{what}:{device}", now)
+        if suppressed is not None:
+            _log.warning(text, extra=kv(device=device, suppressed=suppressed, **fields))
 
     def _reset(self, tracker: SeqTracker, msg: MetricsMessage, now: float) -> bool:
         old = tracker.stream
@@ -180,17 +257,25 @@ class Ingest:
             )
         return True
 
-    def _old_stream(self, msg: MetricsMessage, now: float) -> IngestResult:
-        self._duplicates += len(msg.samples)
+    def _old_stream(self, msg: MetricsMessage, tracker: SeqTracker, now: float) -> IngestResult:
+        device, refused = msg.device_id, len(msg.samples)
+        self._refused_samples["retired_stream"] += refused
+        top = max(s.seq for s in msg.samples)
+        if self._identity.retired(device, current=tracker.stream, stream=msg.stream,
+                                  top_seq=top, samples=refused, now=now):
+            self._anomalies["identity_conflict"] += 1
+            conflict = self._identity.conflict(device) or {}
+            self._notify(device, "identity_conflict", now, "identity conflict",
+                         streams=conflict.get("streams"), cause=conflict.get("detail"))
         suppressed = self._ratelog.allow("retired_stream", now)
         if suppressed is not None:
             _log.info(
-                "dropped samples of a retired stream",
-                extra=kv(device=msg.device_id, stream=msg.stream, samples=len(msg.samples),
+                "refused samples of a retired stream",
+                extra=kv(device=device, stream=msg.stream, samples=refused,
                          suppressed=suppressed),
             )
-        return IngestResult("metrics", msg.device_id, duplicates=len(msg.samples),
-                            health=None, sent_at=msg.sent_at)
+        return IngestResult("metrics", device, refused=refused, health=None,
+                            sent_at=msg.sent_at)
 
     def _note_dropped(self, device: str, sent_at: float, dropped: int) -> None:
         last = self._dropped.get(device)
