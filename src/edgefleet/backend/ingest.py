@@ -37,7 +37,13 @@ from edgefleet.backend.ingest_dedup import (
     SeqTracker,
 )
 from edgefleet.backend.ingest_identity import IdentityWatch
-from edgefleet.backend.ingest_keys import KeyBounds, KeyBudget
+from edgefleet.backend.ingest_keys import (
+    DEFAULT_FORGET_S,
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_KEYS,
+    KeyBounds,
+    KeyBudget,
+)
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.common.protocol import AgentHealth, MetricsMessage, StatusMessage, decode
@@ -88,11 +94,13 @@ class Ingest:
     def __init__(
         self, *, window: int = DEFAULT_WINDOW, log_interval_s: float = 10.0,
         max_seq_jump: int = DEFAULT_JUMP, max_streams: int = DEFAULT_STREAMS,
-        keys: KeyBounds | None = None, identity: IdentityWatch | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS, max_instances: int = DEFAULT_MAX_INSTANCES,
+        forget_keys_s: float = DEFAULT_FORGET_S, identity: IdentityWatch | None = None,
     ) -> None:
         self._window, self._jump, self._max_streams = window, max_seq_jump, max_streams
-        SeqTracker("check", window=window, jump=max_seq_jump, max_streams=max_streams)
-        self._bounds = keys or KeyBounds()
+        # refuse bad bounds now (ValueError), not at the first message
+        SeqTracker("", window=window, jump=max_seq_jump, max_streams=max_streams)
+        self._bounds = KeyBounds(max_keys, max_instances, forget_keys_s)
         self._identity = identity or IdentityWatch(max_streams=max_streams)
         self._trackers: dict[str, SeqTracker] = {}
         self._keys: dict[str, KeyBudget] = {}
