@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,7 +37,7 @@ def payload(seqs: list[int], *, device: str = DEV, stream: str = "a") -> bytes:
 class Pipeline:
     """Ingest + store, one transaction per message, as the backend's ingest loop does."""
 
-    def __init__(self, path: Path, **ingest: int) -> None:
+    def __init__(self, path: Path, **ingest: Any) -> None:
         self.path, self.opts = path, ingest
         self.store = FleetStore(path)
         self.ingest = Ingest(**ingest)

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from edgefleet.backend.ingest_dedup import (
     DEFAULT_JUMP,
@@ -44,48 +43,18 @@ from edgefleet.backend.ingest_keys import (
     KeyBounds,
     KeyBudget,
 )
-from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.records import AcceptedSample, IngestCounters, IngestResult
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.protocol import AgentHealth, MetricsMessage, StatusMessage, decode
+from edgefleet.common.protocol import MetricsMessage, StatusMessage, decode
 from edgefleet.errors import ProtocolError
+
+__all__ = ["Ingest", "IngestCounters", "IngestResult"]
 
 REJECT_REASONS = ("malformed", "oversized", "unknown_version", "spoofed", "bad_topic")
 REFUSED_KEY_REASONS = ("cardinality",)
 REFUSED_SAMPLE_REASONS = ("retired_stream",)
 ANOMALY_REASONS = ("seq_jump", "identity_conflict")
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """What one message brought. ``kind`` is ``metrics``, ``status`` or ``rejected``."""
-
-    kind: Literal["metrics", "status", "rejected"]
-    device: str | None = None
-    samples: tuple[AcceptedSample, ...] = ()  # new samples, in message order
-    duplicates: int = 0
-    refused: int = 0  # samples refused (a retired stream's)
-    status: StatusMessage | None = None
-    health: AgentHealth | None = None
-    sent_at: float | None = None
-    stream_reset: bool = False
-    reason: str | None = None  # why it was rejected
-
-
-@dataclass(frozen=True, slots=True)
-class IngestCounters:
-    """Figures for Prometheus. ``*_total`` only grow; the others are gauges."""
-
-    messages_total: int = 0  # every message handled, rejected ones included
-    samples_total: int = 0  # new samples accepted
-    duplicates_total: int = 0
-    stream_resets_total: int = 0
-    rejected_total: Mapping[str, int] = field(default_factory=dict)  # messages, by reason
-    refused_keys_total: Mapping[str, int] = field(default_factory=dict)  # keys, by reason
-    refused_samples_total: Mapping[str, int] = field(default_factory=dict)  # by reason
-    anomalies_total: Mapping[str, int] = field(default_factory=dict)  # by kind
-    lost_samples: int = 0  # gauge: falls when late samples fill a gap
-    agent_dropped: int = 0  # gauge: sum of the agents' last reported ``dropped_total``
 
 
 class Ingest:
@@ -96,8 +65,10 @@ class Ingest:
         max_seq_jump: int = DEFAULT_JUMP, max_streams: int = DEFAULT_STREAMS,
         max_keys: int = DEFAULT_MAX_KEYS, max_instances: int = DEFAULT_MAX_INSTANCES,
         forget_keys_s: float = DEFAULT_FORGET_S, identity: IdentityWatch | None = None,
+        take_back_after_s: float = 120.0,
     ) -> None:
         self._window, self._jump, self._max_streams = window, max_seq_jump, max_streams
+        self._take_back = take_back_after_s
         # refuse bad bounds now (ValueError), not at the first message
         SeqTracker("", window=window, jump=max_seq_jump, max_streams=max_streams)
         self._bounds = KeyBounds(max_keys, max_instances, forget_keys_s)
@@ -198,8 +169,11 @@ class Ingest:
                 msg.stream, window=self._window, jump=self._jump, max_streams=self._max_streams)
         elif msg.stream != tracker.stream:
             if msg.stream in tracker.retired:
-                return self._old_stream(msg, tracker, now)
+                if not self._takes_back(tracker, now):
+                    return self._old_stream(msg, tracker, now)
+                self._returned(msg, tracker, 0, now)
             reset = self._reset(tracker, msg, now)
+        tracker.heard = now
         if device in self._identity.watching and self._identity.heard(device, now):
             _log.info("identity conflict over", extra=kv(device=device, stream=msg.stream))
         lost_before, jumps_before = tracker.lost, tracker.jumps
@@ -251,8 +225,15 @@ class Ingest:
         if suppressed is not None:
             _log.warning(text, extra=kv(device=device, suppressed=suppressed, **fields))
 
+    def _takes_back(self, tracker: SeqTracker, now: float) -> bool:
+        """Whether a retired stream becomes current again: the current one went quiet."""
+        if not tracker.heard:  # the first message since a restore starts the clock
+            tracker.heard = now
+        return now - tracker.heard >= self._take_back
+
     def _reset(self, tracker: SeqTracker, msg: MetricsMessage, now: float) -> bool:
         old = tracker.stream
+        taken_back = msg.stream in tracker.retired
         tracker.restart(msg.stream)
         self._resets += 1
         suppressed = self._ratelog.allow("stream_reset", now)
@@ -261,20 +242,24 @@ class Ingest:
                 "device started a new sequence stream",
                 extra=kv(device=msg.device_id, old_stream=old, new_stream=msg.stream,
                          first_seq=msg.samples[0].seq, lost_before=tracker.lost_prior,
-                         suppressed=suppressed),
+                         taken_back=taken_back, suppressed=suppressed),
             )
         return True
 
-    def _old_stream(self, msg: MetricsMessage, tracker: SeqTracker, now: float) -> IngestResult:
-        device, refused = msg.device_id, len(msg.samples)
-        self._refused_samples["retired_stream"] += refused
-        top = max(s.seq for s in msg.samples)
+    def _returned(self, msg: MetricsMessage, tracker: SeqTracker, refused: int, now: float) -> None:
+        """A retired stream was heard again: tell the identity watch, warn if it flags."""
+        device, top = msg.device_id, max(s.seq for s in msg.samples)
         if self._identity.retired(device, current=tracker.stream, stream=msg.stream,
                                   top_seq=top, samples=refused, now=now):
             self._anomalies["identity_conflict"] += 1
             conflict = self._identity.conflict(device) or {}
             self._notify(device, "identity_conflict", now, "identity conflict",
                          streams=conflict.get("streams"), cause=conflict.get("detail"))
+
+    def _old_stream(self, msg: MetricsMessage, tracker: SeqTracker, now: float) -> IngestResult:
+        device, refused = msg.device_id, len(msg.samples)
+        self._refused_samples["retired_stream"] += refused
+        self._returned(msg, tracker, refused, now)
         suppressed = self._ratelog.allow("retired_stream", now)
         if suppressed is not None:
             _log.info(

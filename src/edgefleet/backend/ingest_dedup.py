@@ -71,8 +71,8 @@ def _lost(prior: int, base: int, high: int, received: int) -> int:
 class SeqTracker:
     """The live, mutable dedup state of one device."""
 
-    __slots__ = ("base", "bits", "high", "jump", "jumps", "lost_prior", "max_retired",
-                 "received", "retired", "stream", "window")
+    __slots__ = ("base", "bits", "heard", "high", "jump", "jumps", "lost_prior",
+                 "max_retired", "received", "retired", "stream", "window")
 
     def __init__(
         self, stream: str, *, window: int = DEFAULT_WINDOW, jump: int = DEFAULT_JUMP,
@@ -84,6 +84,7 @@ class SeqTracker:
         self.window, self.jump, self.max_retired = window, jump, max_streams - 1
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
         self.lost_prior = self.jumps = 0  # jumps: epochs started by a seq jump (not saved)
+        self.heard = 0.0  # when the current stream was last heard (set by Ingest; not saved)
         self.retired: tuple[str, ...] = ()
 
     @property
@@ -123,9 +124,9 @@ class SeqTracker:
         return True
 
     def restart(self, stream: str) -> None:
-        """Start tracking a new, empty stream; the old one's loss is kept."""
+        """Start tracking a new, empty stream (or a retired one again); keep the loss."""
         self.lost_prior = self.lost
-        self.retired = self._remember(self.stream)
+        self.retired = tuple(s for s in self._remember(self.stream) if s != stream)
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
 
     def _new_epoch(self, seq: int) -> None:

@@ -56,7 +56,7 @@ class FleetViewModel:
         spark = list(self._spark.get(device, ()))
         lost = self.b.ingest.lost(device)
         return device_row(row, latest, spark, severities.get(device, []), lost,
-                          self.b.ingest.conflict(device))
+                          identity_conflict=self.b.ingest.conflict(device))
 
     def device_rows(self) -> list[dict[str, Any]]:
         sev = self.b.alerts.severities()

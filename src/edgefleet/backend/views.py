@@ -32,6 +32,7 @@ def device_row(
     spark: Sequence[float],
     firing: Sequence[str],
     lost: int,
+    *,
     identity_conflict: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One device as the dashboard shows it. ``identity_conflict``: ``Ingest.conflict()``."""
