@@ -90,7 +90,10 @@ class SeqTracker:
     @property
     def lost(self) -> int:
         """Samples of every stream of the device known to be missing (capped)."""
-        return _lost(self.lost_prior, self.base, self.high, self.received)
+        if not self.received:  # inline: read twice per message
+            return self.lost_prior
+        lost = self.lost_prior + self.high - self.base + 1 - self.received
+        return lost if lost <= LOST_CAP else LOST_CAP
 
     def accept(self, seq: int) -> bool:
         """Record ``seq`` of the current stream; False when it is a duplicate."""

@@ -70,7 +70,7 @@ class KeyBudget:
 
     def admit(self, metrics: Mapping[str, float]) -> Mapping[str, float]:
         """``metrics`` without the keys beyond the bounds (the same object if none is)."""
-        if metrics.keys() <= self.current:
+        if self.current.issuperset(metrics):  # iterates the keys, no set built
             return metrics
         refused = {key for key in metrics if key not in self.current and not self._learn(key)}
         if not refused:
