@@ -6,9 +6,11 @@ import json
 import logging
 
 import pytest
+from pydantic import ValidationError
 
 from edgefleet.backend.ingest import Ingest
 from edgefleet.backend.ingest_keys import KeyBounds, KeyBudget, family_of
+from edgefleet.backend.settings import BackendSettings
 from edgefleet.common.protocol import metrics_topic
 
 DEV, GOOD = "dev-1", "good-1"
@@ -127,3 +129,17 @@ def test_bounds_must_be_positive() -> None:
     budget = KeyBudget(KeyBounds(max_keys=1), now=0.0)
     metrics = {"a.b": 1.0}
     assert budget.admit(metrics) is metrics  # nothing refused: no copy
+
+
+def test_the_bounds_are_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = BackendSettings()
+    assert (defaults.max_keys_per_device, defaults.max_instances_per_family,
+            defaults.max_streams_per_device, defaults.max_seq_jump) == (1000, 200, 8, 1_000_000)
+    monkeypatch.setenv("EDGE_BACKEND_MAX_INSTANCES_PER_FAMILY", "3")
+    s = BackendSettings()
+    ingest = Ingest(max_keys=s.max_keys_per_device, max_instances=s.max_instances_per_family,
+                    max_streams=s.max_streams_per_device, max_seq_jump=s.max_seq_jump)
+    assert len(send(ingest, invented(0, 5), 0)) == 3
+    monkeypatch.setenv("EDGE_BACKEND_MAX_KEYS_PER_DEVICE", "0")
+    with pytest.raises(ValidationError, match="max_keys_per_device"):
+        BackendSettings()
