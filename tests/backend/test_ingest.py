@@ -180,10 +180,12 @@ def test_new_stream_resets_tracking_and_old_stream_is_dropped(
     assert "device started a new sequence stream" in caplog.text
     assert ingest.lost(DEV) == 2  # the old stream's loss is kept
     late = ingest.handle(TOPIC, payload([3, 4, 6], stream="old"), now=1.0)
-    assert (late.samples, late.duplicates) == ((), 3)
+    assert (late.samples, late.duplicates, late.refused) == ((), 0, 3)
     assert accepted(ingest, [1, 2], stream="new") == [2]
     counters = ingest.counters()
     assert (counters.stream_resets_total, counters.lost_samples) == (1, 2)
+    assert counters.refused_samples_total == {"retired_stream": 3}
+    assert ingest.conflict(DEV) is None  # one late message of the old stream is no conflict
 
 
 def test_first_stream_of_a_device_is_not_a_reset() -> None:
@@ -255,4 +257,4 @@ def test_a_huge_seq_jump_does_not_blow_up_memory() -> None:
     tracker.accept(0)
     assert tracker.accept(2**62)
     assert tracker.bits == 1
-    assert tracker.lost == 2**62 - 1
+    assert (tracker.lost, tracker.jumps) == (0, 1)  # a new epoch, not 2^62 lost samples

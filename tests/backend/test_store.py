@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.backend.ingest import Ingest
+from edgefleet.backend.ingest_dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow
 from edgefleet.backend.store import FleetStore
 from edgefleet.backend.store_history import BUCKET_S, choose_step
@@ -309,3 +310,24 @@ def test_history_of_unknown_device_or_keys_is_empty(store: FleetStore) -> None:
 )
 def test_choose_step(span: float, points: int, buckets: bool, step: float) -> None:
     assert choose_step(span, points, buckets=buckets) == step
+
+
+# -- edges ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("base", "high", "received", "lost_prior"), [
+    (0, 2**63 - 1, 2, 0),  # the span alone leaves SQLite's integers
+    (5, 5, 1, 2**64),  # a loss carried over from earlier streams that does too
+    (0, 10, 11, 0),
+])
+def test_extreme_cursors_store_and_the_loss_reads_capped(
+    store: FleetStore, base: int, high: int, received: int, lost_prior: int
+) -> None:
+    cursor = SeqCursor("s", base, high, received, holes=0, lost_prior=lost_prior)
+    store.add_samples([AcceptedSample(DEV, high, T0, {"cpu.percent": 1.0})],
+                      cursors={DEV: cursor})
+    store.add_samples(samples(2, device="dev-2"))  # later batches still go through
+    row = store.device(DEV)
+    assert row is not None
+    assert row.lost_samples == cursor.lost == min(LOST_CAP, lost_prior + high - base + 1 - received)
+    assert store.cursors()[DEV].lost == cursor.lost

@@ -100,3 +100,92 @@ def test_encode_round_trip_is_compact() -> None:
 def test_decode_never_raises_anything_but_protocol_error(blob: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         p.decode(p.metrics_topic("dev-1"), blob)
+
+
+# -- strict wire types ----------------------------------------------------------------------
+
+# JSON Schema calls 13.0 an integer (same number as 13); the backend reads the wire strictly
+# and refuses it. Checked against the shipped schema read the same way: integers are JSON
+# integers, bool is never a number.
+_STRICT = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+
+
+def _sample(doc: dict[str, Any]) -> dict[str, Any]:
+    sample: dict[str, Any] = doc["samples"][0]
+    return sample
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        pytest.param(lambda d: _sample(d).update(seq="13"), "samples.0.seq", id="seq-string"),
+        pytest.param(lambda d: _sample(d).update(seq=13.0), "samples.0.seq", id="seq-float"),
+        pytest.param(lambda d: _sample(d).update(seq=13.5), "samples.0.seq", id="seq-fraction"),
+        pytest.param(lambda d: _sample(d).update(seq=True), "samples.0.seq", id="seq-bool"),
+        pytest.param(lambda d: _sample(d).update(seq=2**53), "samples.0.seq", id="seq-over-max"),
+        pytest.param(lambda d: _sample(d).update(seq=2**63 - 1), "samples.0.seq", id="seq-int64-max"),
+        pytest.param(lambda d: d.update(v=True), "v", id="version-bool"),
+        pytest.param(lambda d: d.update(v=1.0), "v", id="version-float"),
+        pytest.param(lambda d: _sample(d)["metrics"].update({"cpu.percent": "5"}), "samples.0.metrics.cpu.percent", id="value-string"),
+        pytest.param(lambda d: _sample(d)["metrics"].update({"cpu.percent": True}), "samples.0.metrics.cpu.percent", id="value-bool"),
+        pytest.param(lambda d: _sample(d)["metrics"].update({"cpu.percent": None}), "samples.0.metrics.cpu.percent", id="value-null"),
+        pytest.param(lambda d: _sample(d).update(ts="1700000000"), "samples.0.ts", id="ts-string"),
+        pytest.param(lambda d: _sample(d).update(ts=False), "samples.0.ts", id="ts-bool"),
+        pytest.param(lambda d: d["health"].update(queue_depth=2.0), "health.queue_depth", id="health-int-float"),
+        pytest.param(lambda d: d["health"].update(rss_bytes="1"), "health.rss_bytes", id="health-int-string"),
+        pytest.param(lambda d: d.update(stream=5), "stream", id="stream-number"),
+        pytest.param(lambda d: _sample(d).update(failed=[1]), "samples.0.failed.0", id="failed-number"),
+    ],
+)
+def test_wire_types_are_strict_and_the_schema_agrees(mutate: Any, where: str) -> None:
+    doc = _metrics()
+    mutate(doc)
+    with pytest.raises(ProtocolError) as err:
+        p.decode(p.metrics_topic("dev-1"), json.dumps(doc).encode())
+    assert err.value.reason == "malformed"
+    assert err.value.detail.startswith(f"{where}: ")  # the detail names the field
+    assert not _STRICT(SHIPPED).is_valid(doc)
+
+
+def test_status_version_must_be_the_integer_one() -> None:
+    for version in (True, 1.0, "1"):
+        doc = {"v": version, "device_id": "dev-1", "state": "online", "ts": 1.0}
+        with pytest.raises(ProtocolError):
+            p.decode(p.status_topic("dev-1"), json.dumps(doc).encode())
+        assert not _STRICT(SHIPPED).is_valid(doc)
+
+
+def test_integers_and_the_largest_seq_pass() -> None:
+    doc = _metrics()
+    _sample(doc).update(seq=p.MAX_SEQ, ts=1_700_000_000)  # an integer is a valid number
+    _sample(doc)["metrics"]["cpu.percent"] = 5
+    _STRICT(SHIPPED).validate(doc)
+    msg = p.decode(p.metrics_topic("dev-1"), json.dumps(doc).encode())
+    assert isinstance(msg, p.MetricsMessage)
+    assert (msg.samples[0].seq, msg.samples[0].metrics["cpu.percent"]) == (2**53 - 1, 5.0)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+@pytest.mark.parametrize("field", [b'"cpu.percent": 12.5', b'"ts": 1700000000.0'])
+def test_non_finite_numbers_are_refused(literal: bytes, field: bytes) -> None:
+    raw = json.dumps(_metrics()).encode()
+    assert field in raw
+    raw = raw.replace(field, field.split(b":")[0] + b": " + literal, 1)
+    with pytest.raises(ProtocolError) as err:
+        p.decode(p.metrics_topic("dev-1"), raw)
+    assert err.value.reason == "malformed"
+    assert "finite" in err.value.detail
+
+
+def test_a_valid_message_takes_the_one_pass_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(*_: Any) -> None:
+        raise AssertionError("the slow path ran for a valid message")
+
+    monkeypatch.setattr(p, "_classify", slow)
+    assert isinstance(p.decode(p.metrics_topic("dev-1"), json.dumps(_metrics()).encode()),
+                      p.MetricsMessage)

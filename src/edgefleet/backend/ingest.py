@@ -3,8 +3,8 @@
 :meth:`Ingest.handle` decodes one message with :func:`edgefleet.common.protocol.decode`,
 counts what it rejects, drops duplicates by ``(device, stream, seq)`` (see
 :mod:`edgefleet.backend.ingest_dedup` for the exact rules and the loss figure) and returns
-what is new. It never raises for anything a client can send, and costs a dict lookup and a
-few integer operations per sample on top of decoding.
+what is new. It never raises for anything a client can send, and costs a dict lookup, a
+few integer operations and one set test of the sample's keys per sample on top of decoding.
 
 Crash safety: the dedup state must be saved together with the samples it admitted, so a
 restart neither drops a sample the store lacks nor stores a replay twice. Every time the
@@ -13,65 +13,78 @@ accepted samples go to the store, take the changed cursors at the same moment::
     store.add_samples(pending, cursors=ingest.take_cursors(), devices=fleet.take_dirty())
 
 and on start ``ingest.restore(store.cursors())``.
+
+Bounds (see ``docs/protocol.md``): a device's metric keys are held to :class:`KeyBounds`
+(extra keys refused with reason ``cardinality``, the rest of the sample kept), it remembers
+at most ``max_streams`` streams, and a seq jump beyond ``max_seq_jump`` starts a new epoch
+(counted as the anomaly ``seq_jump``, not as loss). Samples of a retired stream are refused
+(``retired_stream``); when they keep coming, the device is flagged with an identity
+conflict (:meth:`Ingest.conflict`, :mod:`edgefleet.backend.ingest_identity`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
-from edgefleet.backend.ingest_dedup import DEFAULT_WINDOW, SeqCursor, SeqTracker
-from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.ingest_dedup import (
+    DEFAULT_JUMP,
+    DEFAULT_STREAMS,
+    DEFAULT_WINDOW,
+    SeqCursor,
+    SeqTracker,
+)
+from edgefleet.backend.ingest_identity import IdentityWatch
+from edgefleet.backend.ingest_keys import (
+    DEFAULT_FORGET_S,
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_KEYS,
+    KeyBounds,
+    KeyBudget,
+)
+from edgefleet.backend.records import AcceptedSample, IngestCounters, IngestResult
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.protocol import AgentHealth, MetricsMessage, StatusMessage, decode
+from edgefleet.common.protocol import MetricsMessage, StatusMessage, decode
 from edgefleet.errors import ProtocolError
 
+__all__ = ["Ingest", "IngestCounters", "IngestResult"]
+
 REJECT_REASONS = ("malformed", "oversized", "unknown_version", "spoofed", "bad_topic")
+REFUSED_KEY_REASONS = ("cardinality",)
+REFUSED_SAMPLE_REASONS = ("retired_stream",)
+ANOMALY_REASONS = ("seq_jump", "identity_conflict")
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """What one message brought. ``kind`` is ``metrics``, ``status`` or ``rejected``."""
-
-    kind: Literal["metrics", "status", "rejected"]
-    device: str | None = None
-    samples: tuple[AcceptedSample, ...] = ()  # new samples, in message order
-    duplicates: int = 0
-    status: StatusMessage | None = None
-    health: AgentHealth | None = None
-    sent_at: float | None = None
-    stream_reset: bool = False
-    reason: str | None = None  # why it was rejected
-
-
-@dataclass(frozen=True, slots=True)
-class IngestCounters:
-    """Figures for Prometheus. ``*_total`` only grow; the others are gauges."""
-
-    messages_total: int = 0  # every message handled, rejected ones included
-    samples_total: int = 0  # new samples accepted
-    duplicates_total: int = 0
-    stream_resets_total: int = 0
-    rejected_total: Mapping[str, int] = field(default_factory=dict)  # by reason
-    lost_samples: int = 0  # gauge: falls when late samples fill a gap
-    agent_dropped: int = 0  # gauge: sum of the agents' last reported ``dropped_total``
 
 
 class Ingest:
     """Decodes, counts and de-duplicates messages; call from one thread only."""
 
-    def __init__(self, *, window: int = DEFAULT_WINDOW, log_interval_s: float = 10.0) -> None:
-        self._window = window
+    def __init__(
+        self, *, window: int = DEFAULT_WINDOW, log_interval_s: float = 10.0,
+        max_seq_jump: int = DEFAULT_JUMP, max_streams: int = DEFAULT_STREAMS,
+        max_keys: int = DEFAULT_MAX_KEYS, max_instances: int = DEFAULT_MAX_INSTANCES,
+        forget_keys_s: float = DEFAULT_FORGET_S, identity: IdentityWatch | None = None,
+        take_back_after_s: float = 120.0,
+    ) -> None:
+        self._window, self._jump, self._max_streams = window, max_seq_jump, max_streams
+        self._take_back = take_back_after_s
+        # refuse bad bounds now (ValueError), not at the first message
+        SeqTracker("", window=window, jump=max_seq_jump, max_streams=max_streams)
+        self._bounds = KeyBounds(max_keys, max_instances, forget_keys_s)
+        self._identity = identity or IdentityWatch(max_streams=max_streams)
         self._trackers: dict[str, SeqTracker] = {}
+        self._keys: dict[str, KeyBudget] = {}
         self._dirty: set[str] = set()
         self._dropped: dict[str, tuple[float, int]] = {}  # device -> (sent_at, dropped_total)
         self._rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self._refused_keys = dict.fromkeys(REFUSED_KEY_REASONS, 0)
+        self._refused_samples = dict.fromkeys(REFUSED_SAMPLE_REASONS, 0)
+        self._anomalies = dict.fromkeys(ANOMALY_REASONS, 0)
         self._messages = self._samples = self._duplicates = self._resets = 0
         self._lost = self._agent_dropped = 0
         self._ratelog = RateLimitedLog(log_interval_s)
+        self._notice = RateLimitedLog(max(log_interval_s, 600.0))  # per device
 
     def handle(self, topic: str, payload: bytes, now: float) -> IngestResult:
         """Process one received message; ``now`` is the backend's clock (Unix seconds)."""
@@ -94,6 +107,9 @@ class Ingest:
             duplicates_total=self._duplicates,
             stream_resets_total=self._resets,
             rejected_total=dict(self._rejected),
+            refused_keys_total=dict(self._refused_keys),
+            refused_samples_total=dict(self._refused_samples),
+            anomalies_total=dict(self._anomalies),
             lost_samples=self._lost,
             agent_dropped=self._agent_dropped,
         )
@@ -117,6 +133,11 @@ class Ingest:
         return {"stream": c.stream, "first_seq": c.base, "last_seq": c.high,
                 "received": c.received, "lost": c.lost}
 
+    def conflict(self, device: str) -> dict[str, Any] | None:
+        """``device``'s identity conflict: since, streams, refused_samples, last_refused,
+        detail (the likely cause); None when it is not flagged."""
+        return self._identity.conflict(device)
+
     def take_cursors(self) -> dict[str, SeqCursor]:
         """The dedup state of every device changed since the last call (for the store)."""
         taken = {device: self._trackers[device].cursor() for device in self._dirty}
@@ -130,7 +151,8 @@ class Ingest:
     def restore(self, cursors: Mapping[str, SeqCursor]) -> None:
         """Replace the dedup state with saved cursors (e.g. ``FleetStore.cursors()``)."""
         self._trackers = {
-            device: SeqTracker.from_cursor(cursor, window=self._window)
+            device: SeqTracker.from_cursor(cursor, window=self._window, jump=self._jump,
+                                           max_streams=self._max_streams)
             for device, cursor in cursors.items()
         }
         self._dirty.clear()
@@ -143,20 +165,25 @@ class Ingest:
         tracker = self._trackers.get(device)
         reset = False
         if tracker is None:
-            tracker = self._trackers[device] = SeqTracker(msg.stream, window=self._window)
+            tracker = self._trackers[device] = SeqTracker(
+                msg.stream, window=self._window, jump=self._jump, max_streams=self._max_streams)
         elif msg.stream != tracker.stream:
             if msg.stream in tracker.retired:
-                return self._old_stream(msg, now)
+                if not self._takes_back(tracker, now):
+                    return self._old_stream(msg, tracker, now)
+                self._returned(msg, tracker, 0, now)
             reset = self._reset(tracker, msg, now)
-        lost_before = tracker.lost
-        accept = tracker.accept
-        samples = tuple(
-            AcceptedSample(device, s.seq, s.ts, s.metrics) for s in msg.samples if accept(s.seq)
-        )
+        tracker.heard = now
+        if device in self._identity.watching and self._identity.heard(device, now):
+            _log.info("identity conflict over", extra=kv(device=device, stream=msg.stream))
+        lost_before, jumps_before = tracker.lost, tracker.jumps
+        samples = self._admit(device, tracker, msg, now)
         duplicates = len(msg.samples) - len(samples)
         self._samples += len(samples)
         self._duplicates += duplicates
         self._lost += tracker.lost - lost_before
+        if tracker.jumps != jumps_before:
+            self._jumped(device, tracker.jumps - jumps_before, now)
         if samples or reset:
             self._dirty.add(device)
         if msg.health is not None:
@@ -166,8 +193,47 @@ class Ingest:
             stream_reset=reset,
         )
 
+    def _admit(
+        self, device: str, tracker: SeqTracker, msg: MetricsMessage, now: float
+    ) -> tuple[AcceptedSample, ...]:
+        """The new samples of ``msg``, each with only the keys within the device's bounds."""
+        budget = self._keys.get(device)
+        if budget is None:
+            budget = self._keys[device] = KeyBudget(self._bounds, now)
+        budget.tick(now)
+        refused_before, accept, admit = budget.refused, tracker.accept, budget.admit
+        samples = tuple(
+            AcceptedSample(device, s.seq, s.ts, admit(s.metrics))
+            for s in msg.samples if accept(s.seq)
+        )
+        if budget.refused != refused_before:
+            self._refused_keys["cardinality"] += budget.refused - refused_before
+            self._notify(device, "cardinality", now, "metric keys refused: over the bounds",
+                         refused=budget.refused - refused_before, keys=budget.count,
+                         max_keys=self._bounds.max_keys,
+                         max_instances=self._bounds.max_instances)
+        return samples
+
+    def _jumped(self, device: str, jumps: int, now: float) -> None:
+        self._anomalies["seq_jump"] += jumps
+        self._notify(device, "seq_jump", now, "seq jumped: a new epoch of the stream",
+                     jumps=jumps, max_seq_jump=self._jump)
+
+    def _notify(self, device: str, what: str, now: float, text: str, **fields: Any) -> None:
+        """A warning about one device, at most once per device and kind every 10 minutes."""
+        suppressed = self._notice.allow(f"{what}:{device}", now)
+        if suppressed is not None:
+            _log.warning(text, extra=kv(device=device, suppressed=suppressed, **fields))
+
+    def _takes_back(self, tracker: SeqTracker, now: float) -> bool:
+        """Whether a retired stream becomes current again: the current one went quiet."""
+        if not tracker.heard:  # the first message since a restore starts the clock
+            tracker.heard = now
+        return now - tracker.heard >= self._take_back
+
     def _reset(self, tracker: SeqTracker, msg: MetricsMessage, now: float) -> bool:
         old = tracker.stream
+        taken_back = msg.stream in tracker.retired
         tracker.restart(msg.stream)
         self._resets += 1
         suppressed = self._ratelog.allow("stream_reset", now)
@@ -176,21 +242,33 @@ class Ingest:
                 "device started a new sequence stream",
                 extra=kv(device=msg.device_id, old_stream=old, new_stream=msg.stream,
                          first_seq=msg.samples[0].seq, lost_before=tracker.lost_prior,
-                         suppressed=suppressed),
+                         taken_back=taken_back, suppressed=suppressed),
             )
         return True
 
-    def _old_stream(self, msg: MetricsMessage, now: float) -> IngestResult:
-        self._duplicates += len(msg.samples)
+    def _returned(self, msg: MetricsMessage, tracker: SeqTracker, refused: int, now: float) -> None:
+        """A retired stream was heard again: tell the identity watch, warn if it flags."""
+        device, top = msg.device_id, max(s.seq for s in msg.samples)
+        if self._identity.retired(device, current=tracker.stream, stream=msg.stream,
+                                  top_seq=top, samples=refused, now=now):
+            self._anomalies["identity_conflict"] += 1
+            conflict = self._identity.conflict(device) or {}
+            self._notify(device, "identity_conflict", now, "identity conflict",
+                         streams=conflict.get("streams"), cause=conflict.get("detail"))
+
+    def _old_stream(self, msg: MetricsMessage, tracker: SeqTracker, now: float) -> IngestResult:
+        device, refused = msg.device_id, len(msg.samples)
+        self._refused_samples["retired_stream"] += refused
+        self._returned(msg, tracker, refused, now)
         suppressed = self._ratelog.allow("retired_stream", now)
         if suppressed is not None:
             _log.info(
-                "dropped samples of a retired stream",
-                extra=kv(device=msg.device_id, stream=msg.stream, samples=len(msg.samples),
+                "refused samples of a retired stream",
+                extra=kv(device=device, stream=msg.stream, samples=refused,
                          suppressed=suppressed),
             )
-        return IngestResult("metrics", msg.device_id, duplicates=len(msg.samples),
-                            health=None, sent_at=msg.sent_at)
+        return IngestResult("metrics", device, refused=refused, health=None,
+                            sent_at=msg.sent_at)
 
     def _note_dropped(self, device: str, sent_at: float, dropped: int) -> None:
         last = self._dropped.get(device)

@@ -18,9 +18,20 @@ from a replay, and dropped.
 that never arrived. The figure falls again when a late sample fills a gap. Samples an agent
 dropped from its full queue show up here too (as gaps); the agent also reports them itself.
 
-A new stream for a device retires the old one: its loss moves into ``lost_prior`` and any
-later sample of a retired stream is a duplicate. :class:`SeqCursor` is the persistable form;
-its ``holes`` store the window inverted (usually 0, so it costs a byte).
+A seq more than ``jump`` away from ``high`` (ahead, or behind and outside the window) starts
+a new EPOCH of the stream: counted in ``jumps``, the epoch's loss moves into ``lost_prior``
+and tracking restarts at that seq, as for a new stream, but the stream id stays. The numbers
+skipped by the jump are not counted as lost, so one bad seq (``0`` then ``2^53 - 1``) costs
+one counted jump, not 10^15 lost samples, and a device that jumps back is not dropped as a
+replay forever. Duplicates across an epoch boundary are not recognised.
+
+A new stream for a device retires the old one: its loss moves into ``lost_prior``; samples
+of a retired stream are refused (see :mod:`edgefleet.backend.ingest`). A device remembers at
+most ``max_streams`` streams (the current one and the newest retired ones).
+
+Every loss figure is capped at :data:`LOST_CAP` (2^53 - 1), so sums of them stay inside
+SQLite's 64-bit integers. :class:`SeqCursor` is the persistable form; its ``holes`` store
+the window inverted (usually 0, so it costs a byte).
 """
 
 from __future__ import annotations
@@ -28,7 +39,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_WINDOW = 10_000
-MAX_RETIRED = 8
+DEFAULT_JUMP = 1_000_000
+DEFAULT_STREAMS = 8  # streams remembered per device: the current one and 7 retired
+LOST_CAP = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,30 +59,41 @@ class SeqCursor:
     @property
     def lost(self) -> int:
         """Samples of every stream of the device known to be missing."""
-        if not self.received:
-            return self.lost_prior
-        return self.lost_prior + (self.high - self.base + 1 - self.received)
+        return _lost(self.lost_prior, self.base, self.high, self.received)
+
+
+def _lost(prior: int, base: int, high: int, received: int) -> int:
+    if not received:
+        return min(prior, LOST_CAP)
+    return min(prior + (high - base + 1 - received), LOST_CAP)
 
 
 class SeqTracker:
     """The live, mutable dedup state of one device."""
 
-    __slots__ = ("base", "bits", "high", "lost_prior", "received", "retired", "stream", "window")
+    __slots__ = ("base", "bits", "heard", "high", "jump", "jumps", "lost_prior",
+                 "max_retired", "received", "retired", "stream", "window")
 
-    def __init__(self, stream: str, *, window: int = DEFAULT_WINDOW) -> None:
-        if window < 1:
-            raise ValueError(f"dedup window must be at least 1, not {window}")
-        self.window = window
+    def __init__(
+        self, stream: str, *, window: int = DEFAULT_WINDOW, jump: int = DEFAULT_JUMP,
+        max_streams: int = DEFAULT_STREAMS,
+    ) -> None:
+        if window < 1 or jump < window or max_streams < 1:
+            raise ValueError(f"need window >= 1, jump >= window, max_streams >= 1; got "
+                             f"{window}, {jump}, {max_streams}")
+        self.window, self.jump, self.max_retired = window, jump, max_streams - 1
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
-        self.lost_prior = 0
+        self.lost_prior = self.jumps = 0  # jumps: epochs started by a seq jump (not saved)
+        self.heard = 0.0  # when the current stream was last heard (set by Ingest; not saved)
         self.retired: tuple[str, ...] = ()
 
     @property
     def lost(self) -> int:
-        """Samples of every stream of the device known to be missing."""
-        if not self.received:
+        """Samples of every stream of the device known to be missing (capped)."""
+        if not self.received:  # inline: read twice per message
             return self.lost_prior
-        return self.lost_prior + (self.high - self.base + 1 - self.received)
+        lost = self.lost_prior + self.high - self.base + 1 - self.received
+        return lost if lost <= LOST_CAP else LOST_CAP
 
     def accept(self, seq: int) -> bool:
         """Record ``seq`` of the current stream; False when it is a duplicate."""
@@ -78,6 +102,9 @@ class SeqTracker:
             return True
         ahead = seq - self.high
         if ahead > 0:
+            if ahead > self.jump:
+                self._new_epoch(seq)
+                return True
             if ahead >= self.window:
                 self.bits = 1
             else:
@@ -86,6 +113,9 @@ class SeqTracker:
                     self.bits &= (1 << self.window) - 1
             self.high = seq
         elif -ahead >= self.window:
+            if -ahead > self.jump:
+                self._new_epoch(seq)
+                return True
             return False
         else:
             bit = 1 << -ahead
@@ -97,10 +127,20 @@ class SeqTracker:
         return True
 
     def restart(self, stream: str) -> None:
-        """Start tracking a new, empty stream; the old one's loss is kept."""
+        """Start tracking a new, empty stream (or a retired one again); keep the loss."""
         self.lost_prior = self.lost
-        self.retired = (*self.retired, self.stream)[-MAX_RETIRED:]
+        self.retired = tuple(s for s in self._remember(self.stream) if s != stream)
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
+
+    def _new_epoch(self, seq: int) -> None:
+        self.lost_prior = self.lost
+        self.jumps += 1
+        self.base, self.high, self.received, self.bits = seq, seq, 1, 1
+
+    def _remember(self, stream: str) -> tuple[str, ...]:
+        if not self.max_retired:
+            return ()
+        return (*self.retired, stream)[-self.max_retired:]
 
     def cursor(self) -> SeqCursor:
         """The persistable form of this state."""
@@ -116,11 +156,16 @@ class SeqTracker:
         )
 
     @classmethod
-    def from_cursor(cls, cursor: SeqCursor, *, window: int = DEFAULT_WINDOW) -> SeqTracker:
-        """Rebuild the live state saved by :meth:`cursor`."""
-        tracker = cls(cursor.stream, window=window)
+    def from_cursor(
+        cls, cursor: SeqCursor, *, window: int = DEFAULT_WINDOW, jump: int = DEFAULT_JUMP,
+        max_streams: int = DEFAULT_STREAMS,
+    ) -> SeqTracker:
+        """Rebuild the live state saved by :meth:`cursor` (retired streams trimmed to fit)."""
+        tracker = cls(cursor.stream, window=window, jump=jump, max_streams=max_streams)
         span = (1 << min(window, cursor.high - cursor.base + 1)) - 1
         tracker.base, tracker.high, tracker.received = cursor.base, cursor.high, cursor.received
         tracker.bits = ~cursor.holes & span
-        tracker.lost_prior, tracker.retired = cursor.lost_prior, cursor.retired
+        tracker.lost_prior = min(cursor.lost_prior, LOST_CAP)
+        keep = tracker.max_retired
+        tracker.retired = cursor.retired[-keep:] if keep else ()
         return tracker

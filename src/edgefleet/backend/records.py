@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from edgefleet.common.protocol import AgentHealth, StatusMessage
+
 Status = Literal["online", "offline"]
 Source = Literal["raw", "buckets", "mixed", "none"]
 
@@ -66,3 +68,35 @@ class History:
     avg: dict[str, list[float | None]]
     min: dict[str, list[float | None]]
     max: dict[str, list[float | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one message brought. ``kind`` is ``metrics``, ``status`` or ``rejected``."""
+
+    kind: Literal["metrics", "status", "rejected"]
+    device: str | None = None
+    samples: tuple[AcceptedSample, ...] = ()  # new samples, in message order
+    duplicates: int = 0
+    refused: int = 0  # samples refused (a retired stream's)
+    status: StatusMessage | None = None
+    health: AgentHealth | None = None
+    sent_at: float | None = None
+    stream_reset: bool = False
+    reason: str | None = None  # why it was rejected
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounters:
+    """Figures for Prometheus. ``*_total`` only grow; the others are gauges."""
+
+    messages_total: int = 0  # every message handled, rejected ones included
+    samples_total: int = 0  # new samples accepted
+    duplicates_total: int = 0
+    stream_resets_total: int = 0
+    rejected_total: Mapping[str, int] = field(default_factory=dict)  # messages, by reason
+    refused_keys_total: Mapping[str, int] = field(default_factory=dict)  # keys, by reason
+    refused_samples_total: Mapping[str, int] = field(default_factory=dict)  # by reason
+    anomalies_total: Mapping[str, int] = field(default_factory=dict)  # by kind
+    lost_samples: int = 0  # gauge: falls when late samples fill a gap
+    agent_dropped: int = 0  # gauge: sum of the agents' last reported ``dropped_total``

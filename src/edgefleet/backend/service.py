@@ -57,7 +57,9 @@ class Backend:
         self.s = s
         now = time.time()
         self.store = FleetStore(s.db_path, raw_retention_s=s.raw_retention_s)
-        self.ingest = Ingest()
+        self.ingest = Ingest(
+            max_keys=s.max_keys_per_device, max_instances=s.max_instances_per_family,
+            max_streams=s.max_streams_per_device, max_seq_jump=s.max_seq_jump)
         self.ingest.restore(self.store.cursors())
         self.fleet = FleetState(
             self.store, now=now, ingest=self.ingest,

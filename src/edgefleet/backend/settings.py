@@ -72,6 +72,12 @@ class BackendSettings(BaseSettings):
     store_retries: int = Field(default=3, ge=0, le=100)
     inbox_max: int = Field(default=20_000, ge=10, le=1_000_000)
 
+    # --- ingest bounds (per device; see docs/protocol.md) ---
+    max_keys_per_device: int = Field(default=1000, ge=1, le=100_000)
+    max_instances_per_family: int = Field(default=200, ge=1, le=100_000)
+    max_streams_per_device: int = Field(default=8, ge=1, le=1000)
+    max_seq_jump: int = Field(default=1_000_000, ge=10_000, le=2**53)
+
     @field_validator("slack_api_url")
     @classmethod
     def _trailing_slash(cls, value: str) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgefleet.backend.ingest_dedup import SeqCursor
+from edgefleet.backend.ingest_dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.records import DeviceRow
 
 SCHEMA_VERSION = 1
@@ -43,8 +43,9 @@ UPSERT_DEVICE = (
 SELECT_DEVICES = (
     "SELECT name, first_seen, last_seen, last_sample_ts, status, status_ts, session_ts, "
     "health, health_sent_at, agent_version, interval_s, labels, "
-    "coalesce(c.lost_prior + CASE WHEN c.received > 0 "
-    "THEN c.high - c.base + 1 - c.received ELSE 0 END, 0) "
+    # capped at LOST_CAP = 2^53 - 1 as SeqCursor.lost is (an overflowing sum becomes a REAL)
+    "min(coalesce(c.lost_prior + CASE WHEN c.received > 0 "
+    "THEN c.high - c.base + 1 - c.received ELSE 0 END, 0), 9007199254740991) "
     "FROM devices AS d LEFT JOIN cursors AS c ON c.device = d.id"
 )
 
@@ -85,7 +86,7 @@ def device_row(values: Sequence[Any]) -> DeviceRow:
 
 def cursor_params(dev: int, c: SeqCursor) -> tuple[Any, ...]:
     holes = c.holes.to_bytes((c.holes.bit_length() + 7) // 8, "little")
-    return (dev, c.stream, c.base, c.high, c.received, holes, c.lost_prior,
+    return (dev, c.stream, c.base, c.high, c.received, holes, min(c.lost_prior, LOST_CAP),
             compact_json(c.retired))
 
 

@@ -55,7 +55,8 @@ class FleetViewModel:
         latest = self._latest.get(device, (0.0, {}))[1]
         spark = list(self._spark.get(device, ()))
         lost = self.b.ingest.lost(device)
-        return device_row(row, latest, spark, severities.get(device, []), lost)
+        return device_row(row, latest, spark, severities.get(device, []), lost,
+                          identity_conflict=self.b.ingest.conflict(device))
 
     def device_rows(self) -> list[dict[str, Any]]:
         sev = self.b.alerts.severities()

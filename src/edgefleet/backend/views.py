@@ -32,8 +32,10 @@ def device_row(
     spark: Sequence[float],
     firing: Sequence[str],
     lost: int,
+    *,
+    identity_conflict: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One device as the dashboard shows it."""
+    """One device as the dashboard shows it. ``identity_conflict``: ``Ingest.conflict()``."""
     health = dict(row.health or {})
     return {
         "id": row.device,
@@ -51,6 +53,7 @@ def device_row(
         "firing": len(firing),
         "severity": worst(firing),
         "lost": lost,
+        "identity_conflict": None if identity_conflict is None else dict(identity_conflict),
         "agent": {
             k: health[k]
             for k in ("queue_depth", "dropped_total", "rss_bytes", "agent_version", "oldest_age_s")

@@ -18,14 +18,14 @@ Constants, topic helpers and the agent's own encoders live in the pydantic-free
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.common.wire import (
     APP,
     MAX_MESSAGE_BYTES,
+    MAX_SEQ,
     METRIC_KEY_PATTERN,
     METRICS_FILTER,
     PROTOCOL_VERSION,
@@ -45,6 +45,7 @@ from edgefleet.errors import ProtocolError
 __all__ = [
     "APP",
     "MAX_MESSAGE_BYTES",
+    "MAX_SEQ",
     "METRICS_FILTER",
     "METRIC_KEY_PATTERN",
     "PROTOCOL_VERSION",
@@ -75,33 +76,30 @@ ThingName = Annotated[str, Field(pattern=THING_NAME_PATTERN, description="AWS Io
 UnixTime = Annotated[
     float, Field(ge=0, le=32503680000, description="seconds since the Unix epoch, UTC")
 ]
+# ``Literal[1]`` would let ``true`` and ``1.0`` through (they compare equal to 1).
+Version = Annotated[int, Field(ge=1, le=1, description="protocol version",
+                               json_schema_extra={"const": PROTOCOL_VERSION})]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+    # strict: an integer field takes only a JSON integer (not "13", 13.0 or true), a number
+    # field only a JSON number (not "5" or true), a string field only a string.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class Sample(_Model):
     """One reading of every enabled collector, taken at ``ts``."""
 
-    seq: int = Field(ge=0, le=2**63 - 1, description="per-device sequence number, gap-free")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="per-device sequence number, gap-free")
     ts: UnixTime = Field(description="when the sample was TAKEN on the device")
     metrics: dict[MetricKey, float] = Field(
-        description="metric key (family or family[instance]) to value",
+        description="metric key (family or family[instance]) to a finite number",
         max_length=4096,
         json_schema_extra={"propertyNames": {"pattern": METRIC_KEY_PATTERN}},
     )
     failed: list[str] = Field(
         default_factory=list, max_length=64, description="collectors that failed this round"
     )
-
-    @field_validator("metrics")
-    @classmethod
-    def _check_keys(cls, value: dict[str, float]) -> dict[str, float]:
-        for key, number in value.items():
-            if not math.isfinite(number):
-                raise ValueError(f"metric {key!r} is not finite")
-        return value
 
 
 class AgentHealth(_Model):
@@ -119,7 +117,7 @@ class AgentHealth(_Model):
 class MetricsMessage(_Model):
     """Payload of ``dt/edgefleet/<thing>/metrics``."""
 
-    v: Literal[1] = Field(description="protocol version")
+    v: Version
     device_id: ThingName = Field(description="must equal the thing name in the topic")
     stream: str = Field(
         min_length=1,
@@ -134,7 +132,7 @@ class MetricsMessage(_Model):
 class StatusMessage(_Model):
     """Payload of ``dt/edgefleet/<thing>/status``: ``online`` on connect, LWT ``offline``."""
 
-    v: Literal[1]
+    v: Version
     device_id: ThingName
     state: Literal["online", "offline"]
     ts: UnixTime = Field(description="when the agent connected (also for the Last Will)")
@@ -185,9 +183,9 @@ def decode(topic: str, payload: bytes) -> MetricsMessage | StatusMessage:
 def _classify(
     model: type[MetricsMessage] | type[StatusMessage], payload: bytes
 ) -> MetricsMessage | StatusMessage:
-    doc = _load(payload)
-    try:
-        return model.model_validate(doc)
+    _load(payload)  # the reasons other than a field breaking the schema
+    try:  # the JSON mode again, so the detail names what the fast path refused
+        return model.model_validate_json(payload)
     except ValidationError as exc:
         raise ProtocolError("malformed", _first_error(exc)) from None
 

@@ -28,6 +28,9 @@ THING_NAME_PATTERN = r"^[a-zA-Z0-9:_-]{1,128}$"
 _THING_RE = re.compile(THING_NAME_PATTERN)
 # A metric key is ``family`` or ``family[instance]``: ``cpu.percent``, ``disk.used_percent[/]``.
 METRIC_KEY_PATTERN = r"^[a-z][a-z0-9_.]{0,63}(\[[^\[\]]{1,200}\])?$"
+# The highest seq on the wire: 2^53 - 1, exact in a double, in JavaScript and in SQLite, so
+# no figure derived from seqs (spans, loss) can leave SQLite's 64-bit integers.
+MAX_SEQ = 2**53 - 1
 
 StatusState = Literal["online", "offline"]
 
