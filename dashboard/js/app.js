@@ -5,6 +5,7 @@ import * as api from "./api.js";
 import * as auth from "./auth.js";
 import { AlertFeed } from "./alerts.js";
 import { DeviceView } from "./device.js";
+import { FeedState } from "./feed.js";
 import { syncClock } from "./format.js";
 import { ConnState, renderSummary } from "./summary.js";
 import { FleetTable } from "./table.js";
@@ -40,9 +41,11 @@ const feed = new AlertFeed($("alert-feed"), {
 const device = new DeviceView($("device-view"), {
   getRow: (id) => table.get(id),
   firingFor: (id) => feed.firingFor(id),
+  pendingFor: (id) => feed.pendingFor(id),
   onAuth: () => reauth(),
 });
 const conn = new ConnState($("conn-state"), { onRetry: () => socket.reconnectNow() });
+const feedState = new FeedState($("feed-state"), $("feed-banner"), fleetView);
 
 // --- access token -----------------------------------------------------------------------------
 
@@ -92,6 +95,7 @@ function onFrame(msg) {
   if (msg.summary) {
     syncClock(msg.summary.now);
     renderSummary(summaryRoot, msg.summary);
+    feedState.set(msg.summary.feed);
   }
   if (msg.type === "snapshot") {
     table.replaceAll(msg.devices || []);
@@ -99,6 +103,7 @@ function onFrame(msg) {
   } else if (msg.type === "update") {
     table.update(msg.devices || [], msg.removed || []);
     feed.add(msg.alerts || []);
+    if (Array.isArray(msg.pending)) feed.setPending(msg.pending); // the full list, when sent
   } else {
     return;
   }
@@ -111,7 +116,10 @@ const socket = new ReconnectingSocket({
   url: api.wsUrl,
   prepare,
   onFrame,
-  onState: (state, detail) => conn.set(state, detail),
+  onState: (state, detail) => {
+    conn.set(state, detail);
+    feedState.page(state === "connected");
+  },
   onAuthFailure: reauth,
   probeAuth,
 });

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgefleet.common.protocol import THING_NAME_PATTERN
 
@@ -64,6 +64,28 @@ class BackendSettings(BaseSettings):
     tls_key_file: Path | None = None
     ws_interval_s: float = Field(default=0.5, ge=0.05, le=10)
     ws_queue_frames: int = Field(default=64, ge=2, le=10_000)
+
+    # --- web access (issue 14: Host and Origin checks, see web_access.py) ---
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts", "allowed_origins")
+    @classmethod
+    def _web_entries(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        from edgefleet.backend.web_access import WebAccess  # imports this module
+
+        if info.field_name == "allowed_hosts":  # each raises ValueError naming a bad entry
+            WebAccess.build(allowed_hosts=value)
+        else:
+            WebAccess.build(allowed_origins=value)
+        return value
 
     @field_validator("slack_api_url")
     @classmethod

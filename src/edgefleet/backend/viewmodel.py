@@ -70,7 +70,14 @@ class FleetViewModel:
             "samples_per_s": round(s.samples_per_s, 2), "lost_samples": s.lost_samples,
             "agent_dropped": s.agent_dropped, "rejected": s.rejected, "duplicates": s.duplicates,
             "firing": len(self.b.alerts.firing), "ws_clients": len(self.hub.clients), "now": now,
+            "feed": self._feed(),
         }
+
+    def _feed(self) -> dict[str, Any]:
+        """The backend's own link to the fleet (minimal: the MQTT link; docs/api.md)."""
+        connected = self.b.transport.connected.is_set()
+        return {"state": "ok" if connected else "lost", "connected": connected, "since": None,
+                "detail": "MQTT link up" if connected else "MQTT link down"}
 
     def alerts(self) -> dict[str, Any]:
         return self.b.alerts.public()
