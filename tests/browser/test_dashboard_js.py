@@ -7,6 +7,7 @@ filters, time formatting, chart paths, and that a table update touches only what
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,116 @@ async def test_table_update_touches_only_changed_rows_of_1000(page: Page) -> Non
     assert got["first"] == "d0700"
     assert got["reused"]
     assert got["count"] == 1000
+
+
+async def test_feed_state_is_told_apart_from_the_page_connection(page: Page) -> None:
+    got = await run(page, """
+        const { feedView } = await load("feed.js");
+        const since = new Date(2026, 0, 2, 12, 3, 4).getTime() / 1000;  // local 12:03:04
+        const lost = { state: "lost", connected: false, since, detail: "MQTT link down" };
+        return {
+          ok: feedView({ state: "ok", connected: true, since: null, detail: "MQTT link up" }),
+          lost: feedView(lost),
+          lostNoSince: feedView({ ...lost, since: null }).text,
+          starting: feedView({ state: "starting", connected: false, since: null, detail: "" }),
+          pageDown: feedView(lost, false),
+          absent: feedView(undefined),
+        };
+    """)
+    assert got["ok"] == {"state": "ok", "text": "Feed: receiving", "banner": ""}
+    assert got["lost"]["state"] == "lost"
+    assert got["lost"]["text"] == (
+        "Feed lost since 12:03:04 \u2014 device states are unknown, not offline"
+    )
+    assert "(MQTT link down)" in got["lost"]["banner"]
+    assert "unknown, not offline" in got["lost"]["banner"]
+    assert got["lostNoSince"] == "Feed lost \u2014 device states are unknown, not offline"
+    assert got["starting"]["text"] == "Feed: starting\u2026"
+    assert got["pageDown"] == {"state": "unknown", "text": "Feed: unknown (page not connected)",
+                               "banner": ""}
+    assert got["absent"] == {"state": "unknown", "text": "", "banner": ""}  # an older backend
+
+
+ALERT_FEED = """
+  const root = document.createElement("aside");
+  root.innerHTML = `<span data-testid="alerts-firing-count"></span>
+    <ul data-testid="alerts-firing"></ul><p data-testid="alerts-firing-none"></p>
+    <div data-testid="alerts-pending-section" hidden><span data-testid="alerts-pending-count"></span>
+    <ul data-testid="alerts-pending"></ul></div>
+    <ol data-testid="alerts-recent"></ol><p data-testid="alerts-recent-none"></p>`;
+  document.body.append(root);
+  const { AlertFeed, pendingText } = await load("alerts.js");
+  const feed = new AlertFeed(root, { onChange() {} });
+  const q = (id) => root.querySelector(`[data-testid=${id}]`);
+  const items = (id) => [...q(id).querySelectorAll("li")].map((li) => ({
+    kind: li.dataset.kind, rule: li.dataset.rule, text: li.textContent }));
+"""
+
+
+async def test_pending_alerts_are_shown_apart_from_firing_ones(page: Page) -> None:
+    got = await run(page, ALERT_FEED + """
+        const t = Date.now() / 1000;
+        const pend = { key: "high_cpu|d1|", rule: "high_cpu", device: "d1", instance: null,
+          severity: "warning", value: 95, threshold: 80, since: t - 40, for_s: 60,
+          summary: "CPU at 95% on d1" };
+        feed.replace({ firing: [], recent: [] });  // an older backend: no "pending" at all
+        const none = { hidden: q("alerts-pending-section").hidden, items: items("alerts-pending") };
+        feed.replace({ firing: [], recent: [], pending: [pend] });
+        const shown = { hidden: q("alerts-pending-section").hidden, count: q("alerts-pending-count").textContent,
+          items: items("alerts-pending"), firing: items("alerts-firing"), forD1: feed.pendingFor("d1").length };
+        feed.add([{ ...pend, kind: "firing", started_at: t, at: t }]);  // it fired
+        const fired = { pending: items("alerts-pending"), firing: items("alerts-firing"),
+          hidden: q("alerts-pending-section").hidden };
+        return { none, shown, fired,
+          texts: [pendingText(pend, t), pendingText(pend, t + 100), pendingText({ ...pend, for_s: 300 }, t),
+                  pendingText({ key: "x" }, t)] };
+    """)
+    assert got["none"] == {"hidden": True, "items": []}
+    shown = got["shown"]
+    assert shown["hidden"] is False and shown["count"] == "1" and shown["forD1"] == 1
+    assert shown["firing"] == []
+    [item] = shown["items"]
+    assert item["kind"] == "pending" and item["rule"] == "high_cpu"
+    assert "CPU at 95% on d1" in item["text"]
+    assert re.search(r"pending 4\d s of 60 s", item["text"]), item["text"]
+    assert got["fired"]["pending"] == [] and got["fired"]["hidden"] is True
+    assert [f["kind"] for f in got["fired"]["firing"]] == ["firing"]
+    assert got["texts"] == ["pending 40 s of 60 s", "pending 60 s of 60 s",
+                            "pending 40 s of 5 min", "pending"]
+
+
+async def test_identity_conflict_is_flagged_on_the_row(page: Page) -> None:
+    got = await run(page, """
+        const { FleetTable } = await load("table.js");
+        const { conflictSentence } = await load("conflict.js");
+        const tbody = document.querySelector("tbody");
+        const table = new FleetTable(tbody, { onOpen() {}, onCounts() {} });
+        const now = Date.now() / 1000;
+        const row = { id: "twin", status: "online", online: true, last_seen: now, cpu: 5,
+          spark: [], severity: null, firing: 0 };
+        const conflict = { since: now - 30, streams: ["a1b2", "c3d4"],
+          detail: "two agents publish as twin (streams alternate): check for a cloned device" };
+        table.replaceAll([row]);  // no identity_conflict field at all
+        const flag = () => tbody.querySelector("[data-testid=identity-conflict]");
+        const tr = () => tbody.querySelector("tr");
+        const before = { hidden: flag().hidden, attr: tr().dataset.identityConflict };
+        table.update([{ ...row, identity_conflict: conflict }]);
+        const flagged = { hidden: flag().hidden, text: flag().textContent, title: flag().title,
+          attr: tr().dataset.identityConflict };
+        table.update([{ ...row, identity_conflict: null }]);
+        return { before, flagged, after: flag().hidden,
+          sentence: conflictSentence(conflict), bare: conflictSentence({ since: null, streams: 2 }),
+          none: conflictSentence(null) };
+    """)
+    assert got["before"] == {"hidden": True, "attr": ""}
+    flagged = got["flagged"]
+    assert flagged["hidden"] is False and flagged["attr"] == "true"
+    assert flagged["text"] == "identity conflict"
+    assert flagged["title"].startswith("two agents publish as twin")
+    assert got["after"] is True
+    assert re.fullmatch(
+        r"Identity conflict since \d\d:\d\d:\d\d: two agents publish as twin \(streams alternate\)"
+        r": check for a cloned device Seen: 2 streams \(a1b2, c3d4\)\.", got["sentence"]
+    ), got["sentence"]
+    assert got["bare"] == "Identity conflict: 2 streams"
+    assert got["none"] == ""
