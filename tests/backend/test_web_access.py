@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +22,11 @@ import pytest
 from backendproc import BackendProc
 from conftest import ClientFactory
 from devices import Device
+from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.web_access import WebAccess, normalise_origin, split_host
 from edgefleet.common.broker import Mosquitto
+from edgefleet.common.settings import load_settings
+from edgefleet.errors import ConfigError
 
 aiohttp = pytest.importorskip("aiohttp")
 
@@ -217,3 +221,29 @@ def test_what_each_listener_serves() -> None:
         WebAccess.build(allowed_hosts=["dash.example:8080"])
     with pytest.raises(ValueError, match="scheme://host"):
         WebAccess.build(allowed_origins=["dash.example"])
+
+
+def test_settings_take_comma_lists_or_toml_lists_and_name_a_bad_entry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key in [k for k in os.environ if k.startswith("EDGE_BACKEND_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("EDGE_BACKEND_ALLOWED_HOSTS", "fleet.lan, Fleet.Example.com")
+    monkeypatch.setenv("EDGE_BACKEND_ALLOWED_ORIGINS", "https://fleet.example.com")
+    s = load_settings(BackendSettings)
+    assert s.allowed_hosts == ["fleet.lan", "Fleet.Example.com"]
+    assert s.allowed_origins == ["https://fleet.example.com"]
+    monkeypatch.delenv("EDGE_BACKEND_ALLOWED_HOSTS")
+    monkeypatch.delenv("EDGE_BACKEND_ALLOWED_ORIGINS")
+    toml = tmp_path / "backend.toml"
+    toml.write_text('allowed_hosts = ["a.example", "b.example"]\n')
+    assert load_settings(BackendSettings, toml).allowed_hosts == ["a.example", "b.example"]
+    monkeypatch.setenv("EDGE_BACKEND_ALLOWED_HOSTS", "fleet.lan:8080")
+    with pytest.raises(ConfigError, match=r"^bad setting EDGE_BACKEND_ALLOWED_HOSTS: .*"
+                                          r"'fleet.lan:8080'.*without port"):
+        load_settings(BackendSettings)
+    monkeypatch.setenv("EDGE_BACKEND_ALLOWED_HOSTS", "")
+    monkeypatch.setenv("EDGE_BACKEND_ALLOWED_ORIGINS", "fleet.example.com")
+    with pytest.raises(ConfigError, match=r"^bad setting EDGE_BACKEND_ALLOWED_ORIGINS: .*"
+                                          r"scheme://host"):
+        load_settings(BackendSettings)
