@@ -7,8 +7,10 @@ filters, time formatting, chart paths, and that a table update touches only what
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,6 +20,7 @@ import pytest
 playwright_api = pytest.importorskip("playwright.async_api")
 Page = playwright_api.Page
 Route = playwright_api.Route
+expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -66,6 +69,13 @@ async def page() -> AsyncIterator[Page]:
         yield page
         await browser.close()
         assert not errors, errors
+
+
+async def expect_when(ready: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait until ``ready()`` (an event outside the page) is true."""
+    async with asyncio.timeout(timeout_s):
+        while not ready():
+            await asyncio.sleep(0.05)
 
 
 async def run(page: Page, body: str, arg: Any = None) -> Any:
@@ -326,3 +336,69 @@ async def test_identity_conflict_is_flagged_on_the_row(page: Page) -> None:
     ), got["sentence"]
     assert got["bare"] == "Identity conflict: 2 streams"
     assert got["none"] == ""
+
+
+async def _serve_app(route: Route) -> None:
+    """The real index.html under /app/, its static files, GET /app/api/auth and history."""
+    path = urlparse(route.request.url).path.removeprefix("/app")
+    if path == "/api/auth":
+        await route.fulfill(json={"required": False})
+        return
+    if path.startswith("/api/devices/"):  # the device view's history: none in this test
+        await route.fulfill(json={"keys": [], "history": {"t": [], "series": {}}})
+        return
+    file = DASHBOARD / ("index.html" if path == "/" else path.removeprefix("/static/"))
+    types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+    if not file.resolve().is_relative_to(DASHBOARD) or not file.is_file():
+        await route.fulfill(status=404, body="not found")
+        return
+    await route.fulfill(body=file.read_bytes(), content_type=types.get(file.suffix, "text/plain"))
+
+
+async def test_the_page_wires_feed_pending_and_conflicts_from_frames(page: Page) -> None:
+    """The whole page (app.js) fed by a scripted /ws: a snapshot, then update frames."""
+    sockets: list[Any] = []
+    await page.route(f"{ORIGIN}/app/**", _serve_app)
+
+    def on_socket(ws: Any) -> None:  # a mocked /ws: no server behind it
+        sockets.append(ws)
+
+    await page.route_web_socket(f"ws://{urlparse(ORIGIN).netloc}/app/ws", on_socket)
+    now = await page.evaluate("Date.now() / 1000")
+    row = {"id": "twin", "status": "online", "online": True, "last_seen": now, "cpu": 5,
+           "memory": 40, "disk": 50, "temp": None, "spark": [5, 6], "severity": None,
+           "firing": 0, "lost": 0, "agent": {}}
+    summary = {"devices": 1, "online": 1, "offline": 0, "samples_per_s": 1, "lost_samples": 0,
+               "rejected": 0, "duplicates": 0, "firing": 0, "now": now,
+               "feed": {"state": "ok", "connected": True, "since": None, "detail": "MQTT link up"}}
+    pending = {"key": "high_cpu|twin|", "rule": "high_cpu", "device": "twin", "instance": None,
+               "severity": "warning", "value": 95, "threshold": 80, "since": now - 10,
+               "for_s": 60, "summary": "CPU at 95% on twin"}
+    await page.goto(ORIGIN + "/app/")
+    await expect_when(lambda: bool(sockets))
+    ws = sockets[0]
+    ws.send(json.dumps({"type": "snapshot", "devices": [row], "summary": summary,
+                        "alerts": {"firing": [], "recent": [], "pending": [pending]}}))
+    feed = page.get_by_test_id("feed-state")
+    await expect(feed).to_have_text("Feed: receiving")
+    item = page.locator("[data-testid=alerts-pending] [data-testid=alert-item]")
+    await expect(item).to_have_attribute("data-kind", "pending")
+    await expect(item.get_by_test_id("pending-progress")).to_have_text(
+        re.compile(r"^pending (1\d|2\d) s of 60 s$"))
+    flag = page.locator("[data-device-id=twin] [data-testid=identity-conflict]")
+    await expect(flag).to_be_hidden()
+
+    conflict = {"since": now, "streams": ["s1", "s2"], "detail": "two agents publish as twin"}
+    lost = {**summary, "feed": {"state": "lost", "connected": False, "since": now,
+                                "detail": "MQTT link down"}}
+    ws.send(json.dumps({"type": "update", "devices": [{**row, "identity_conflict": conflict}],
+                        "removed": [], "summary": lost, "alerts": [], "pending": []}))
+    await expect(flag).to_be_visible()
+    await expect(flag).to_have_attribute("title", "two agents publish as twin")
+    await expect(item).to_have_count(0)  # the update's full list replaced the pending ones
+    await expect(feed).to_have_attribute("data-state", "lost")
+    await expect(page.get_by_test_id("feed-banner")).to_contain_text("(MQTT link down)")
+    await page.locator("[data-device-id=twin]").click()
+    await expect(page.get_by_test_id("device-conflict")).to_contain_text(
+        "two agents publish as twin")
+    await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "connected")
