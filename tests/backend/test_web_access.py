@@ -117,8 +117,10 @@ async def test_ws_accepts_its_own_origin_and_refuses_others(backend: BackendProc
                                  host=f"localhost:{port}")
     assert frame["type"] == "snapshot"
     assert (await ws_first_frame(backend, origin="https://dash.example"))["type"] == "snapshot"
-    for origin in (f"http://127.0.0.1:{port + 1}", "http://evil.example", "null",
-                   f"https://127.0.0.1:{port}", f"http://localhost:{port}"):
+    for alias in (f"http://localhost:{port}", f"http://[::1]:{port}"):  # the same listener
+        assert (await ws_first_frame(backend, origin=alias))["type"] == "snapshot", alias
+    for origin in (f"http://127.0.0.1:{port + 1}", f"http://localhost:{port + 1}", "null",
+                   "http://evil.example", f"https://127.0.0.1:{port}", "http://dash.example"):
         assert await refused_status(backend, origin=origin) == 403, origin
     # no Origin: not a browser; allowed without a token on a loopback listener
     assert (await ws_first_frame(backend))["type"] == "snapshot"

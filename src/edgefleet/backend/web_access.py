@@ -9,7 +9,8 @@
   another local port.
 - **Origin** (cross-site WebSocket): browsers do not apply the same-origin policy to
   WebSockets, so ``/ws`` itself refuses a page from another origin. Allowed: the request's
-  own origin (scheme of the connection + its validated ``Host``) and
+  own origin (scheme of the connection + its validated ``Host``), its loopback aliases on a
+  loopback listener (``localhost`` for ``127.0.0.1``, same port), and
   ``EDGE_BACKEND_ALLOWED_ORIGINS``. Browsers always send ``Origin`` on a WebSocket
   handshake; a client without one is not a browser page (see :meth:`WebAccess.origin_ok`).
 """
@@ -123,4 +124,14 @@ class WebAccess:
             return True
         web_scheme = "https" if scheme in ("https", "wss") else "http"
         own = normalise_origin(f"{web_scheme}://{host}") if host else None
-        return own is not None and given == own
+        if own is None:
+            return False
+        return given == own or (self.loopback and _loopback_aliases(given, own))
+
+
+def _loopback_aliases(one: str, other: str) -> bool:
+    """``http://localhost:8080`` and ``http://127.0.0.1:8080``: same scheme and port, and
+    both hosts loopback names (the same listener, reached under another name)."""
+    a, b = urlsplit(one), urlsplit(other)
+    return (a.scheme == b.scheme and a.port == b.port and bool(a.hostname and b.hostname)
+            and is_loopback(str(a.hostname)) and is_loopback(str(b.hostname)))
