@@ -91,6 +91,25 @@ async function probeAuth() {
 
 // --- live data --------------------------------------------------------------------------------
 
+// Pending alerts come with the snapshot. A backend whose update frames do not carry the
+// `pending` list (new ones, or ones that cleared) is asked for it every PENDING_POLL_MS.
+const PENDING_POLL_MS = 15000;
+let pendingInFrames = false;
+let pendingTimer = 0;
+
+function pollPending(supported) {
+  clearTimeout(pendingTimer);
+  if (!supported || pendingInFrames) return;
+  pendingTimer = setTimeout(async () => {
+    try {
+      if (!document.hidden) feed.setPending((await api.alerts()).pending);
+    } catch {
+      // the WebSocket's own reconnect handles a backend that is gone
+    }
+    pollPending(true);
+  }, PENDING_POLL_MS);
+}
+
 function onFrame(msg) {
   if (msg.summary) {
     syncClock(msg.summary.now);
@@ -100,10 +119,15 @@ function onFrame(msg) {
   if (msg.type === "snapshot") {
     table.replaceAll(msg.devices || []);
     feed.replace(msg.alerts || {});
+    pollPending(Array.isArray((msg.alerts || {}).pending));
   } else if (msg.type === "update") {
     table.update(msg.devices || [], msg.removed || []);
     feed.add(msg.alerts || []);
-    if (Array.isArray(msg.pending)) feed.setPending(msg.pending); // the full list, when sent
+    if (Array.isArray(msg.pending)) {
+      pendingInFrames = true; // the full list, when the backend sends it
+      clearTimeout(pendingTimer);
+      feed.setPending(msg.pending);
+    }
   } else {
     return;
   }

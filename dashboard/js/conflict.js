@@ -26,6 +26,7 @@ export function conflictSentence(conflict) {
   const at = clockTime(conflict.since);
   const streams = streamsText(conflict.streams);
   const parts = [`Identity conflict${at ? ` since ${at}` : ""}: ${text}`];
-  if (streams && !text.includes(streams)) parts.push(`Seen: ${streams}.`);
+  const named = Array.isArray(conflict.streams) && conflict.streams.some((id) => text.includes(String(id)));
+  if (streams && !named && !text.includes(streams)) parts.push(`Seen: ${streams}.`);
   return parts.join(" ");
 }

@@ -322,6 +322,8 @@ async def test_identity_conflict_is_flagged_on_the_row(page: Page) -> None:
         table.update([{ ...row, identity_conflict: null }]);
         return { before, flagged, after: flag().hidden,
           sentence: conflictSentence(conflict), bare: conflictSentence({ since: null, streams: 2 }),
+          named: conflictSentence({ since: null, streams: ["a1", "b2"],
+            detail: "two agents are publishing as twin: streams a1 and b2 alternate" }),
           none: conflictSentence(null) };
     """)
     assert got["before"] == {"hidden": True, "attr": ""}
@@ -335,6 +337,8 @@ async def test_identity_conflict_is_flagged_on_the_row(page: Page) -> None:
         r": check for a cloned device Seen: 2 streams \(a1b2, c3d4\)\.", got["sentence"]
     ), got["sentence"]
     assert got["bare"] == "Identity conflict: 2 streams"
+    assert got["named"] == (  # the detail names the streams already
+        "Identity conflict: two agents are publishing as twin: streams a1 and b2 alternate")
     assert got["none"] == ""
 
 
@@ -343,6 +347,9 @@ async def _serve_app(route: Route) -> None:
     path = urlparse(route.request.url).path.removeprefix("/app")
     if path == "/api/auth":
         await route.fulfill(json={"required": False})
+        return
+    if path == "/api/alerts":  # nothing pending any more
+        await route.fulfill(json={"firing": [], "pending": [], "recent": []})
         return
     if path.startswith("/api/devices/"):  # the device view's history: none in this test
         await route.fulfill(json={"keys": [], "history": {"t": [], "series": {}}})
@@ -402,3 +409,27 @@ async def test_the_page_wires_feed_pending_and_conflicts_from_frames(page: Page)
     await expect(page.get_by_test_id("device-conflict")).to_contain_text(
         "two agents publish as twin")
     await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "connected")
+
+
+async def test_pending_alerts_are_refreshed_when_frames_do_not_carry_them(page: Page) -> None:
+    sockets: list[Any] = []
+
+    def on_socket(ws: Any) -> None:
+        sockets.append(ws)
+
+    await page.clock.install()
+    await page.route(f"{ORIGIN}/app/**", _serve_app)
+    await page.route_web_socket(f"ws://{urlparse(ORIGIN).netloc}/app/ws", on_socket)
+    await page.goto(ORIGIN + "/app/")
+    await expect_when(lambda: bool(sockets))
+    now = await page.evaluate("Date.now() / 1000")
+    pending = {"key": "k", "rule": "high_cpu", "device": "d", "severity": "warning",
+               "since": now - 5, "for_s": 60, "summary": "CPU high on d"}
+    sockets[0].send(json.dumps({"type": "snapshot", "devices": [], "summary": {"now": now},
+                                "alerts": {"firing": [], "recent": [], "pending": [pending]}}))
+    item = page.locator("[data-testid=alerts-pending] [data-testid=alert-item]")
+    await expect(item).to_have_count(1)
+    sockets[0].send(json.dumps({"type": "update", "devices": [], "removed": [],
+                                "summary": {"now": now}, "alerts": []}))  # no "pending"
+    await page.clock.run_for(16_000)  # the page asks GET /api/alerts: nothing pending now
+    await expect(item).to_have_count(0)
