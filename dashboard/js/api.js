@@ -51,6 +51,11 @@ export async function tokenAccepted() {
   }
 }
 
+/** `GET /api/alerts`: {firing, pending, recent}. */
+export function alerts() {
+  return getJson("api/alerts");
+}
+
 /** History of one device: `GET /api/devices/<id>?start&end&keys&points`. */
 export function deviceHistory(id, { start, end, keys, points = 500, signal }) {
   const q = new URLSearchParams({

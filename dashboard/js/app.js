@@ -5,6 +5,7 @@ import * as api from "./api.js";
 import * as auth from "./auth.js";
 import { AlertFeed } from "./alerts.js";
 import { DeviceView } from "./device.js";
+import { FeedState } from "./feed.js";
 import { syncClock } from "./format.js";
 import { ConnState, renderSummary } from "./summary.js";
 import { FleetTable } from "./table.js";
@@ -40,9 +41,11 @@ const feed = new AlertFeed($("alert-feed"), {
 const device = new DeviceView($("device-view"), {
   getRow: (id) => table.get(id),
   firingFor: (id) => feed.firingFor(id),
+  pendingFor: (id) => feed.pendingFor(id),
   onAuth: () => reauth(),
 });
 const conn = new ConnState($("conn-state"), { onRetry: () => socket.reconnectNow() });
+const feedState = new FeedState($("feed-state"), $("feed-banner"), fleetView);
 
 // --- access token -----------------------------------------------------------------------------
 
@@ -88,17 +91,43 @@ async function probeAuth() {
 
 // --- live data --------------------------------------------------------------------------------
 
+// Pending alerts come with the snapshot. A backend whose update frames do not carry the
+// `pending` list (new ones, or ones that cleared) is asked for it every PENDING_POLL_MS.
+const PENDING_POLL_MS = 15000;
+let pendingInFrames = false;
+let pendingTimer = 0;
+
+function pollPending(supported) {
+  clearTimeout(pendingTimer);
+  if (!supported || pendingInFrames) return;
+  pendingTimer = setTimeout(async () => {
+    try {
+      if (!document.hidden) feed.setPending((await api.alerts()).pending);
+    } catch {
+      // the WebSocket's own reconnect handles a backend that is gone
+    }
+    pollPending(true);
+  }, PENDING_POLL_MS);
+}
+
 function onFrame(msg) {
   if (msg.summary) {
     syncClock(msg.summary.now);
     renderSummary(summaryRoot, msg.summary);
+    feedState.set(msg.summary.feed);
   }
   if (msg.type === "snapshot") {
     table.replaceAll(msg.devices || []);
     feed.replace(msg.alerts || {});
+    pollPending(Array.isArray((msg.alerts || {}).pending));
   } else if (msg.type === "update") {
     table.update(msg.devices || [], msg.removed || []);
     feed.add(msg.alerts || []);
+    if (Array.isArray(msg.pending)) {
+      pendingInFrames = true; // the full list, when the backend sends it
+      clearTimeout(pendingTimer);
+      feed.setPending(msg.pending);
+    }
   } else {
     return;
   }
@@ -111,7 +140,10 @@ const socket = new ReconnectingSocket({
   url: api.wsUrl,
   prepare,
   onFrame,
-  onState: (state, detail) => conn.set(state, detail),
+  onState: (state, detail) => {
+    conn.set(state, detail);
+    feedState.page(state === "connected");
+  },
   onAuthFailure: reauth,
   probeAuth,
 });

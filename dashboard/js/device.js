@@ -2,7 +2,8 @@
 // over a selectable range from GET /api/devices/<id>.
 
 import { AuthError, HttpError, deviceHistory } from "./api.js";
-import { alertItem, byUrgency, tickTimes } from "./alerts.js";
+import { alertItem, byUrgency, pendingItem, tickPending, tickTimes } from "./alerts.js";
+import { conflictSentence } from "./conflict.js";
 import { ChartFigure } from "./figure.js";
 import { ago, bytes, celsius, isoTime, localTime, now, num, pct } from "./format.js";
 
@@ -71,10 +72,11 @@ function seriesName(chart, key) {
 }
 
 export class DeviceView {
-  constructor(root, { getRow, firingFor, onAuth }) {
+  constructor(root, { getRow, firingFor, pendingFor = () => [], onAuth }) {
     this.root = root;
     this.getRow = getRow;
     this.firingFor = firingFor;
+    this.pendingFor = pendingFor;
     this.onAuth = onAuth;
     this.id = null;
     this.range = "1h";
@@ -103,6 +105,7 @@ export class DeviceView {
       this.charts.replaceChildren();
       this.figures.clear();
       this.$("device-title").textContent = id;
+      this.$("device-conflict").hidden = true;
       this.row = null;
     }
     const row = this.getRow(id);
@@ -140,6 +143,10 @@ export class DeviceView {
       status.textContent = row.status;
       status.className = `badge st-${row.status}`;
     }
+    const conflict = this.$("device-conflict");
+    const sentence = conflictSentence(row.identity_conflict);
+    if (conflict.textContent !== sentence) conflict.textContent = sentence;
+    conflict.hidden = !sentence;
     const seen = this.$("device-last-seen");
     seen.dateTime = isoTime(row.last_seen);
     seen.title = localTime(row.last_seen);
@@ -155,6 +162,7 @@ export class DeviceView {
     const list = this.$("device-alerts");
     const frag = document.createDocumentFragment();
     for (const a of this.firingFor(this.id).sort(byUrgency)) frag.append(alertItem(a, "started_at"));
+    for (const a of this.pendingFor(this.id)) frag.append(pendingItem(a));
     list.replaceChildren(frag);
   }
 
@@ -164,6 +172,7 @@ export class DeviceView {
     const seen = this.$("device-last-seen");
     if (seen.textContent !== text) seen.textContent = text;
     tickTimes(this.$("device-alerts"));
+    tickPending(this.$("device-alerts"));
   }
 
   // --- history ----------------------------------------------------------------------------

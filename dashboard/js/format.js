@@ -69,3 +69,21 @@ export function level(kind, v) {
   if (v >= warn) return "warn";
   return "";
 }
+
+const pad2 = (n) => String(n).padStart(2, "0");
+
+/** Local wall-clock time "12:03:04" of unix seconds `ts`; "" for null. */
+export function clockTime(ts) {
+  if (typeof ts !== "number" || !Number.isFinite(ts)) return "";
+  const d = new Date(ts * 1000);
+  return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+}
+
+/** A duration for people: "40 s", "5 min", "2 h" (whole units, rounded down). */
+export function duration(seconds) {
+  if (typeof seconds !== "number" || !Number.isFinite(seconds)) return "–";
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.floor(s / 60)} min`;
+  return `${Math.floor(s / 3600)} h`;
+}

@@ -49,7 +49,12 @@ function prototypeRow() {
   status.append(badge);
   const link = document.createElement("a");
   link.tabIndex = -1; // the row itself is the tab stop
-  idCell.append(link);
+  const flag = document.createElement("span");
+  flag.className = "flag";
+  flag.dataset.testid = "identity-conflict";
+  flag.textContent = "identity conflict";
+  flag.hidden = true;
+  idCell.append(link, flag);
   const time = document.createElement("time");
   time.dataset.testid = "last-seen";
   seen.append(time);
@@ -79,6 +84,7 @@ export function createRow(id) {
     tr,
     cells: {
       badge: status.firstChild, time: seen.firstChild, temp, sev: alert.firstChild,
+      flag: idCell.lastChild,
       cpu: meter(cpu), mem: meter(mem), disk: meter(disk),
       spark: spark.firstChild.firstChild,
     },

@@ -4,6 +4,7 @@
 
 import { sparkPoints } from "./chart.js";
 import { ago, celsius, isoTime, level, localTime, now, pct } from "./format.js";
+import { conflictText } from "./conflict.js";
 import { compare, isProblem, passesFilter, rank } from "./rank.js";
 import { createRow } from "./row.js";
 
@@ -141,6 +142,14 @@ export class FleetTable {
       tr.dataset.severity = sev;
       cells.sev.className = `sev ${sev ? `sev-${sev}` : ""}`;
       cells.sev.textContent = alert;
+    }
+    const conflict = conflictText(row.identity_conflict);
+    if (shown.conflict !== conflict) {
+      shown.conflict = conflict;
+      tr.dataset.identityConflict = conflict ? "true" : "";
+      cells.flag.hidden = !conflict;
+      cells.flag.title = conflict;
+      cells.flag.setAttribute("aria-label", conflict ? `Identity conflict: ${conflict}` : "");
     }
     if (shown.lastSeen !== row.last_seen) {
       shown.lastSeen = row.last_seen;

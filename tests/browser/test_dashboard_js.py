@@ -7,7 +7,10 @@ filters, time formatting, chart paths, and that a table update touches only what
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -17,6 +20,7 @@ import pytest
 playwright_api = pytest.importorskip("playwright.async_api")
 Page = playwright_api.Page
 Route = playwright_api.Route
+expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -65,6 +69,13 @@ async def page() -> AsyncIterator[Page]:
         yield page
         await browser.close()
         assert not errors, errors
+
+
+async def expect_when(ready: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait until ``ready()`` (an event outside the page) is true."""
+    async with asyncio.timeout(timeout_s):
+        while not ready():
+            await asyncio.sleep(0.05)
 
 
 async def run(page: Page, body: str, arg: Any = None) -> Any:
@@ -212,3 +223,213 @@ async def test_table_update_touches_only_changed_rows_of_1000(page: Page) -> Non
     assert got["first"] == "d0700"
     assert got["reused"]
     assert got["count"] == 1000
+
+
+async def test_feed_state_is_told_apart_from_the_page_connection(page: Page) -> None:
+    got = await run(page, """
+        const { feedView } = await load("feed.js");
+        const since = new Date(2026, 0, 2, 12, 3, 4).getTime() / 1000;  // local 12:03:04
+        const lost = { state: "lost", connected: false, since, detail: "MQTT link down" };
+        return {
+          ok: feedView({ state: "ok", connected: true, since: null, detail: "MQTT link up" }),
+          lost: feedView(lost),
+          lostNoSince: feedView({ ...lost, since: null }).text,
+          starting: feedView({ state: "starting", connected: false, since: null, detail: "" }),
+          pageDown: feedView(lost, false),
+          absent: feedView(undefined),
+        };
+    """)
+    assert got["ok"] == {"state": "ok", "text": "Feed: receiving", "banner": ""}
+    assert got["lost"]["state"] == "lost"
+    assert got["lost"]["text"] == (
+        "Feed lost since 12:03:04 \u2014 device states are unknown, not offline"
+    )
+    assert "(MQTT link down)" in got["lost"]["banner"]
+    assert "unknown, not offline" in got["lost"]["banner"]
+    assert got["lostNoSince"] == "Feed lost \u2014 device states are unknown, not offline"
+    assert got["starting"]["text"] == "Feed: starting\u2026"
+    assert got["pageDown"] == {"state": "unknown", "text": "Feed: unknown (page not connected)",
+                               "banner": ""}
+    assert got["absent"] == {"state": "unknown", "text": "", "banner": ""}  # an older backend
+
+
+ALERT_FEED = """
+  const root = document.createElement("aside");
+  root.innerHTML = `<span data-testid="alerts-firing-count"></span>
+    <ul data-testid="alerts-firing"></ul><p data-testid="alerts-firing-none"></p>
+    <div data-testid="alerts-pending-section" hidden><span data-testid="alerts-pending-count"></span>
+    <ul data-testid="alerts-pending"></ul></div>
+    <ol data-testid="alerts-recent"></ol><p data-testid="alerts-recent-none"></p>`;
+  document.body.append(root);
+  const { AlertFeed, pendingText } = await load("alerts.js");
+  const feed = new AlertFeed(root, { onChange() {} });
+  const q = (id) => root.querySelector(`[data-testid=${id}]`);
+  const items = (id) => [...q(id).querySelectorAll("li")].map((li) => ({
+    kind: li.dataset.kind, rule: li.dataset.rule, text: li.textContent }));
+"""
+
+
+async def test_pending_alerts_are_shown_apart_from_firing_ones(page: Page) -> None:
+    got = await run(page, ALERT_FEED + """
+        const t = Date.now() / 1000;
+        const pend = { key: "high_cpu|d1|", rule: "high_cpu", device: "d1", instance: null,
+          severity: "warning", value: 95, threshold: 80, since: t - 40, for_s: 60,
+          summary: "CPU at 95% on d1" };
+        feed.replace({ firing: [], recent: [] });  // an older backend: no "pending" at all
+        const none = { hidden: q("alerts-pending-section").hidden, items: items("alerts-pending") };
+        feed.replace({ firing: [], recent: [], pending: [pend] });
+        const shown = { hidden: q("alerts-pending-section").hidden, count: q("alerts-pending-count").textContent,
+          items: items("alerts-pending"), firing: items("alerts-firing"), forD1: feed.pendingFor("d1").length };
+        feed.add([{ ...pend, kind: "firing", started_at: t, at: t }]);  // it fired
+        const fired = { pending: items("alerts-pending"), firing: items("alerts-firing"),
+          hidden: q("alerts-pending-section").hidden };
+        return { none, shown, fired,
+          texts: [pendingText(pend, t), pendingText(pend, t + 100), pendingText({ ...pend, for_s: 300 }, t),
+                  pendingText({ key: "x" }, t)] };
+    """)
+    assert got["none"] == {"hidden": True, "items": []}
+    shown = got["shown"]
+    assert shown["hidden"] is False and shown["count"] == "1" and shown["forD1"] == 1
+    assert shown["firing"] == []
+    [item] = shown["items"]
+    assert item["kind"] == "pending" and item["rule"] == "high_cpu"
+    assert "CPU at 95% on d1" in item["text"]
+    assert re.search(r"pending 4\d s of 60 s", item["text"]), item["text"]
+    assert got["fired"]["pending"] == [] and got["fired"]["hidden"] is True
+    assert [f["kind"] for f in got["fired"]["firing"]] == ["firing"]
+    assert got["texts"] == ["pending 40 s of 60 s", "pending 60 s of 60 s",
+                            "pending 40 s of 5 min", "pending"]
+
+
+async def test_identity_conflict_is_flagged_on_the_row(page: Page) -> None:
+    got = await run(page, """
+        const { FleetTable } = await load("table.js");
+        const { conflictSentence } = await load("conflict.js");
+        const tbody = document.querySelector("tbody");
+        const table = new FleetTable(tbody, { onOpen() {}, onCounts() {} });
+        const now = Date.now() / 1000;
+        const row = { id: "twin", status: "online", online: true, last_seen: now, cpu: 5,
+          spark: [], severity: null, firing: 0 };
+        const conflict = { since: now - 30, streams: ["a1b2", "c3d4"],
+          detail: "two agents publish as twin (streams alternate): check for a cloned device" };
+        table.replaceAll([row]);  // no identity_conflict field at all
+        const flag = () => tbody.querySelector("[data-testid=identity-conflict]");
+        const tr = () => tbody.querySelector("tr");
+        const before = { hidden: flag().hidden, attr: tr().dataset.identityConflict };
+        table.update([{ ...row, identity_conflict: conflict }]);
+        const flagged = { hidden: flag().hidden, text: flag().textContent, title: flag().title,
+          attr: tr().dataset.identityConflict };
+        table.update([{ ...row, identity_conflict: null }]);
+        return { before, flagged, after: flag().hidden,
+          sentence: conflictSentence(conflict), bare: conflictSentence({ since: null, streams: 2 }),
+          named: conflictSentence({ since: null, streams: ["a1", "b2"],
+            detail: "two agents are publishing as twin: streams a1 and b2 alternate" }),
+          none: conflictSentence(null) };
+    """)
+    assert got["before"] == {"hidden": True, "attr": ""}
+    flagged = got["flagged"]
+    assert flagged["hidden"] is False and flagged["attr"] == "true"
+    assert flagged["text"] == "identity conflict"
+    assert flagged["title"].startswith("two agents publish as twin")
+    assert got["after"] is True
+    assert re.fullmatch(
+        r"Identity conflict since \d\d:\d\d:\d\d: two agents publish as twin \(streams alternate\)"
+        r": check for a cloned device Seen: 2 streams \(a1b2, c3d4\)\.", got["sentence"]
+    ), got["sentence"]
+    assert got["bare"] == "Identity conflict: 2 streams"
+    assert got["named"] == (  # the detail names the streams already
+        "Identity conflict: two agents are publishing as twin: streams a1 and b2 alternate")
+    assert got["none"] == ""
+
+
+async def _serve_app(route: Route) -> None:
+    """The real index.html under /app/, its static files, GET /app/api/auth and history."""
+    path = urlparse(route.request.url).path.removeprefix("/app")
+    if path == "/api/auth":
+        await route.fulfill(json={"required": False})
+        return
+    if path == "/api/alerts":  # nothing pending any more
+        await route.fulfill(json={"firing": [], "pending": [], "recent": []})
+        return
+    if path.startswith("/api/devices/"):  # the device view's history: none in this test
+        await route.fulfill(json={"keys": [], "history": {"t": [], "series": {}}})
+        return
+    file = DASHBOARD / ("index.html" if path == "/" else path.removeprefix("/static/"))
+    types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+    if not file.resolve().is_relative_to(DASHBOARD) or not file.is_file():
+        await route.fulfill(status=404, body="not found")
+        return
+    await route.fulfill(body=file.read_bytes(), content_type=types.get(file.suffix, "text/plain"))
+
+
+async def test_the_page_wires_feed_pending_and_conflicts_from_frames(page: Page) -> None:
+    """The whole page (app.js) fed by a scripted /ws: a snapshot, then update frames."""
+    sockets: list[Any] = []
+    await page.route(f"{ORIGIN}/app/**", _serve_app)
+
+    def on_socket(ws: Any) -> None:  # a mocked /ws: no server behind it
+        sockets.append(ws)
+
+    await page.route_web_socket(f"ws://{urlparse(ORIGIN).netloc}/app/ws", on_socket)
+    now = await page.evaluate("Date.now() / 1000")
+    row = {"id": "twin", "status": "online", "online": True, "last_seen": now, "cpu": 5,
+           "memory": 40, "disk": 50, "temp": None, "spark": [5, 6], "severity": None,
+           "firing": 0, "lost": 0, "agent": {}}
+    summary = {"devices": 1, "online": 1, "offline": 0, "samples_per_s": 1, "lost_samples": 0,
+               "rejected": 0, "duplicates": 0, "firing": 0, "now": now,
+               "feed": {"state": "ok", "connected": True, "since": None, "detail": "MQTT link up"}}
+    pending = {"key": "high_cpu|twin|", "rule": "high_cpu", "device": "twin", "instance": None,
+               "severity": "warning", "value": 95, "threshold": 80, "since": now - 10,
+               "for_s": 60, "summary": "CPU at 95% on twin"}
+    await page.goto(ORIGIN + "/app/")
+    await expect_when(lambda: bool(sockets))
+    ws = sockets[0]
+    ws.send(json.dumps({"type": "snapshot", "devices": [row], "summary": summary,
+                        "alerts": {"firing": [], "recent": [], "pending": [pending]}}))
+    feed = page.get_by_test_id("feed-state")
+    await expect(feed).to_have_text("Feed: receiving")
+    item = page.locator("[data-testid=alerts-pending] [data-testid=alert-item]")
+    await expect(item).to_have_attribute("data-kind", "pending")
+    await expect(item.get_by_test_id("pending-progress")).to_have_text(
+        re.compile(r"^pending (1\d|2\d) s of 60 s$"))
+    flag = page.locator("[data-device-id=twin] [data-testid=identity-conflict]")
+    await expect(flag).to_be_hidden()
+
+    conflict = {"since": now, "streams": ["s1", "s2"], "detail": "two agents publish as twin"}
+    lost = {**summary, "feed": {"state": "lost", "connected": False, "since": now,
+                                "detail": "MQTT link down"}}
+    ws.send(json.dumps({"type": "update", "devices": [{**row, "identity_conflict": conflict}],
+                        "removed": [], "summary": lost, "alerts": [], "pending": []}))
+    await expect(flag).to_be_visible()
+    await expect(flag).to_have_attribute("title", "two agents publish as twin")
+    await expect(item).to_have_count(0)  # the update's full list replaced the pending ones
+    await expect(feed).to_have_attribute("data-state", "lost")
+    await expect(page.get_by_test_id("feed-banner")).to_contain_text("(MQTT link down)")
+    await page.locator("[data-device-id=twin]").click()
+    await expect(page.get_by_test_id("device-conflict")).to_contain_text(
+        "two agents publish as twin")
+    await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "connected")
+
+
+async def test_pending_alerts_are_refreshed_when_frames_do_not_carry_them(page: Page) -> None:
+    sockets: list[Any] = []
+
+    def on_socket(ws: Any) -> None:
+        sockets.append(ws)
+
+    await page.clock.install()
+    await page.route(f"{ORIGIN}/app/**", _serve_app)
+    await page.route_web_socket(f"ws://{urlparse(ORIGIN).netloc}/app/ws", on_socket)
+    await page.goto(ORIGIN + "/app/")
+    await expect_when(lambda: bool(sockets))
+    now = await page.evaluate("Date.now() / 1000")
+    pending = {"key": "k", "rule": "high_cpu", "device": "d", "severity": "warning",
+               "since": now - 5, "for_s": 60, "summary": "CPU high on d"}
+    sockets[0].send(json.dumps({"type": "snapshot", "devices": [], "summary": {"now": now},
+                                "alerts": {"firing": [], "recent": [], "pending": [pending]}}))
+    item = page.locator("[data-testid=alerts-pending] [data-testid=alert-item]")
+    await expect(item).to_have_count(1)
+    sockets[0].send(json.dumps({"type": "update", "devices": [], "removed": [],
+                                "summary": {"now": now}, "alerts": []}))  # no "pending"
+    await page.clock.run_for(16_000)  # the page asks GET /api/alerts: nothing pending now
+    await expect(item).to_have_count(0)

@@ -13,6 +13,7 @@ from typing import Any
 from edgefleet.backend.rules import default_rules_path, load_rules
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.web import create_app, disable_websocket_compression
+from edgefleet.backend.web_access import WebAccess
 from edgefleet.common.ipc import IpcTransport, resolve_transport
 from edgefleet.common.logs import kv
 from edgefleet.common.mqtt import MqttClient, MqttConfig
@@ -102,7 +103,9 @@ def run_backend(config: Path | None = None) -> int:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
-        app = create_app(backend.view, token=token)
+        access = WebAccess.build(settings.http_host, allowed_hosts=settings.allowed_hosts,
+                                 allowed_origins=settings.allowed_origins)
+        app = create_app(backend.view, token=token, access=access)
         disable_websocket_compression()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

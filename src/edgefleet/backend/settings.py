@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgefleet.common.protocol import THING_NAME_PATTERN
 
@@ -77,6 +77,28 @@ class BackendSettings(BaseSettings):
     max_instances_per_family: int = Field(default=200, ge=1, le=100_000)
     max_streams_per_device: int = Field(default=8, ge=1, le=1000)
     max_seq_jump: int = Field(default=1_000_000, ge=10_000, le=2**53)
+
+    # --- web access (issue 14: Host and Origin checks, see web_access.py) ---
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts", "allowed_origins")
+    @classmethod
+    def _web_entries(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        from edgefleet.backend.web_access import WebAccess  # imports this module
+
+        if info.field_name == "allowed_hosts":  # each raises ValueError naming a bad entry
+            WebAccess.build(allowed_hosts=value)
+        else:
+            WebAccess.build(allowed_origins=value)
+        return value
 
     @field_validator("slack_api_url")
     @classmethod

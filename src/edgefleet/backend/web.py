@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
+import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,12 +18,22 @@ from quart.typing import ResponseReturnValue
 
 from edgefleet import __version__
 from edgefleet.backend.hub import CLOSE_TOO_SLOW, Hub
+from edgefleet.backend.store_history import MAX_KEYS
+from edgefleet.backend.web_access import WebAccess
+from edgefleet.common.logs import RateLimitedLog, kv
+from edgefleet.common.protocol import METRIC_KEY_PATTERN
+
+log = logging.getLogger(__name__)
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 CLOSE_UNAUTHORIZED = 4401
+MAX_UNIX_TIME = 32_503_680_000.0  # the protocol's UnixTime bound (year 3000)
+MAX_POINTS = 5000
+_METRIC_KEY = re.compile(METRIC_KEY_PATTERN)
+_refusals = RateLimitedLog(30.0)  # keyed by a fixed reason: bounded whatever clients send
 
 
 class FleetView(Protocol):
@@ -55,11 +68,55 @@ def _bearer() -> str | None:
     return header[7:] if header.startswith("Bearer ") else None
 
 
-def _float_arg(name: str, default: float) -> float:
+class BadQueryError(ValueError):
+    """A query value the API refuses with 400 and this one-line message."""
+
+
+def _time_arg(name: str, default: float) -> float:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    return float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadQueryError(f"{name} must be a number of unix seconds, not {raw[:40]!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= MAX_UNIX_TIME):
+        raise BadQueryError(f"{name} must be unix seconds between 0 and {MAX_UNIX_TIME:.0f}")
+    return value
+
+
+def split_keys(raw: str) -> list[str]:
+    """``"a,disk.used_percent[x,y]"`` -> both keys: commas inside ``[...]`` belong to a key."""
+    keys, depth, start = [], 0, 0
+    for i, char in enumerate(raw):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            keys.append(raw[start:i])
+            start = i + 1
+    keys.append(raw[start:])
+    return list(dict.fromkeys(k for k in keys if k))  # in order, each once
+
+
+def history_query() -> tuple[float, float, list[str] | None, int]:
+    """``start``, ``end``, ``keys`` and ``points`` of a history request, or BadQueryError."""
+    end = _time_arg("end", time.time())
+    start = _time_arg("start", max(0.0, end - 3600))
+    if start >= end:
+        raise BadQueryError("need start < end")
+    raw = request.args.get("points", "500")
+    points = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    if not 2 <= points <= MAX_POINTS:
+        raise BadQueryError(f"points must be an integer from 2 to {MAX_POINTS}, not {raw[:20]!r}")
+    keys = split_keys(request.args.get("keys", ""))
+    if len(keys) > MAX_KEYS:
+        raise BadQueryError(f"at most {MAX_KEYS} keys per request, not {len(keys)}")
+    bad = next((k for k in keys if not _METRIC_KEY.fullmatch(k)), None)
+    if bad is not None:
+        raise BadQueryError(f"not a metric key: {bad[:80]!r}")
+    return start, end, keys or None, points
 
 
 def disable_websocket_compression() -> None:
@@ -84,26 +141,18 @@ def disable_websocket_compression() -> None:
     setattr(handshake, "_edgefleet_no_deflate", True)  # noqa: B010
 
 
-def create_app(view: FleetView, *, token: str | None = None) -> Quart:
-    """Build the app around a running backend's view of the fleet."""
+def create_app(
+    view: FleetView, *, token: str | None = None, access: WebAccess | None = None
+) -> Quart:
+    """Build the app around a running backend's view of the fleet.
+
+    ``access``: which Host names and Origins are answered; by default those of a loopback
+    listener (build it with :meth:`WebAccess.build` from the settings).
+    """
     app = Quart(__name__, static_folder=None)
     static = dashboard_dir()
 
-    @app.after_request
-    async def _headers(resp: Response) -> Response:
-        resp.headers["Content-Security-Policy"] = CSP
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["Referrer-Policy"] = "no-referrer"
-        resp.headers.setdefault("Cache-Control", "no-store")
-        return resp
-
-    @app.before_request
-    async def _guard() -> ResponseReturnValue | None:
-        guarded = request.path.startswith("/api/") and request.path != "/api/auth"
-        if guarded and not _authorised(token, _bearer()):
-            return jsonify(error="unauthorized"), 401
-        return None
+    _add_guards(app, token, access or WebAccess.build())
 
     @app.get("/")
     async def index() -> ResponseReturnValue:
@@ -133,17 +182,10 @@ def create_app(view: FleetView, *, token: str | None = None) -> Quart:
 
     @app.get("/api/devices/<device>")
     async def device(device: str) -> ResponseReturnValue:
-        now = time.time()
         try:
-            end = _float_arg("end", now)
-            start = _float_arg("start", end - 3600)
-            points = int(request.args.get("points", "500"))
-        except ValueError:
-            return jsonify(error="start, end and points must be numbers"), 400
-        if start >= end or not 2 <= points <= 5000:
-            return jsonify(error="need start < end and 2 <= points <= 5000"), 400
-        keys_arg = request.args.get("keys")
-        keys = [k for k in keys_arg.split(",") if k] if keys_arg else None
+            start, end, keys, points = history_query()
+        except BadQueryError as exc:
+            return jsonify(error=str(exc)), 400
         detail = await view.device_detail(device, start, end, keys, points)
         if detail is None:
             return jsonify(error=f"unknown device {device!r}"), 404
@@ -159,6 +201,53 @@ def create_app(view: FleetView, *, token: str | None = None) -> Quart:
 
     _add_websocket(app, view, token)
     return app
+
+
+def _add_guards(app: Quart, token: str | None, access: WebAccess) -> None:
+    """Security headers; Host on every request; token on /api and /metrics; Origin on /ws."""
+
+    @app.after_request
+    async def _headers(resp: Response) -> Response:
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    @app.before_request
+    async def _guard() -> ResponseReturnValue | None:
+        host = request.headers.get("Host")
+        if request.path != "/healthz" and not access.host_ok(host):
+            return _foreign_host(host)
+        guarded = request.path.startswith("/api/") and request.path != "/api/auth"
+        guarded = guarded or request.path == "/metrics"
+        if guarded and not _authorised(token, _bearer()):
+            return jsonify(error="unauthorized"), 401
+        return None
+
+    @app.before_websocket
+    async def _guard_ws() -> ResponseReturnValue | None:
+        host = websocket.headers.get("Host")
+        if not access.host_ok(host):
+            return _foreign_host(host)
+        origin = websocket.headers.get("Origin")
+        if not access.origin_ok(origin, host, websocket.scheme):
+            if (skipped := _refusals.allow("origin")) is not None:
+                log.warning("websocket from another origin refused",
+                            extra=kv(origin=str(origin)[:100], suppressed=skipped))
+            return jsonify(error="origin not allowed; see EDGE_BACKEND_ALLOWED_ORIGINS"), 403
+        return None
+
+
+def _foreign_host(host: str | None) -> ResponseReturnValue:
+    """421 for a Host this backend does not serve (DNS rebinding, or a missing setting)."""
+    host = str(host)
+    if (skipped := _refusals.allow("host")) is not None:
+        log.warning("request for a foreign Host refused",
+                    extra=kv(host=host[:100], suppressed=skipped))
+    return jsonify(error=f"host {host[:100]!r} is not served here; "
+                         "see EDGE_BACKEND_ALLOWED_HOSTS"), 421
 
 
 def _add_websocket(app: Quart, view: FleetView, token: str | None) -> None:
