@@ -150,9 +150,14 @@ async def test_one_hostile_device_cannot_hurt_the_fleet(
     assert figures.sim_samples > 0
     assert rss < RSS_BOUND_MIB, f"backend RSS {rss:.0f} MiB >= {RSS_BOUND_MIB} MiB"
     # every refusal counted by its reason
-    assert metric_value(metrics, 'edgefleet_ingest_rejected_total{reason="malformed"}') == 3
+    # 3 string-typed documents + 2 seqs above 2^53-1 (docs/protocol.md)
+    assert metric_value(metrics, 'edgefleet_ingest_rejected_total{reason="malformed"}') == 5
+    # every flood name beyond the family's bound (the mention names hold 5 of its places)
     refused = metric_value(metrics, 'edgefleet_ingest_refused_keys_total{reason="cardinality"}')
-    assert refused >= NAMES - BOUNDS["max_keys_per_device"], refused
+    accepted = BOUNDS["max_instances_per_family"] - len(MENTIONS)
+    assert refused == NAMES - accepted, refused
+    assert metric_value(metrics, 'edgefleet_ingest_anomalies_total{kind="seq_jump"}') >= 1
+    assert metric_value(metrics, "edgefleet_stream_resets_total") >= STREAM_CHURN
     # Slack saw the hostile names escaped, never raw
     raw = json.dumps(system.slack.messages)
     for mention in MENTIONS:

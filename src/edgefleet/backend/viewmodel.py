@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.records import AcceptedSample
@@ -139,6 +139,14 @@ class FleetViewModel:
              [({}, c.duplicates_total)]),
             ("edgefleet_ingest_rejected_total", "counter", "messages rejected, by reason",
              rejected or [({"reason": "none"}, 0.0)]),
+            ("edgefleet_ingest_refused_keys_total", "counter",
+             "metric keys refused from accepted samples, by reason",
+             _labelled("reason", c.refused_keys_total)),
+            ("edgefleet_ingest_refused_samples_total", "counter", "samples refused, by reason",
+             _labelled("reason", c.refused_samples_total)),
+            ("edgefleet_ingest_anomalies_total", "counter",
+             "odd but accepted input (seq jumps, identity conflicts), by kind",
+             _labelled("kind", c.anomalies_total)),
             ("edgefleet_lost_samples", "gauge", "sequence gaps never filled",
              [({}, c.lost_samples)]),
             ("edgefleet_agent_dropped_samples", "gauge", "samples agents dropped (queue full)",
@@ -176,6 +184,10 @@ class FleetViewModel:
             ("edgefleet_inbox_full_waits_total", "counter",
              "times the broker link waited for room in the inbox", [({}, float(b.inbox.waits))]),
         ]
+
+
+def _labelled(label: str, counts: Mapping[str, int]) -> list[tuple[dict[str, str], float]]:
+    return [({label: name}, float(n)) for name, n in sorted(counts.items())]
 
 
 def _chartable(key: str) -> bool:
