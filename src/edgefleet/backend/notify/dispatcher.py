@@ -7,6 +7,11 @@ exponential backoff (capped at ``backoff_max_s``) or the server's Retry-After, a
 stops; on :class:`DeliveryRefusedError` the group is marked failed, counted and logged, and
 sending pauses with the same growing backoff, so a bad token never spins. Without a notifier
 the alerts go to the log and are marked sent.
+
+Before a group is sent, the :class:`NotifyBudget` (per device and per rule, see
+:mod:`edgefleet.backend.notify.budget`) takes out what is over budget: those alerts are
+marked ``suppressed`` in the outbox and counted, and one summary message per budget window
+(the first as soon as the grouping window allows) says how many were held back, per device.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +27,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from edgefleet.backend.notify.format import DEFAULT_MAX_LINES, format_group, message_metadata
+from edgefleet.backend.notify.budget import BudgetSettings, NotifyBudget
+from edgefleet.backend.notify.format import (
+    DEFAULT_MAX_LINES,
+    format_group,
+    format_suppressed,
+    message_metadata,
+)
 from edgefleet.backend.notify.model import (
     Alert,
     DeliveryRefusedError,
@@ -30,20 +42,25 @@ from edgefleet.backend.notify.model import (
     RetryLaterError,
 )
 from edgefleet.backend.notify.outbox import Outbox, OutboxEntry
-from edgefleet.common.logs import kv
+from edgefleet.common.logs import RateLimitedLog, kv
 
 log = logging.getLogger(__name__)
+_OVER_BUDGET_LOG = RateLimitedLog(60.0)
+SUMMARY_EVENT_TYPE = "edgefleet_alerts_suppressed"
 
 
 @dataclass
 class DispatcherStats:
-    """Counters: messages and alerts delivered, failed attempts by reason, alerts given up."""
+    """Counters: messages and alerts delivered, failed attempts by reason, alerts given up,
+    alerts held back by the notification budget and the summaries that reported them."""
 
     sent_messages: int = 0
     sent_alerts: int = 0
     failed_alerts: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     outbox_depth: int = 0
+    suppressed_alerts: int = 0
+    summaries_sent: int = 0
 
 
 class AlertDispatcher:
@@ -62,6 +79,7 @@ class AlertDispatcher:
         max_batch: int = 100,
         max_lines: int = DEFAULT_MAX_LINES,
         stop_timeout_s: float = 15.0,
+        budget: BudgetSettings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
@@ -76,6 +94,8 @@ class AlertDispatcher:
         self._stop_timeout = stop_timeout_s
         self._clock = clock
         self._stats = DispatcherStats()
+        self._budget = NotifyBudget(budget)
+        self._last_summary = -math.inf
         self._paused_until = 0.0
         self._refusals = 0
         self._wake = asyncio.Event()
@@ -100,6 +120,8 @@ class AlertDispatcher:
         if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
+        window = self._budget.settings.window_s
+        self._budget.restore(self.outbox.sent_since(self._clock() - window))
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="alert-dispatcher")
 
@@ -149,6 +171,8 @@ class AlertDispatcher:
             s.failed_alerts,
             dict(s.failures_by_reason),
             self.outbox.depth(),
+            s.suppressed_alerts,
+            s.summaries_sent,
         )
 
     async def run_once(self) -> float:
@@ -157,10 +181,60 @@ class AlertDispatcher:
         if now < self._paused_until:
             return min(self._paused_until - now, self._poll)
         entries = self.outbox.due(now, limit=self._max_batch * 10)
-        for batch in batches(entries, self._max_batch):
-            if self._stopping.is_set() or not await self._deliver(batch):
+        for group in batches(entries, self._max_batch):
+            if self._stopping.is_set():
                 break
+            batch = self._within_budget(group)
+            if batch and not await self._deliver(batch):
+                break
+        else:
+            await self._summarise()
         return self._next_wait()
+
+    def _within_budget(self, batch: Sequence[OutboxEntry]) -> list[OutboxEntry]:
+        """The entries the budget lets through; the rest are marked suppressed."""
+        now = self._clock()
+        post, held = self._budget.admit(
+            [entry.alert for entry in batch], now, was_posted=self._firing_was_posted
+        )
+        if held:
+            self.outbox.mark_suppressed([alert.event_id for alert in held], now)
+            self._stats.suppressed_alerts += len(held)
+            if (quiet := _OVER_BUDGET_LOG.allow(held[0].device)) is not None:
+                log.warning("alert notifications over budget; held back for a summary",
+                            extra=kv(device=held[0].device, rule=held[0].rule,
+                                     alerts=len(held), log_lines_skipped=quiet))
+        posted = {id(alert) for alert in post}
+        return [entry for entry in batch if id(entry.alert) in posted]
+
+    def _firing_was_posted(self, alert: Alert) -> bool:
+        head, sep, tail = alert.event_id.rpartition("|resolved|")
+        return bool(sep) and self.outbox.state_of(f"{head}|firing|{tail}") == "sent"
+
+    async def _summarise(self) -> None:
+        """Post one summary of the suppressed alerts, at most once per budget window."""
+        rows, first = self.outbox.suppressed()
+        now = self._clock()
+        if first is None or now < max(first + self._window,
+                                      self._last_summary + self._budget.settings.window_s):
+            return
+        text, blocks = format_suppressed(rows, since=first, now=now)
+        if self._notifier is None:
+            log.warning("alert summary: %s", text)
+        else:
+            try:
+                total = sum(count for _, _, count in rows)
+                await self._notifier.send(text=text, blocks=blocks, metadata={
+                    "event_type": SUMMARY_EVENT_TYPE, "event_payload": {"suppressed": total}})
+            except DeliveryRefusedError as exc:
+                log.error("slack refused the budget summary", extra=kv(reason=exc.reason))
+            except NotifyError as exc:
+                self._paused_until = now + self._backoff(1)
+                self._count(exc.reason)
+                return
+        self.outbox.mark_summarised(now)
+        self._last_summary = now
+        self._stats.summaries_sent += 1
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

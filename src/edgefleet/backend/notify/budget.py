@@ -1,0 +1,105 @@
+"""The notification budget: how much one device or one rule may post to Slack per window.
+
+Two sliding windows of ``window_s`` seconds:
+
+- per device, ``per_device`` alert events (lines or cards) naming the device;
+- per rule, ``per_rule`` messages about the rule (a grouped message of 50 offline devices is
+  one message, so a site outage still arrives whole).
+
+An alert over budget is *suppressed*: the dispatcher records it in the outbox as such (the
+alert history and the firing state are untouched) and later posts one summary of everything
+suppressed. A resolved event whose firing event was posted is never suppressed: whoever saw
+the alert fire also sees it end. A limit of 0 means no limit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from edgefleet.backend.notify.model import Alert
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """Limits per sliding window; 0 = unlimited."""
+
+    window_s: float = 600.0
+    per_device: int = 5
+    per_rule: int = 20
+
+
+class _Window:
+    """Times of the uses of one subject within the window (at most ``limit`` kept)."""
+
+    __slots__ = ("times",)
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+
+    def room(self, now: float, window_s: float, limit: int) -> int:
+        while self.times and self.times[0] <= now - window_s:
+            self.times.popleft()
+        return limit - len(self.times)
+
+
+class NotifyBudget:
+    """Decides, per message, which alerts are posted and which are suppressed."""
+
+    def __init__(self, settings: BudgetSettings | None = None) -> None:
+        self.settings = settings or BudgetSettings()
+        self._devices: dict[str, _Window] = {}
+        self._rules: dict[str, _Window] = {}
+
+    def restore(self, posted: Iterable[tuple[str, str, float]]) -> None:
+        """Count what was posted before a restart: ``(device, rule, posted_at)`` per alert;
+        alerts of one rule posted at the same time were one message."""
+        messages: set[tuple[str, float]] = set()
+        for device, rule, at in sorted(posted, key=lambda row: row[2]):
+            self._devices.setdefault(device, _Window()).times.append(at)
+            if (rule, at) not in messages:
+                messages.add((rule, at))
+                self._rules.setdefault(rule, _Window()).times.append(at)
+
+    def admit(
+        self, alerts: Sequence[Alert], now: float, *, was_posted: Callable[[Alert], bool]
+    ) -> tuple[list[Alert], list[Alert]]:
+        """Split one message's alerts into ``(post, suppress)`` and count what is posted.
+
+        ``was_posted(resolved_alert)`` tells whether its firing event reached Slack.
+        """
+        s = self.settings
+        exempt = [a for a in alerts if a.kind == "resolved" and not a.repeat and was_posted(a)]
+        others = [a for a in alerts if not any(a is e for e in exempt)]
+        post, suppress = list(exempt), []
+        rule_ok = not s.per_rule or self._window(self._rules, alerts[0].rule).room(
+            now, s.window_s, s.per_rule) > 0
+        for alert in others:
+            window = self._window(self._devices, alert.device)
+            if rule_ok and (not s.per_device or window.room(now, s.window_s, s.per_device) > 0):
+                window.times.append(now)
+                post.append(alert)
+            else:
+                suppress.append(alert)
+        for alert in exempt:
+            self._window(self._devices, alert.device).times.append(now)
+        if post:
+            self._window(self._rules, alerts[0].rule).times.append(now)
+        self._forget_idle(now)
+        return post, suppress
+
+    def _window(self, table: dict[str, _Window], name: str) -> _Window:
+        found = table.get(name)
+        if found is None:
+            found = table[name] = _Window()
+        return found
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop subjects with nothing left in the window (bounded memory)."""
+        if len(self._devices) + len(self._rules) < 10_000:
+            return
+        window_s = self.settings.window_s
+        for table in (self._devices, self._rules):
+            for name in [n for n, w in table.items() if w.room(now, window_s, 0) == 0]:
+                del table[name]
