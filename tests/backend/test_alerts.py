@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet.backend.alert_state import conditions_from_rows, device_rows
 from edgefleet.backend.alerts import (
     AlertEvent,
     AlertState,
@@ -369,3 +370,37 @@ def test_a_pending_time_from_a_future_clock_restarts_when_the_clock_returns() ->
     assert events == []
     _, events = run(cpu(*every_10s(*[95] * 8, start=1010)), state=state)
     assert brief(events) == [("firing", 1070, 1010)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(-20, 60),  # step of ts; negative = out of order
+            st.floats(0, 100, allow_nan=False),
+            st.sampled_from(["coretemp/a", "coretemp/b"]),
+            st.booleans(),  # save the device's document (pending and firing only), restore it
+        ),
+        max_size=60,
+    )
+)
+def test_per_device_documents_keep_events_alternating(
+    steps: list[tuple[float, float, str, bool]],
+) -> None:
+    rules = parse_rules("""
+version: 1
+rules:
+  - {name: hot, metric: temp.celsius, op: ">", threshold: 60, clear: 40, for: 20}
+""")
+    state, ts = AlertState(), 0.0
+    last_kind: dict[str, str] = {}
+    for step, value, instance, restore in steps:
+        ts += step
+        if restore:
+            rows = json.loads(json.dumps(device_rows(state.device("d"))))
+            state = AlertState().with_devices({"d": conditions_from_rows(rows)})
+        state, events = evaluate(rules, state, "d", ts, {f"temp.celsius[{instance}]": value}, ts)
+        for event in events:
+            assert last_kind.get(event.key, "resolved") != event.kind
+            last_kind[event.key] = event.kind
+    assert {a.key for a in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}

@@ -14,11 +14,21 @@ the alert fire also sees it end. A limit of 0 means no limit.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from edgefleet.backend.notify.format import Block, format_suppressed
 from edgefleet.backend.notify.model import Alert
+from edgefleet.backend.notify.outbox import Outbox, OutboxEntry
+from edgefleet.common.logs import RateLimitedLog, kv
+
+log = logging.getLogger(__name__)
+_OVER_BUDGET_LOG = RateLimitedLog(60.0)
+SUMMARY_EVENT_TYPE = "edgefleet_alerts_suppressed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +113,55 @@ class NotifyBudget:
         for table in (self._devices, self._rules):
             for name in [n for n, w in table.items() if w.room(now, window_s, 0) == 0]:
                 del table[name]
+
+
+class FloodControl:
+    """The dispatcher's side of the budget: marks held-back alerts in the outbox and decides
+    when a summary is due (the grouping window after the first held-back alert, then at most
+    once per budget window)."""
+
+    def __init__(self, outbox: Outbox, settings: BudgetSettings | None,
+                 group_window_s: float) -> None:
+        self.outbox = outbox
+        self.budget = NotifyBudget(settings)
+        self._group_window = group_window_s
+        self._last_summary = -math.inf
+
+    def restore(self, now: float) -> None:
+        """Count the posts of the last window (after a restart)."""
+        self.budget.restore(self.outbox.sent_since(now - self.budget.settings.window_s))
+
+    def admit(self, batch: Sequence[OutboxEntry], now: float) -> tuple[list[OutboxEntry], int]:
+        """The entries to post, and how many were marked suppressed."""
+        post, held = self.budget.admit([entry.alert for entry in batch], now,
+                                       was_posted=self._firing_was_posted)
+        if held:
+            self.outbox.mark_suppressed([alert.event_id for alert in held], now)
+            if (quiet := _OVER_BUDGET_LOG.allow(held[0].device)) is not None:
+                log.warning("alert notifications over budget; held back for a summary",
+                            extra=kv(device=held[0].device, rule=held[0].rule,
+                                     alerts=len(held), log_lines_skipped=quiet))
+        keep = {id(alert) for alert in post}
+        return [entry for entry in batch if id(entry.alert) in keep], len(held)
+
+    def summary(self, now: float) -> tuple[str, list[Block], dict[str, Any]] | None:
+        """``(text, blocks, metadata)`` of the summary to post now, or None."""
+        rows, first = self.outbox.suppressed()
+        if first is None:
+            return None
+        window_s = self.budget.settings.window_s
+        if now < max(first + self._group_window, self._last_summary + window_s):
+            return None
+        text, blocks = format_suppressed(rows, since=first, now=now)
+        total = sum(count for _, _, count in rows)
+        return text, blocks, {"event_type": SUMMARY_EVENT_TYPE,
+                              "event_payload": {"suppressed": total}}
+
+    def summarised(self, now: float) -> None:
+        """The summary went out (or can never go out): start the next window."""
+        self.outbox.mark_summarised(now)
+        self._last_summary = now
+
+    def _firing_was_posted(self, alert: Alert) -> bool:
+        head, sep, tail = alert.event_id.rpartition("|resolved|")
+        return bool(sep) and self.outbox.state_of(f"{head}|firing|{tail}") == "sent"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,13 +26,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from edgefleet.backend.notify.budget import BudgetSettings, NotifyBudget
-from edgefleet.backend.notify.format import (
-    DEFAULT_MAX_LINES,
-    format_group,
-    format_suppressed,
-    message_metadata,
-)
+from edgefleet.backend.notify.budget import BudgetSettings, FloodControl
+from edgefleet.backend.notify.format import DEFAULT_MAX_LINES, format_group, message_metadata
 from edgefleet.backend.notify.model import (
     Alert,
     DeliveryRefusedError,
@@ -42,11 +36,9 @@ from edgefleet.backend.notify.model import (
     RetryLaterError,
 )
 from edgefleet.backend.notify.outbox import Outbox, OutboxEntry
-from edgefleet.common.logs import RateLimitedLog, kv
+from edgefleet.common.logs import kv
 
 log = logging.getLogger(__name__)
-_OVER_BUDGET_LOG = RateLimitedLog(60.0)
-SUMMARY_EVENT_TYPE = "edgefleet_alerts_suppressed"
 
 
 @dataclass
@@ -94,8 +86,7 @@ class AlertDispatcher:
         self._stop_timeout = stop_timeout_s
         self._clock = clock
         self._stats = DispatcherStats()
-        self._budget = NotifyBudget(budget)
-        self._last_summary = -math.inf
+        self._flood = FloodControl(outbox, budget, group_window_s)
         self._paused_until = 0.0
         self._refusals = 0
         self._wake = asyncio.Event()
@@ -120,8 +111,7 @@ class AlertDispatcher:
         if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
-        window = self._budget.settings.window_s
-        self._budget.restore(self.outbox.sent_since(self._clock() - window))
+        self._flood.restore(self._clock())
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="alert-dispatcher")
 
@@ -193,47 +183,29 @@ class AlertDispatcher:
 
     def _within_budget(self, batch: Sequence[OutboxEntry]) -> list[OutboxEntry]:
         """The entries the budget lets through; the rest are marked suppressed."""
-        now = self._clock()
-        post, held = self._budget.admit(
-            [entry.alert for entry in batch], now, was_posted=self._firing_was_posted
-        )
-        if held:
-            self.outbox.mark_suppressed([alert.event_id for alert in held], now)
-            self._stats.suppressed_alerts += len(held)
-            if (quiet := _OVER_BUDGET_LOG.allow(held[0].device)) is not None:
-                log.warning("alert notifications over budget; held back for a summary",
-                            extra=kv(device=held[0].device, rule=held[0].rule,
-                                     alerts=len(held), log_lines_skipped=quiet))
-        posted = {id(alert) for alert in post}
-        return [entry for entry in batch if id(entry.alert) in posted]
-
-    def _firing_was_posted(self, alert: Alert) -> bool:
-        head, sep, tail = alert.event_id.rpartition("|resolved|")
-        return bool(sep) and self.outbox.state_of(f"{head}|firing|{tail}") == "sent"
+        post, held = self._flood.admit(batch, self._clock())
+        self._stats.suppressed_alerts += held
+        return post
 
     async def _summarise(self) -> None:
-        """Post one summary of the suppressed alerts, at most once per budget window."""
-        rows, first = self.outbox.suppressed()
+        """Post one summary of the suppressed alerts when one is due."""
         now = self._clock()
-        if first is None or now < max(first + self._window,
-                                      self._last_summary + self._budget.settings.window_s):
+        summary = self._flood.summary(now)
+        if summary is None:
             return
-        text, blocks = format_suppressed(rows, since=first, now=now)
+        text, blocks, metadata = summary
         if self._notifier is None:
             log.warning("alert summary: %s", text)
         else:
             try:
-                total = sum(count for _, _, count in rows)
-                await self._notifier.send(text=text, blocks=blocks, metadata={
-                    "event_type": SUMMARY_EVENT_TYPE, "event_payload": {"suppressed": total}})
+                await self._notifier.send(text=text, blocks=blocks, metadata=metadata)
             except DeliveryRefusedError as exc:
                 log.error("slack refused the budget summary", extra=kv(reason=exc.reason))
             except NotifyError as exc:
                 self._paused_until = now + self._backoff(1)
                 self._count(exc.reason)
                 return
-        self.outbox.mark_summarised(now)
-        self._last_summary = now
+        self._flood.summarised(now)
         self._stats.summaries_sent += 1
 
     async def _run(self) -> None:
