@@ -13,7 +13,14 @@ import pytest
 
 from edgefleet.backend.alert_persist import DEVICE_PREFIX, DEVICES, OLD_FIRING, OLD_STATE
 from edgefleet.backend.alerting import AlertCenter
-from edgefleet.backend.alerts import AlertState, evaluate, evaluate_batch, expire
+from edgefleet.backend.alerts import (
+    AlertState,
+    LiveAlertState,
+    evaluate,
+    evaluate_batch,
+    evaluate_changes,
+    expire,
+)
 from edgefleet.backend.notify import AlertDispatcher, Outbox
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.rules import RuleSet, parse_rules
@@ -103,6 +110,21 @@ def test_a_batch_walks_a_devices_conditions_once_not_per_sample() -> None:
     assert conds.walks == 1  # one copy for 40 samples, not 40 copies
     assert len(new.device("bad")) == 500 + 40 * 50
     assert len(state.device("bad")) == 500  # the old state is untouched
+
+
+def test_the_centre_never_walks_a_devices_conditions_to_evaluate() -> None:
+    state, _ = evaluate(RULES, AlertState(), "bad", T0, {f"disk.used_percent[/m{i}]": 10.0
+                                                          for i in range(500)}, T0)
+    conds = CountingConds(dict(state.device("bad")))
+    live = LiveAlertState(AlertState().with_devices({"bad": dict(conds.data)}))
+    view = AlertState().with_devices({"bad": conds})
+    batch = [("bad", T0 + i, {"disk.used_percent[/m1]": 99.0, f"disk.used_percent[/n{i}]": 1.0})
+             for i in range(1, 41)]
+    changes, events = evaluate_changes(RULES, view, batch, T0 + 60)
+    assert conds.walks == 0  # the cost follows the samples, not the device's 500 keys
+    assert len(changes["bad"]) == 41 and [e.instance for e in events] == ["/m1"]
+    live.apply(changes)
+    assert len(live) == 540 and set(live.active("bad")) == {("disk", "/m1")}
 
 
 def test_other_devices_are_shared_not_copied() -> None:

@@ -15,7 +15,9 @@ from edgefleet.backend.alerts import (
     AlertEvent,
     AlertState,
     AlertStateError,
+    LiveAlertState,
     evaluate,
+    evaluate_changes,
     evaluate_offline,
     firing,
     prune,
@@ -404,3 +406,43 @@ rules:
             assert last_kind.get(event.key, "resolved") != event.kind
             last_kind[event.key] = event.kind
     assert {a.key for a in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["a", "b"]), st.floats(-20, 60), st.floats(0, 100),
+                      st.sampled_from(["/", "/data", None])),
+            max_size=6,
+        ),
+        max_size=15,
+    )
+)
+def test_batches_of_changes_equal_one_sample_at_a_time(
+    batches: list[list[tuple[str, float, float, str | None]]],
+) -> None:
+    rules = parse_rules("""
+version: 1
+rules:
+  - {name: full, metric: disk.used_percent, op: ">", threshold: 60, clear: 40, for: 20}
+  - {name: any, metric: disk.used_percent, op: ">=", threshold: 50, for: 0}
+""")
+    one, live = AlertState(), LiveAlertState()
+    by_one: list[AlertEvent] = []
+    by_batch: list[AlertEvent] = []
+    ts = 1000.0
+    for batch in batches:
+        samples = []
+        for device, step, value, instance in batch:
+            ts += step
+            key = "disk.used_percent" + (f"[{instance}]" if instance else "")
+            samples.append((device, ts, {key: value}))
+        for device, at, metrics in samples:  # `now` is the time the batch is handled
+            one, new = evaluate(rules, one, device, at, metrics, ts)
+            by_one += new
+        changes, new = evaluate_changes(rules, live, samples, ts)
+        live.apply(changes)
+        by_batch += new
+    assert [e.event_id for e in by_batch] == [e.event_id for e in by_one]
+    assert sorted(map(repr, live.items())) == sorted(map(repr, one.items()))

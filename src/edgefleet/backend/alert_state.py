@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from edgefleet.errors import EdgefleetError
 
@@ -30,6 +30,8 @@ _SHARDS = 64
 
 Slot = tuple[str, str | None]  # (rule, instance) within one device
 DeviceConds = Mapping[Slot, "Condition"]
+Changes = dict[str, dict[Slot, "Condition"]]  # device -> new conditions
+Removals = dict[str, list[Slot]]  # device -> slots to forget
 
 
 class AlertStateError(EdgefleetError):
@@ -148,6 +150,84 @@ class AlertState:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise AlertStateError(f"alert state is not readable: {exc}") from None
         return cls().with_devices(by_device)
+
+
+class StateView(Protocol):
+    """What the engine's pure functions read: :class:`AlertState` or :class:`LiveAlertState`."""
+
+    def device(self, device: str) -> DeviceConds:
+        """The conditions of one device (do not mutate)."""
+        ...
+
+    def devices(self) -> Iterator[str]:
+        """Every device with at least one condition."""
+        ...
+
+    def items(self) -> Iterator[tuple[str, str, str | None, Condition]]:
+        """Every ``(rule, device, instance, condition)``."""
+        ...
+
+
+class LiveAlertState:
+    """The alert centre's own state: mutable, changed in place by :meth:`apply` and
+    :meth:`remove` at a cost in proportion to the changes. It also tracks which keys are
+    pending or firing, so :meth:`active` (what a save writes) never walks idle keys."""
+
+    def __init__(self, state: StateView | None = None) -> None:
+        self._devices: dict[str, dict[Slot, Condition]] = {}
+        self._active: dict[str, set[Slot]] = {}
+        if state is not None:
+            for device in state.devices():
+                self.apply({device: dict(state.device(device))})
+
+    def device(self, device: str) -> DeviceConds:
+        """The conditions of one device (a live view: do not mutate, do not keep)."""
+        return self._devices.get(device, {})
+
+    def devices(self) -> Iterator[str]:
+        """Every device with at least one condition."""
+        yield from list(self._devices)
+
+    def get(self, rule: str, device: str, instance: str | None = None) -> Condition | None:
+        """The condition of one key, or None."""
+        return self._devices.get(device, {}).get((rule, instance))
+
+    def items(self) -> Iterator[tuple[str, str, str | None, Condition]]:
+        """Every ``(rule, device, instance, condition)``, in no particular order."""
+        for device, conds in self._devices.items():
+            for (rule, instance), cond in conds.items():
+                yield rule, device, instance, cond
+
+    def __len__(self) -> int:
+        return sum(len(conds) for conds in self._devices.values())
+
+    def apply(self, changes: Mapping[str, Mapping[Slot, Condition]]) -> None:
+        """Set the given conditions."""
+        for device, mine in changes.items():
+            conds = self._devices.setdefault(device, {})
+            conds.update(mine)
+            active = self._active.setdefault(device, set())
+            for slot, cond in mine.items():
+                if cond.idle:
+                    active.discard(slot)
+                else:
+                    active.add(slot)
+
+    def remove(self, removals: Mapping[str, Iterable[Slot]]) -> None:
+        """Forget the given keys (and devices left without any)."""
+        for device, slots in removals.items():
+            conds, active = self._devices.get(device, {}), self._active.get(device, set())
+            for slot in slots:
+                conds.pop(slot, None)
+                active.discard(slot)
+            if not conds:
+                self._devices.pop(device, None)
+                self._active.pop(device, None)
+
+    def active(self, device: str) -> dict[Slot, Condition]:
+        """A copy of the device's pending and firing conditions."""
+        conds = self._devices.get(device, {})
+        return {slot: conds[slot] for slot in self._active.get(device, ())}
 
 
 def device_rows(conds: DeviceConds) -> list[list[Any]]:

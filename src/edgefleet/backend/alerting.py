@@ -29,9 +29,10 @@ from typing import Any
 from edgefleet.backend.alert_persist import AlertPersistence, DeviceSnapshot
 from edgefleet.backend.alerts import (
     AlertEvent,
-    evaluate_batch,
-    evaluate_offline,
-    expire,
+    LiveAlertState,
+    evaluate_changes,
+    expire_removals,
+    offline_changes,
     pending,
     prune,
 )
@@ -66,7 +67,8 @@ class AlertCenter:
         self.dispatcher = dispatcher
         self.persist = AlertPersistence(store)
         loaded = self.persist.load()
-        self.state, dropped = prune(rules, loaded.state)
+        pruned, dropped = prune(rules, loaded.state)
+        self.state = LiveAlertState(pruned)
         self.firing: dict[str, dict[str, Any]] = loaded.firing
         for gone in dropped:
             self.firing.pop(gone.key, None)
@@ -87,8 +89,9 @@ class AlertCenter:
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""
         batch = [(s.device, s.ts, s.metrics) for s in samples]
-        self.state, events = evaluate_batch(self.rules, self.state, batch, now)
-        self._dirty.update(device for device, _, _ in batch)
+        changes, events = evaluate_changes(self.rules, self.state, batch, now)
+        self.state.apply(changes)
+        self._dirty.update(changes)
         return self._emit(events)
 
     def on_presence(
@@ -99,17 +102,21 @@ class AlertCenter:
             self.offline.pop(device, None)
         else:
             self.offline[device] = since
-        offline = not online
-        self.state, events = evaluate_offline(self.rules, self.state, device, offline, since, now)
-        self._dirty.add(device)
+        return self._offline(device, not online, since, now)
+
+    def _offline(
+        self, device: str, offline: bool, since: float, now: float
+    ) -> list[dict[str, Any]]:
+        changes, events = offline_changes(self.rules, self.state, device, offline, since, now)
+        self.state.apply(changes)
+        self._dirty.update(changes)
         return self._emit(events)
 
     def tick(self, now: float) -> list[dict[str, Any]]:
         """Re-check offline devices (``for`` durations), queue reminders, expire old keys."""
         out: list[dict[str, Any]] = []
         for device, since in list(self.offline.items()):
-            self.state, events = evaluate_offline(self.rules, self.state, device, True, since, now)
-            out += self._emit(events)
+            out += self._offline(device, True, since, now)
         firing = [Alert.from_dict(a) for a in self.firing.values()]
         if firing:
             self.dispatcher.remind(firing, now)
@@ -120,13 +127,13 @@ class AlertCenter:
 
     def expire(self, now: float) -> int:
         """Forget keys that are not firing and got no sample for a while; return how many."""
-        before = self.state
-        self.state, dropped = expire(self.rules, before, now)
+        removals = expire_removals(self.rules, self.state, now)
+        self.state.remove(removals)
+        self._dirty.update(removals)
+        dropped = sum(len(slots) for slots in removals.values())
         if dropped:
             self.expired_total += dropped
-            self._dirty.update(d for d in before.devices() if before.device(d)
-                               is not self.state.device(d))
-            log.info("alert keys expired", extra=kv(keys=dropped, left=len(self.state)))
+            log.info("alert keys expired", extra=kv(keys=dropped, devices=len(removals)))
         return dropped
 
     def _emit(self, events: list[AlertEvent]) -> list[dict[str, Any]]:
@@ -158,7 +165,7 @@ class AlertCenter:
         if not (self._must_save or due):
             return None
         snapshot = {
-            device: DeviceSnapshot(self.state.device(device),
+            device: DeviceSnapshot(self.state.active(device),
                                    list(self._by_device.get(device, {}).values()))
             for device in self._dirty
         }

@@ -33,9 +33,13 @@ from edgefleet.backend.alert_state import (
     IDLE,
     AlertState,
     AlertStateError,
+    Changes,
     Condition,
     DeviceConds,
+    LiveAlertState,
+    Removals,
     Slot,
+    StateView,
 )
 from edgefleet.backend.rules import OFFLINE_RULE, Params, Rule, RuleSet
 
@@ -48,8 +52,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 SampleIn = tuple[str, float, Mapping[str, float]]  # (device, ts, metrics)
 
 __all__ = ["AlertEvent", "AlertState", "AlertStateError", "Condition", "FiringAlert",
-           "PendingAlert", "alert_key", "evaluate", "evaluate_batch", "evaluate_offline", "expire",
-           "expiry_s", "firing", "pending", "prune"]
+           "LiveAlertState", "PendingAlert", "alert_key", "evaluate", "evaluate_batch",
+           "evaluate_changes", "evaluate_offline", "expire", "expire_removals", "expiry_s",
+           "firing", "offline_changes", "pending", "prune"]
 
 
 def alert_key(rule: str, device: str, instance: str | None) -> str:
@@ -109,23 +114,35 @@ def evaluate_batch(
 ) -> tuple[AlertState, list[AlertEvent]]:
     """Evaluate ``(device, ts, metrics)`` samples in order, as :func:`evaluate` would one by one.
 
-    Each device's conditions are copied once for the whole batch; ``state`` stays valid.
+    Each touched device's conditions are copied once for the whole batch; ``state`` stays
+    valid. (The alert centre applies :func:`evaluate_changes` to its own state instead.)
     """
-    mine: dict[str, dict[Slot, Condition]] = {}
+    changes, events = evaluate_changes(rules, state, samples, now)
+    merged = {device: {**state.device(device), **mine} for device, mine in changes.items()}
+    return state.with_devices(merged), events
+
+
+def evaluate_changes(
+    rules: RuleSet, state: StateView, samples: Iterable[SampleIn], now: float
+) -> tuple[Changes, list[AlertEvent]]:
+    """The conditions that ``samples`` change, per device, and the events; reads ``state``
+    only. Costs in proportion to the samples' metrics, never to the keys a device has."""
+    changes: Changes = {}
     events: list[AlertEvent] = []
     for device, ts, metrics in samples:
-        conds = mine.get(device)
-        if conds is None:
-            conds = mine[device] = dict(state.device(device))
-        _sample(rules, conds, device, float(ts), metrics, now, events)
-    return state.with_devices(mine), events
+        mine = changes.get(device)
+        if mine is None:
+            mine = changes[device] = {}
+        _sample(rules, state.device(device), mine, device, float(ts), metrics, now, events)
+    return {device: mine for device, mine in changes.items() if mine}, events
 
 
 def _sample(  # noqa: PLR0917 - one sample's worth of the engine's inputs
-    rules: RuleSet, conds: dict[Slot, Condition], device: str, ts: float,
+    rules: RuleSet, base: DeviceConds, mine: dict[Slot, Condition], device: str, ts: float,
     metrics: Mapping[str, float], now: float, events: list[AlertEvent],
 ) -> None:
-    """Apply one sample to ``conds`` (the batch's private copy) and collect its events."""
+    """Evaluate one sample against ``base`` overlaid with ``mine`` (the batch's changes so
+    far); record new conditions in ``mine`` and collect the events."""
     horizon = now + rules.replay_grace_s
     # Only samples near the backend's clock may fire: replayed ones are old, and ones from a
     # clock that jumped ahead are in the future (they would skip every ``for`` duration).
@@ -140,12 +157,13 @@ def _sample(  # noqa: PLR0917 - one sample's worth of the engine's inputs
             params = rules.params(rule, device)
             if not (params.enabled and rule.applies_to(instance)):
                 continue
-            old = conds.get((rule.name, instance), IDLE)
+            slot = (rule.name, instance)
+            old = mine.get(slot) or base.get(slot, IDLE)
             new, kind = _step(rule.op, params, old, ts, float(value), fresh=fresh,
                               horizon=horizon)
             if new is None:
                 continue
-            conds[(rule.name, instance)] = new._replace(seen=now)
+            mine[slot] = new._replace(seen=now)
             if kind is not None:
                 began = (new if kind == "firing" else old).since
                 started = ts if began is None else began
@@ -200,12 +218,22 @@ def evaluate_offline(  # noqa: PLR0917 - mirrors evaluate()
     repeated calls are idempotent. A report older than the last one for the device is ignored.
     The event's value is the number of seconds offline; its threshold is ``for``.
     """
+    changes, events = offline_changes(rules, state, device, offline, since, now)
+    if not changes:
+        return state, events
+    return state.updated(device, changes[device]), events
+
+
+def offline_changes(  # noqa: PLR0917 - mirrors evaluate_offline()
+    rules: RuleSet, state: StateView, device: str, offline: bool, since: float, now: float
+) -> tuple[Changes, list[AlertEvent]]:
+    """:func:`evaluate_offline` as changes to apply (reads ``state`` only)."""
     rule, since, now = rules.offline, float(since), float(now)
     params = rules.params(rule, device)
     params = replace(params, threshold=params.for_s, clear=params.for_s)
     old = state.device(device).get((OFFLINE_RULE, None), IDLE)
     if not params.enabled or since < old.last_ts:
-        return state, []
+        return {}, []
     kind: EventKind | None = None
     started = since if old.since is None else old.since
     if not offline:
@@ -215,16 +243,17 @@ def evaluate_offline(  # noqa: PLR0917 - mirrors evaluate()
         new = Condition(started, old.fired_at, old.severity, max(0.0, now - started), since, now)
         if old.fired_at is None and now - started >= params.for_s:
             new, kind = new._replace(fired_at=now, severity=params.severity), "firing"
-    state = state.updated(device, {(OFFLINE_RULE, None): new})
+    slot: Slot = (OFFLINE_RULE, None)
+    changes: Changes = {device: {slot: new}}
     if kind is None:
-        return state, []
+        return changes, []
     at = now if kind == "firing" else since
     event = _event(kind, rule, params, device=device, instance=None, metric=OFFLINE_RULE,
                    cond=new._replace(last_ts=at), started_at=started)
-    return state, [event]
+    return changes, [event]
 
 
-def firing(state: AlertState) -> list[FiringAlert]:
+def firing(state: StateView) -> list[FiringAlert]:
     """Every currently firing alert, sorted by key."""
     alerts = [
         FiringAlert(alert_key(rule, device, instance), rule, device, instance,
@@ -252,7 +281,7 @@ class PendingAlert:
     summary: str
 
 
-def pending(rules: RuleSet, state: AlertState) -> list[PendingAlert]:
+def pending(rules: RuleSet, state: StateView) -> list[PendingAlert]:
     """Every pending (holding, not yet firing) alert, worst first: severity, then oldest."""
     rank = {"critical": 0, "warning": 1, "info": 2}
     out: list[PendingAlert] = []
@@ -308,17 +337,27 @@ def expire(rules: RuleSet, state: AlertState, now: float) -> tuple[AlertState, i
     """Drop keys that are not firing and got no sample for :func:`expiry_s`; return the new
     state and how many keys went. Firing alerts stay until they resolve (or a rules reload
     prunes them)."""
+    removals = expire_removals(rules, state, now)
     replaced: dict[str, DeviceConds] = {}
-    dropped = 0
+    for device, slots in removals.items():
+        gone = set(slots)
+        replaced[device] = {k: v for k, v in state.device(device).items() if k not in gone}
+    return state.with_devices(replaced), sum(len(slots) for slots in removals.values())
+
+
+def expire_removals(rules: RuleSet, state: StateView, now: float) -> Removals:
+    """The keys :func:`expire` drops, per device (reads ``state`` only)."""
+    removals: Removals = {}
     for device in list(state.devices()):
-        conds = state.device(device)
         ttl: dict[str, float] = {}
-        for rule_name, _ in conds:
-            if rule_name not in ttl:
-                ttl[rule_name] = expiry_s(rules, rule_name, device)
-        keep = {slot: cond for slot, cond in conds.items()
-                if cond.firing or now - cond.seen <= ttl[slot[0]]}
-        if len(keep) < len(conds):
-            dropped += len(conds) - len(keep)
-            replaced[device] = keep
-    return state.with_devices(replaced), dropped
+        gone: list[Slot] = []
+        for slot, cond in state.device(device).items():
+            if cond.firing:
+                continue
+            if slot[0] not in ttl:
+                ttl[slot[0]] = expiry_s(rules, slot[0], device)
+            if now - cond.seen > ttl[slot[0]]:
+                gone.append(slot)
+        if gone:
+            removals[device] = gone
+    return removals
