@@ -67,31 +67,38 @@ async def slack() -> AsyncIterator[FakeSlack]:
 # --- the budget on its own -----------------------------------------------------------------
 
 
+def send(budget: NotifyBudget, alerts: list[Alert], now: float,
+         was_posted: Any = lambda a: False) -> tuple[list[Alert], list[Alert]]:
+    """Admit, then count what is posted as delivered."""
+    post, held = budget.admit(alerts, now, was_posted=was_posted)
+    budget.record(post, now)
+    return post, held
+
+
 def test_device_budget_is_a_sliding_window() -> None:
     budget = NotifyBudget(BudgetSettings(window_s=600, per_device=5, per_rule=0))
-    post, held = budget.admit([alert("x", n=i) for i in range(8)], T0, was_posted=lambda a: False)
+    post, held = send(budget, [alert("x", n=i) for i in range(8)], T0)
     assert (len(post), len(held)) == (5, 3)
-    post, held = budget.admit([alert("y"), alert("x", n=9)], T0 + 1, was_posted=lambda a: False)
+    post, held = send(budget, [alert("y"), alert("x", n=9)], T0 + 1)
     assert [a.device for a in post] == ["y"] and [a.device for a in held] == ["x"]
-    post, _ = budget.admit([alert("x", n=10)], T0 + 600, was_posted=lambda a: False)
+    post, _ = send(budget, [alert("x", n=10)], T0 + 600)
     assert len(post) == 1  # the first five have left the window
 
 
 def test_rule_budget_counts_messages_not_devices() -> None:
     budget = NotifyBudget(BudgetSettings(window_s=600, per_device=5, per_rule=3))
     for i in range(3):
-        post, _ = budget.admit([alert(f"d{i}-{j}") for j in range(50)], T0 + i,
-                               was_posted=lambda a: False)
+        post, _ = send(budget, [alert(f"d{i}-{j}") for j in range(50)], T0 + i)
         assert len(post) == 50  # fifty offline devices in one message is one notification
-    post, held = budget.admit([alert("late")], T0 + 3, was_posted=lambda a: False)
+    post, held = send(budget, [alert("late")], T0 + 3)
     assert (post, [a.device for a in held]) == ([], ["late"])
 
 
 def test_a_resolution_of_a_posted_alert_always_goes_out() -> None:
     budget = NotifyBudget(BudgetSettings(window_s=600, per_device=1, per_rule=1))
-    budget.admit([alert("x", n=0)], T0, was_posted=lambda a: False)
+    send(budget, [alert("x", n=0)], T0)
     ended = [alert("x", kind="resolved", n=0), alert("x", kind="resolved", n=1)]
-    post, held = budget.admit(ended, T0 + 1, was_posted=lambda a: a.instance == "0")
+    post, held = send(budget, ended, T0 + 1, was_posted=lambda a: a.instance == "0")
     assert [a.instance for a in post] == ["0"] and [a.instance for a in held] == ["1"]
 
 
@@ -104,7 +111,33 @@ def test_restore_counts_what_was_posted_before_a_restart() -> None:
     assert post == []  # q had two messages (T0 + 1 and T0 + 2)
 
 
+def test_only_delivered_messages_spend_the_budget() -> None:
+    budget = NotifyBudget(BudgetSettings(window_s=600, per_device=2, per_rule=1))
+    for attempt in range(5):  # a Slack outage: the same message attempted again and again
+        post, held = budget.admit([alert("x", n=0), alert("x", n=1)], T0 + attempt,
+                                  was_posted=lambda a: False)
+        assert (len(post), held) == (2, [])
+    budget.record(post, T0 + 5)
+    post, held = budget.admit([alert("x", n=2)], T0 + 6, was_posted=lambda a: False)
+    assert (post, len(held)) == ([], 1)
+
+
 # --- through the dispatcher and a Slack stand-in -------------------------------------------
+
+
+async def test_a_slack_outage_spends_no_budget(slack: FakeSlack, tmp_path: Path) -> None:
+    slack.fail_with(503, count=4)
+    notifier = SlackNotifier(webhook_url=slack.webhook_url)
+    d = AlertDispatcher(outbox=Outbox(tmp_path / "o.db"), notifier=notifier, group_window_s=0,
+                        backoff_initial_s=0.01, backoff_max_s=0.05, poll_interval_s=0.05,
+                        budget=BudgetSettings(window_s=600, per_device=3, per_rule=0))
+    async with d:
+        d.submit([alert("x", n=i) for i in range(3)])
+        await slack.wait_for_messages(1)
+    await notifier.aclose()
+    assert slack.statuses() == [503, 503, 503, 503, 200]
+    assert d.stats().suppressed_alerts == 0 and len(slack.event_ids()) == 3
+    d.outbox.close()
 
 
 def flood_sample(ts: float, first: int) -> AcceptedSample:

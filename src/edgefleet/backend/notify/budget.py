@@ -75,29 +75,42 @@ class NotifyBudget:
     def admit(
         self, alerts: Sequence[Alert], now: float, *, was_posted: Callable[[Alert], bool]
     ) -> tuple[list[Alert], list[Alert]]:
-        """Split one message's alerts into ``(post, suppress)`` and count what is posted.
+        """Split one message's alerts into ``(post, suppress)``; counts nothing (call
+        :meth:`record` once the message was delivered, so an outage spends no budget).
 
         ``was_posted(resolved_alert)`` tells whether its firing event reached Slack.
         """
         s = self.settings
-        exempt = [a for a in alerts if a.kind == "resolved" and not a.repeat and was_posted(a)]
-        others = [a for a in alerts if not any(a is e for e in exempt)]
-        post, suppress = list(exempt), []
-        rule_ok = not s.per_rule or self._window(self._rules, alerts[0].rule).room(
-            now, s.window_s, s.per_rule) > 0
-        for alert in others:
-            window = self._window(self._devices, alert.device)
-            if rule_ok and (not s.per_device or window.room(now, s.window_s, s.per_device) > 0):
-                window.times.append(now)
+        rule_room = self._room(self._rules, alerts[0].rule, now, s.per_rule)
+        taken: dict[str, int] = {}
+        post: list[Alert] = []
+        suppress: list[Alert] = []
+        for alert in alerts:
+            if alert.kind == "resolved" and not alert.repeat and was_posted(alert):
+                post.append(alert)
+                continue
+            used = taken.get(alert.device, 0)
+            if rule_room > 0 and self._room(self._devices, alert.device, now, s.per_device) > used:
+                taken[alert.device] = used + 1
                 post.append(alert)
             else:
                 suppress.append(alert)
-        for alert in exempt:
-            self._window(self._devices, alert.device).times.append(now)
-        if post:
-            self._window(self._rules, alerts[0].rule).times.append(now)
-        self._forget_idle(now)
         return post, suppress
+
+    def record(self, alerts: Sequence[Alert], now: float) -> None:
+        """Count one delivered message and the alerts it carried."""
+        if not alerts:
+            return
+        for alert in alerts:
+            self._window(self._devices, alert.device).times.append(now)
+        self._window(self._rules, alerts[0].rule).times.append(now)
+        self._forget_idle(now)
+
+    def _room(self, table: dict[str, _Window], name: str, now: float, limit: int) -> float:
+        if not limit:
+            return math.inf
+        window = table.get(name)
+        return limit if window is None else window.room(now, self.settings.window_s, limit)
 
     def _window(self, table: dict[str, _Window], name: str) -> _Window:
         found = table.get(name)
@@ -130,6 +143,10 @@ class FloodControl:
     def restore(self, now: float) -> None:
         """Count the posts of the last window (after a restart)."""
         self.budget.restore(self.outbox.sent_since(now - self.budget.settings.window_s))
+
+    def posted(self, batch: Sequence[OutboxEntry], now: float) -> None:
+        """A message with these entries was delivered: count it against the budget."""
+        self.budget.record([entry.alert for entry in batch], now)
 
     def admit(self, batch: Sequence[OutboxEntry], now: float) -> tuple[list[OutboxEntry], int]:
         """The entries to post, and how many were marked suppressed."""

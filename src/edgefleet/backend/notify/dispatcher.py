@@ -240,6 +240,7 @@ class AlertDispatcher:
                 self._retry(batch, exc)
                 return False
         self.outbox.mark_sent([a.event_id for a in alerts], self._clock())
+        self._flood.posted(batch, self._clock())
         self._refusals = 0
         self._stats.sent_messages += 1
         self._stats.sent_alerts += len(alerts)
