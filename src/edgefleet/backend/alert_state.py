@@ -126,6 +126,10 @@ class AlertState:
                 for (rule, instance), cond in conds.items():
                     yield rule, device, instance, cond
 
+    def active_items(self) -> Iterator[tuple[str, str, str | None, Condition]]:
+        """Like :meth:`items`, only the pending and firing keys."""
+        return (item for item in self.items() if not item[3].idle)
+
     def __len__(self) -> int:
         return sum(len(conds) for shard in self.shards for conds in shard.values())
 
@@ -172,6 +176,10 @@ class StateView(Protocol):
         """Every ``(rule, device, instance, condition)``."""
         ...
 
+    def active_items(self) -> Iterator[tuple[str, str, str | None, Condition]]:
+        """Like :meth:`items`, only the pending and firing keys."""
+        ...
+
 
 class LiveAlertState:
     """The alert centre's own state: mutable, changed in place by :meth:`apply` and
@@ -202,6 +210,13 @@ class LiveAlertState:
         for device, conds in self._devices.items():
             for (rule, instance), cond in conds.items():
                 yield rule, device, instance, cond
+
+    def active_items(self) -> Iterator[tuple[str, str, str | None, Condition]]:
+        """Like :meth:`items`, only the pending and firing keys (never walks idle ones)."""
+        for device, slots in self._active.items():
+            conds = self._devices[device]
+            for rule, instance in slots:
+                yield rule, device, instance, conds[(rule, instance)]
 
     def __len__(self) -> int:
         return sum(len(conds) for conds in self._devices.values())

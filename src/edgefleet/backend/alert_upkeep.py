@@ -41,7 +41,7 @@ def firing(state: StateView) -> list[FiringAlert]:
         FiringAlert(alert_key(rule, device, instance), rule, device, instance,
                     cond.severity or "", cond.since if cond.since is not None else cond.fired_at,
                     cond.fired_at, cond.last_value, cond.last_ts)
-        for rule, device, instance, cond in state.items()
+        for rule, device, instance, cond in state.active_items()
         if cond.fired_at is not None
     ]
     return sorted(alerts, key=lambda alert: alert.key)
@@ -67,7 +67,7 @@ def pending(rules: RuleSet, state: StateView) -> list[PendingAlert]:
     """Every pending (holding, not yet firing) alert, worst first: severity, then oldest."""
     rank = {"critical": 0, "warning": 1, "info": 2}
     out: list[PendingAlert] = []
-    for rule_name, device, instance, cond in state.items():
+    for rule_name, device, instance, cond in state.active_items():
         rule = rules.rule(rule_name) if cond.since is not None and not cond.firing else None
         if rule is None or cond.since is None:
             continue

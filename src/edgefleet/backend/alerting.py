@@ -49,6 +49,7 @@ RECENT_MAX = 200
 PENDING_MAX = 200  # pending alerts listed by GET /api/alerts (worst first)
 SAVE_EVERY_S = 5.0
 EXPIRE_EVERY_S = 60.0
+REMIND_EVERY_S = 30.0  # reminders are hours apart: no need to look every tick
 _RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
@@ -85,6 +86,7 @@ class AlertCenter:
         self._must_save = bool(self._dirty)
         self._generation = 0
         self._saved_at = self._expired_at = time.monotonic()
+        self._reminded_at = -REMIND_EVERY_S
 
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""
@@ -117,9 +119,9 @@ class AlertCenter:
         out: list[dict[str, Any]] = []
         for device, since in list(self.offline.items()):
             out += self._offline(device, True, since, now)
-        firing = [Alert.from_dict(a) for a in self.firing.values()]
-        if firing:
-            self.dispatcher.remind(firing, now)
+        if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
+            self._reminded_at = time.monotonic()
+            self.dispatcher.remind((Alert.from_dict(a) for a in self.firing.values()), now)
         if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
             self._expired_at = time.monotonic()
             self.expire(now)
