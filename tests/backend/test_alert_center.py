@@ -261,3 +261,19 @@ rules:
     c.on_samples([sample("a", T0 + 300, **{"cpu.percent": 95.0})], T0 + 300)
     keys = [p["key"] for p in c.public()["pending"]]
     assert "hot|a|" not in keys and "hot|a|" in c.firing  # fired: no longer pending
+
+
+def test_an_older_save_finishing_last_does_not_overwrite_a_newer_one(
+    store: CountingStore, dispatcher: AlertDispatcher
+) -> None:
+    c = center(store, dispatcher)
+    c.on_samples([sample("a", T0, **{"disk.used_percent[/]": 99.0})], T0)
+    older = c.take_save()
+    c.on_samples([sample("a", T0 + 10, **{"disk.used_percent[/]": 10.0})], T0 + 10)
+    newer = c.take_save()
+    assert older is not None and newer is not None
+    newer()  # the ingest and tick loops save from worker threads: order is not guaranteed
+    older()
+    again = center(store, dispatcher)
+    assert again.firing == {} and again.public()["pending"] == []
+    assert [e["kind"] for e in again.recent] == ["resolved", "firing"]

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = "alerts.devices"
 DEVICE_PREFIX = "alerts.device/"
+RECENT = "alerts.recent"
 OLD_STATE = "alerts.state"  # before per-device documents: the whole fleet in one blob
 OLD_FIRING = "alerts.firing"
 DOC_VERSION = 2
@@ -73,6 +74,7 @@ class AlertPersistence:
         self._texts: dict[str, int] = {}  # device -> hash of the text last written
         self._written_gen: dict[str, int] = {}
         self._drop_old = False
+        self._recent_gen = -1
 
     def load(self) -> Loaded:
         """Read the per-device documents, or migrate the old single blobs."""
@@ -104,9 +106,15 @@ class AlertPersistence:
         devices = set(state.devices()) | {str(doc["device"]) for doc in firing.values()}
         return Loaded(state, firing, migrated=bool(text) or bool(firing), devices=devices)
 
-    def save(self, generation: int, snapshot: Mapping[str, DeviceSnapshot]) -> None:
-        """Write the documents of ``snapshot`` that changed (run in a worker thread)."""
+    def save(
+        self, generation: int, snapshot: Mapping[str, DeviceSnapshot], recent: str | None = None
+    ) -> None:
+        """Write the documents of ``snapshot`` that changed, and ``recent`` (the newest
+        events) unless a newer generation already did (run in a worker thread)."""
         with self._lock:
+            if recent is not None and generation > self._recent_gen:
+                self.store.put_state(RECENT, recent)
+                self._recent_gen = generation
             texts = {
                 device: _doc_text(snap) for device, snap in snapshot.items()
                 if self._written_gen.get(device, -1) < generation

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from edgefleet.backend.alert_persist import AlertPersistence, DeviceSnapshot
+from edgefleet.backend.alert_persist import RECENT, AlertPersistence, DeviceSnapshot
 from edgefleet.backend.alerts import (
     AlertEvent,
     LiveAlertState,
@@ -44,7 +44,6 @@ from edgefleet.common.logs import kv
 
 log = logging.getLogger(__name__)
 
-RECENT = "alerts.recent"
 RECENT_MAX = 200
 PENDING_MAX = 200  # pending alerts listed by GET /api/alerts (worst first)
 SAVE_EVERY_S = 5.0
@@ -179,13 +178,7 @@ class AlertCenter:
         self._dirty = set()
         self._must_save = False
         self._saved_at = time.monotonic()
-        return partial(self._save, self._generation, snapshot, recent)
-
-    def _save(self, generation: int, snapshot: dict[str, DeviceSnapshot],
-              recent: str | None) -> None:
-        self.persist.save(generation, snapshot)
-        if recent is not None:
-            self.store.put_state(RECENT, recent)
+        return partial(self.persist.save, self._generation, snapshot, recent)
 
     def severities(self) -> dict[str, list[str]]:
         """Device -> severities of its firing alerts."""
