@@ -12,8 +12,12 @@ from typing import Any
 import pytest
 from slack_sdk.models.blocks import Block
 
+from edgefleet.backend.alerting import AlertCenter
 from edgefleet.backend.notify import Alert, AlertDispatcher, BudgetSettings, Outbox, SlackNotifier
 from edgefleet.backend.notify.format import format_group, format_suppressed
+from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.rules import parse_rules
+from edgefleet.backend.store import FleetStore
 from fakeslack import FakeSlack
 
 HOSTILE = ["<!channel>", "<!here>", "<@U123>", "<https://x|y>", "R&D"]
@@ -143,3 +147,33 @@ def test_a_huge_summary_keeps_within_block_kit_limits() -> None:
                            f"dev-0{ESCAPED[0]}")
     assert "3,000 more alert events suppressed in the last 9 min" in text
     assert_inert({"text": text, "blocks": blocks, "metadata": {}})
+
+
+async def test_instance_names_from_a_sample_reach_slack_escaped(
+    slack: FakeSlack, tmp_path: Path
+) -> None:
+    rules = parse_rules("""
+version: 1
+rules:
+  - {name: disk_full, metric: disk.used_percent, op: ">", threshold: 95, clear: 90, for: 0s,
+     summary: "Disk {instance} {value:.0f}% full on {device}"}
+""")
+    notifier = SlackNotifier(token=slack.token, channel="#alerts", api_url=slack.api_url)
+    d = AlertDispatcher(outbox=Outbox(tmp_path / "o.db"), notifier=notifier, group_window_s=0,
+                        budget=BudgetSettings(per_device=0, per_rule=0))
+    store = FleetStore(tmp_path / "fleet.db")
+    center = AlertCenter(rules, store, d)
+    names = {f"disk.used_percent[{name}]": 99.0 for name in HOSTILE}
+    center.on_samples([AcceptedSample("dev-1", 0, T0, names)], T0)
+    center.on_samples([AcceptedSample("dev-1", 1, T0 + 10, {"disk.used_percent[<!here>]": 1.0})],
+                      T0 + 10)
+    async with d:
+        await slack.wait_for_messages(2)
+    await notifier.aclose()
+    for message in slack.messages:
+        assert_inert(message)
+    firing = next(m for m in slack.messages if "firing" in m["text"])
+    for escaped in ESCAPED:
+        assert escaped in firing["text"] and escaped in str(firing["blocks"])
+    d.outbox.close()
+    store.close()

@@ -101,7 +101,7 @@ def _format_many(alerts: Sequence[Alert], max_lines: int) -> tuple[str, list[Blo
         blocks.append({"type": "context", "elements": [_mrkdwn(f"... and {hidden} more")]})
     summary = f"{devices} device(s) · first started {slack_time(first)}"
     blocks.append({"type": "context", "elements": [_mrkdwn(summary)]})
-    names = ", ".join(a.device for a in ordered[:20])
+    names = ", ".join(a.device + (f" {a.instance}" if a.instance else "") for a in ordered[:20])
     more = f" ... and {len(ordered) - 20} more" if len(ordered) > 20 else ""
     return _clip(f"{title}: {names}{more}", MAX_FALLBACK), blocks
 
