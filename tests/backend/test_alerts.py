@@ -10,11 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet.backend.alert_state import conditions_from_rows, device_rows
 from edgefleet.backend.alerts import (
     AlertEvent,
     AlertState,
     AlertStateError,
+    LiveAlertState,
     evaluate,
+    evaluate_changes,
     evaluate_offline,
     firing,
     prune,
@@ -369,3 +372,77 @@ def test_a_pending_time_from_a_future_clock_restarts_when_the_clock_returns() ->
     assert events == []
     _, events = run(cpu(*every_10s(*[95] * 8, start=1010)), state=state)
     assert brief(events) == [("firing", 1070, 1010)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(-20, 60),  # step of ts; negative = out of order
+            st.floats(0, 100, allow_nan=False),
+            st.sampled_from(["coretemp/a", "coretemp/b"]),
+            st.booleans(),  # save the device's document (pending and firing only), restore it
+        ),
+        max_size=60,
+    )
+)
+def test_per_device_documents_keep_events_alternating(
+    steps: list[tuple[float, float, str, bool]],
+) -> None:
+    rules = parse_rules("""
+version: 1
+rules:
+  - {name: hot, metric: temp.celsius, op: ">", threshold: 60, clear: 40, for: 20}
+""")
+    state, ts = AlertState(), 0.0
+    last_kind: dict[str, str] = {}
+    for step, value, instance, restore in steps:
+        ts += step
+        if restore:
+            rows = json.loads(json.dumps(device_rows(state.device("d"))))
+            state = AlertState().with_devices({"d": conditions_from_rows(rows)})
+        state, events = evaluate(rules, state, "d", ts, {f"temp.celsius[{instance}]": value}, ts)
+        for event in events:
+            assert last_kind.get(event.key, "resolved") != event.kind
+            last_kind[event.key] = event.kind
+    assert {a.key for a in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["a", "b"]), st.floats(-20, 60), st.floats(0, 100),
+                      st.sampled_from(["/", "/data", None])),
+            max_size=6,
+        ),
+        max_size=15,
+    )
+)
+def test_batches_of_changes_equal_one_sample_at_a_time(
+    batches: list[list[tuple[str, float, float, str | None]]],
+) -> None:
+    rules = parse_rules("""
+version: 1
+rules:
+  - {name: full, metric: disk.used_percent, op: ">", threshold: 60, clear: 40, for: 20}
+  - {name: any, metric: disk.used_percent, op: ">=", threshold: 50, for: 0}
+""")
+    one, live = AlertState(), LiveAlertState()
+    by_one: list[AlertEvent] = []
+    by_batch: list[AlertEvent] = []
+    ts = 1000.0
+    for batch in batches:
+        samples = []
+        for device, step, value, instance in batch:
+            ts += step
+            key = "disk.used_percent" + (f"[{instance}]" if instance else "")
+            samples.append((device, ts, {key: value}))
+        for device, at, metrics in samples:  # `now` is the time the batch is handled
+            one, new = evaluate(rules, one, device, at, metrics, ts)
+            by_one += new
+        changes, new = evaluate_changes(rules, live, samples, ts)
+        live.apply(changes)
+        by_batch += new
+    assert [e.event_id for e in by_batch] == [e.event_id for e in by_one]
+    assert sorted(map(repr, live.items())) == sorted(map(repr, one.items()))

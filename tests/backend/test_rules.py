@@ -44,10 +44,10 @@ rules:
       - groups: [lab]
         enabled: false
   - name: low_space
-    metric: disk.free_percent[/data]
+    metric: disk.free_bytes[/data]
     op: "<"
-    threshold: 10
-    clear: 15
+    threshold: 1e9
+    clear: 2e9
   - name: hot
     metric: temp.celsius
     instance: "coretemp/*"
@@ -84,7 +84,7 @@ def test_good_file_compiles_with_defaults_applied(tmp_path: Path) -> None:
     assert rules.source == str(tmp_path / "rules.yaml")
     space, hot = rules.rule("low_space"), rules.rule("hot")
     assert space is not None and hot is not None
-    assert (space.family, space.instance) == ("disk.free_percent", "/data")
+    assert (space.family, space.instance) == ("disk.free_bytes", "/data")
     assert (space.base.for_s, space.base.severity) == (30, "info")
     assert (hot.base.clear, hot.instance) == (80, "coretemp/*")
     assert hot.applies_to("coretemp/Package id 0")
@@ -164,7 +164,7 @@ version: 1
 groups: {{lab: [lab-1]}}
 rules:
   - name: first
-    metric: mem.used_percent
+    metric: memory.used_percent
     op: ">"
     threshold: 1
   - {body}
@@ -210,7 +210,38 @@ BAD_RULES = [
      "rule 'c' field 'threshold': Input should be a valid number"),
     ("name: c, metric: cpu.percent, op: '>', threshold: 9, overrides: [{devices: [x], for: -1}]",
      "rule 'c' overrides[0] field 'for': must be a duration"),
+    # the metric families the agent sends, and what values they can take
+    ("name: typo, metric: cpu.percnt, op: '>', threshold: 9",
+     "rule 'typo' field 'metric': unknown metric family 'cpu.percnt' (did you mean"
+     " 'cpu.percent'? known: cpu.core_percent, cpu.iowait_percent, cpu.percent, disk.error,"),
+    ("name: custom, metric: 'fan.rpm[cpu]', op: '>', threshold: 9",
+     "rule 'custom' field 'metric': unknown metric family 'fan.rpm' (known: cpu.core_percent,"),
+    ("name: neg, metric: cpu.percent, op: '>', threshold: -5",
+     "rule 'neg' field 'threshold': cpu.percent is a percentage: must be within 0-100 (got -5)"),
+    ("name: big, metric: 'disk.used_percent[/]', op: '>', threshold: 101, clear: 90",
+     "rule 'big' field 'threshold': disk.used_percent is a percentage: must be within 0-100"
+     " (got 101)"),
+    ("name: lo, metric: swap.used_percent, op: '<', threshold: 10, clear: 120",
+     "rule 'lo' field 'clear': swap.used_percent is a percentage: must be within 0-100"
+     " (got 120)"),
+    ("name: o, metric: cpu.percent, op: '>', threshold: 90, overrides: [{devices: [x],"
+     " threshold: 150}]",
+     "rule 'o' overrides[0] field 'threshold': cpu.percent is a percentage: must be within"
+     " 0-100 (got 150)"),
+    ("name: rate, metric: net.rx_bytes_per_s, op: '<', threshold: -1",
+     "rule 'rate' field 'threshold': net.rx_bytes_per_s is never negative: must be >= 0"
+     " (got -1)"),
 ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["name: cold, metric: temp.celsius, op: '<', threshold: -20, clear: -15",
+     "name: full, metric: cpu.percent, op: '>=', threshold: 100, clear: 0",
+     "name: idle, metric: 'net.rx_bytes_per_s[eth0]', op: '<=', threshold: 0"],
+)
+def test_edge_values_a_metric_can_take_are_accepted(body: str) -> None:
+    parse_rules(RULE.format(body="{" + body + "}"))
 
 
 @pytest.mark.parametrize(("body", "expected"), BAD_RULES)

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from edgefleet.common.metric_families import impossible_value, unknown_family
 from edgefleet.errors import ConfigError
 
 OPS = (">", ">=", "<", "<=")
@@ -322,16 +323,29 @@ def _check_semantics(doc: _File) -> None:
         seen[rule.name] = i
         if rule.instance is not None and "[" in rule.metric:
             raise _Invalid(("rules", i, "instance"), "metric already names an instance")
+        family = rule.metric.partition("[")[0]
+        if (reason := unknown_family(family)) is not None:
+            raise _Invalid(("rules", i, "metric"), reason)
+        _check_values(family, rule, ("rules", i))
         clear = rule.threshold if rule.clear is None else rule.clear
         _check_side(rule.op, rule.threshold, clear, ("rules", i, "clear"))
         for j, override in enumerate(rule.overrides):
             _check_override(override, doc.groups, ("rules", i, "overrides", j))
+            _check_values(family, override, ("rules", i, "overrides", j))
             if override.clear is not None:
                 threshold = rule.threshold if override.threshold is None else override.threshold
                 loc = ("rules", i, "overrides", j, "clear")
                 _check_side(rule.op, threshold, override.clear, loc)
     for j, offline_override in enumerate(doc.offline.overrides):
         _check_override(offline_override, doc.groups, ("offline", "overrides", j))
+
+
+def _check_values(family: str, spec: _Rule | _Override, loc: tuple[int | str, ...]) -> None:
+    """A threshold or clear the metric can never take (e.g. -5 %) is an error."""
+    for name in ("threshold", "clear"):
+        value = getattr(spec, name)
+        if value is not None and (reason := impossible_value(family, value)) is not None:
+            raise _Invalid((*loc, name), reason)
 
 
 def _check_side(op: str, threshold: float, clear: float, loc: tuple[int | str, ...]) -> None:

@@ -28,7 +28,7 @@ from edgefleet.backend.fleet import FleetState
 from edgefleet.backend.hub import Hub
 from edgefleet.backend.inbox import Inbound, Inbox
 from edgefleet.backend.ingest import Ingest
-from edgefleet.backend.notify import AlertDispatcher, Outbox
+from edgefleet.backend.notify import AlertDispatcher, BudgetSettings, Outbox
 from edgefleet.backend.persist import BatchWriter, Message
 from edgefleet.backend.quarantine import Quarantine
 from edgefleet.backend.records import AcceptedSample
@@ -69,6 +69,8 @@ class Backend:
         self.dispatcher = AlertDispatcher(
             outbox=self.outbox, notifier=_notifier(s),
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
+            budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
+                                  s.alert_budget_per_rule),
         )
         self.alerts = AlertCenter(rules, self.store, self.dispatcher)
         self.hub = Hub(interval_s=s.ws_interval_s, queue_frames=s.ws_queue_frames)

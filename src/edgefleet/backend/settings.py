@@ -100,6 +100,11 @@ class BackendSettings(BaseSettings):
             WebAccess.build(allowed_origins=value)
         return value
 
+    # --- alert notification budget (alerts) ---
+    alert_budget_window_s: float = Field(default=600.0, ge=10)
+    alert_budget_per_device: int = Field(default=5, ge=0)  # alert events per device; 0 = off
+    alert_budget_per_rule: int = Field(default=20, ge=0)  # messages per rule; 0 = off
+
     @field_validator("slack_api_url")
     @classmethod
     def _trailing_slash(cls, value: str) -> str:

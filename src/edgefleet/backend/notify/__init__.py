@@ -4,7 +4,8 @@
     format      format_group(alerts) -> (fallback text, blocks); standard library only
     outbox      Outbox: SQLite (WAL) store, exactly once per event id
     slack       SlackNotifier: slack_sdk async webhook or bot-token client (needs aiohttp)
-    dispatcher  AlertDispatcher: the asyncio loop grouping, sending and retrying
+    budget      NotifyBudget, BudgetSettings: per-device and per-rule limits per window
+    dispatcher  AlertDispatcher: the asyncio loop grouping, budgeting, sending and retrying
 
 ``SlackNotifier`` is imported lazily so that ``format`` and ``model`` stay usable where
 aiohttp is not installed (an AWS Lambda).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.backend.notify.budget import BudgetSettings, NotifyBudget
 from edgefleet.backend.notify.dispatcher import AlertDispatcher, DispatcherStats
 from edgefleet.backend.notify.format import format_group
 from edgefleet.backend.notify.model import (
@@ -31,9 +33,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Alert",
     "AlertDispatcher",
+    "BudgetSettings",
     "DeliveryRefusedError",
     "DispatcherStats",
     "Notifier",
+    "NotifyBudget",
     "NotifyError",
     "Outbox",
     "OutboxEntry",

@@ -7,6 +7,11 @@ exponential backoff (capped at ``backoff_max_s``) or the server's Retry-After, a
 stops; on :class:`DeliveryRefusedError` the group is marked failed, counted and logged, and
 sending pauses with the same growing backoff, so a bad token never spins. Without a notifier
 the alerts go to the log and are marked sent.
+
+Before a group is sent, the :class:`NotifyBudget` (per device and per rule, see
+:mod:`edgefleet.backend.notify.budget`) takes out what is over budget: those alerts are
+marked ``suppressed`` in the outbox and counted, and one summary message per budget window
+(the first as soon as the grouping window allows) says how many were held back, per device.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from edgefleet.backend.notify.budget import BudgetSettings, FloodControl
 from edgefleet.backend.notify.format import DEFAULT_MAX_LINES, format_group, message_metadata
 from edgefleet.backend.notify.model import (
     Alert,
@@ -37,13 +43,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DispatcherStats:
-    """Counters: messages and alerts delivered, failed attempts by reason, alerts given up."""
+    """Counters: messages and alerts delivered, failed attempts by reason, alerts given up,
+    alerts held back by the notification budget and the summaries that reported them."""
 
     sent_messages: int = 0
     sent_alerts: int = 0
     failed_alerts: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     outbox_depth: int = 0
+    suppressed_alerts: int = 0
+    summaries_sent: int = 0
 
 
 class AlertDispatcher:
@@ -62,6 +71,7 @@ class AlertDispatcher:
         max_batch: int = 100,
         max_lines: int = DEFAULT_MAX_LINES,
         stop_timeout_s: float = 15.0,
+        budget: BudgetSettings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
@@ -76,6 +86,7 @@ class AlertDispatcher:
         self._stop_timeout = stop_timeout_s
         self._clock = clock
         self._stats = DispatcherStats()
+        self._flood = FloodControl(outbox, budget, group_window_s)
         self._paused_until = 0.0
         self._refusals = 0
         self._wake = asyncio.Event()
@@ -100,6 +111,7 @@ class AlertDispatcher:
         if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._flood.restore(self._clock())
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="alert-dispatcher")
 
@@ -149,6 +161,8 @@ class AlertDispatcher:
             s.failed_alerts,
             dict(s.failures_by_reason),
             self.outbox.depth(),
+            s.suppressed_alerts,
+            s.summaries_sent,
         )
 
     async def run_once(self) -> float:
@@ -157,10 +171,42 @@ class AlertDispatcher:
         if now < self._paused_until:
             return min(self._paused_until - now, self._poll)
         entries = self.outbox.due(now, limit=self._max_batch * 10)
-        for batch in batches(entries, self._max_batch):
-            if self._stopping.is_set() or not await self._deliver(batch):
+        for group in batches(entries, self._max_batch):
+            if self._stopping.is_set():
                 break
+            batch = self._within_budget(group)
+            if batch and not await self._deliver(batch):
+                break
+        else:
+            await self._summarise()
         return self._next_wait()
+
+    def _within_budget(self, batch: Sequence[OutboxEntry]) -> list[OutboxEntry]:
+        """The entries the budget lets through; the rest are marked suppressed."""
+        post, held = self._flood.admit(batch, self._clock())
+        self._stats.suppressed_alerts += held
+        return post
+
+    async def _summarise(self) -> None:
+        """Post one summary of the suppressed alerts when one is due."""
+        now = self._clock()
+        summary = self._flood.summary(now)
+        if summary is None:
+            return
+        text, blocks, metadata = summary
+        if self._notifier is None:
+            log.warning("alert summary: %s", text)
+        else:
+            try:
+                await self._notifier.send(text=text, blocks=blocks, metadata=metadata)
+            except DeliveryRefusedError as exc:
+                log.error("slack refused the budget summary", extra=kv(reason=exc.reason))
+            except NotifyError as exc:
+                self._paused_until = now + self._backoff(1)
+                self._count(exc.reason)
+                return
+        self._flood.summarised(now)
+        self._stats.summaries_sent += 1
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -194,6 +240,7 @@ class AlertDispatcher:
                 self._retry(batch, exc)
                 return False
         self.outbox.mark_sent([a.event_id for a in alerts], self._clock())
+        self._flood.posted(batch, self._clock())
         self._refusals = 0
         self._stats.sent_messages += 1
         self._stats.sent_alerts += len(alerts)

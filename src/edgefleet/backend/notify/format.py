@@ -4,12 +4,21 @@
 offline) into ONE message with a counted header and a compact device list, truncated with
 "... and N more" so that Slack's limits hold: at most 50 blocks, header text <= 150
 characters, section text <= 3000 characters, field text <= 2000 characters.
+
+Every string that comes from a device, a rule or an event id (device, instance, summary, rule,
+labels, event ids) is escaped ONCE, on the way in (:func:`safe`): ``&``, ``<`` and ``>``
+become ``&amp;``, ``&lt;`` and ``&gt;`` in every field of the payload, the fallback ``text``
+and the metadata included, so no ``<!channel>``, ``<@U123>`` or ``<https://x|y>`` can reach
+Slack as markup. The only markup in a message is what this module writes itself (dates,
+bold, emoji). Clipping never cuts an entity in half.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from edgefleet.backend.notify.model import Alert
@@ -39,6 +48,7 @@ def format_group(
     """Return the fallback text and the blocks of one message about ``alerts``."""
     if not alerts:
         raise ValueError("format_group needs at least one alert")
+    alerts = [safe(alert) for alert in alerts]
     if len(alerts) == 1:
         return _format_one(alerts[0])
     return _format_many(alerts, max(1, max_lines))
@@ -53,7 +63,7 @@ def _format_one(alert: Alert) -> tuple[str, list[Block]]:
     where = alert.device + (f" / {alert.instance}" if alert.instance else "")
     value = f"{num(alert.value)} (threshold {num(alert.threshold)})"
     fields = [
-        _mrkdwn(_clip(f"*Device*\n{escape(where)}", MAX_FIELD)),
+        _mrkdwn(_clip(f"*Device*\n{where}", MAX_FIELD)),
         _mrkdwn(f"*Value*\n{value}"),
         _mrkdwn(f"*Since*\n{slack_time(alert.started_at)}"),
         _mrkdwn(
@@ -68,10 +78,10 @@ def _format_one(alert: Alert) -> tuple[str, list[Block]]:
         _header(f"{_emoji(alert)} {label}: {title}"),
         {
             "type": "section",
-            "text": _mrkdwn(_clip(f"*{escape(title)}*", MAX_SECTION)),
+            "text": _mrkdwn(_clip(f"*{title}*", MAX_SECTION)),
             "fields": fields,
         },
-        {"type": "context", "elements": [_mrkdwn(_clip(escape(context), MAX_FIELD))]},
+        {"type": "context", "elements": [_mrkdwn(_clip(context, MAX_FIELD))]},
     ]
     text = f"[{label}] {title} - {where}: {value}"
     return _clip(text, MAX_FALLBACK), blocks
@@ -91,20 +101,67 @@ def _format_many(alerts: Sequence[Alert], max_lines: int) -> tuple[str, list[Blo
         blocks.append({"type": "context", "elements": [_mrkdwn(f"... and {hidden} more")]})
     summary = f"{devices} device(s) · first started {slack_time(first)}"
     blocks.append({"type": "context", "elements": [_mrkdwn(summary)]})
-    names = ", ".join(a.device for a in ordered[:20])
+    names = ", ".join(a.device + (f" {a.instance}" if a.instance else "") for a in ordered[:20])
     more = f" ... and {len(ordered) - 20} more" if len(ordered) > 20 else ""
     return _clip(f"{title}: {names}{more}", MAX_FALLBACK), blocks
 
 
 def message_metadata(alerts: Sequence[Alert]) -> dict[str, Any]:
-    """Slack message metadata naming the group and every event id the message carries."""
+    """Slack message metadata naming the group and every event id the message carries
+    (escaped like every other field)."""
     return {
         "event_type": METADATA_EVENT_TYPE,
         "event_payload": {
-            "group": alerts[0].group_key,
-            "event_ids": [alert.event_id for alert in alerts],
+            "group": escape(alerts[0].group_key),
+            "event_ids": [escape(alert.event_id) for alert in alerts],
         },
     }
+
+
+def format_suppressed(
+    rows: Sequence[tuple[str, str, int]], *, since: float, now: float
+) -> tuple[str, list[Block]]:
+    """One message summarising alerts held back by the notification budget.
+
+    ``rows`` are ``(device, rule, count)``; each device gets one line such as
+    ``dev-x: 1,995 more alert events suppressed in the last 10 min (rules: a, b)``.
+    """
+    by_device: dict[str, tuple[int, list[str]]] = {}
+    for device, rule, count in rows:
+        total, rules = by_device.get(device, (0, []))
+        by_device[device] = (total + count, [*rules, rule])
+    minutes = max(1, math.ceil((now - since) / 60))
+    ordered = sorted(by_device.items(), key=lambda item: (-item[1][0], item[0]))
+    lines = [
+        _clip(f"{escape(device)}: {count:,} more alert events suppressed in the last "
+              f"{minutes} min (rules: {', '.join(escape(r) for r in sorted(rules))})", MAX_LINE)
+        for device, (count, rules) in ordered
+    ]
+    total = sum(count for _, (count, _) in ordered)
+    title = f"{total:,} alert notifications held back by the budget"
+    sections, shown = _pack(lines[:DEFAULT_MAX_LINES], MAX_BLOCKS - 3)
+    blocks: list[Block] = [_header(f":mute: {title}")]
+    blocks += [{"type": "section", "text": _mrkdwn(text)} for text in sections]
+    if len(lines) > shown:
+        more = f"... and {len(lines) - shown} more devices"
+        blocks.append({"type": "context", "elements": [_mrkdwn(more)]})
+    note = "Every event is in the alert history on the dashboard; the firing state is exact."
+    blocks.append({"type": "context", "elements": [_mrkdwn(note)]})
+    return _clip(f"{title}: " + "; ".join(lines[:20]), MAX_FALLBACK), blocks
+
+
+def safe(alert: Alert) -> Alert:
+    """A copy of ``alert`` whose free-text fields are escaped for Slack."""
+    return replace(
+        alert,
+        rule=escape(alert.rule),
+        device=escape(alert.device),
+        instance=None if alert.instance is None else escape(alert.instance),
+        summary=escape(alert.summary),
+        labels={escape(k): escape(v) for k, v in alert.labels.items()},
+        key=escape(alert.key),
+        event_id=escape(alert.event_id),
+    )
 
 
 def group_title(alerts: Sequence[Alert]) -> str:
@@ -124,7 +181,7 @@ def group_title(alerts: Sequence[Alert]) -> str:
 
 
 def _line(alert: Alert) -> str:
-    where = f"*{escape(alert.device)}*" + (f" / {escape(alert.instance)}" if alert.instance else "")
+    where = f"*{alert.device}*" + (f" / {alert.instance}" if alert.instance else "")
     value = f"{num(alert.value)} (threshold {num(alert.threshold)})"
     if alert.kind == "resolved":
         text = f"{RESOLVED_EMOJI} {where} RESOLVED {slack_time(alert.at)}, was {value}"
@@ -167,7 +224,14 @@ def _mrkdwn(text: str) -> dict[str, str]:
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """At most ``limit`` characters; an entity (``&amp;``) at the cut is dropped whole."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    amp = cut.rfind("&", max(0, len(cut) - 5))
+    if amp >= 0 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "..."
 
 
 def escape(text: str) -> str:

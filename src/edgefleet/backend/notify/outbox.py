@@ -2,9 +2,11 @@
 
 Every alert is stored under its ``event_id`` with ``INSERT OR IGNORE``: an id that is
 pending, sent or failed is never stored again, so a retried ``enqueue`` of the same event
-cannot produce a second message. Rows move ``pending -> sent`` or ``pending -> failed`` and
-are deleted ``retention_s`` (7 days) after that; an event id re-submitted later than that
-would be sent again.
+cannot produce a second message. Rows move ``pending -> sent``, ``pending -> failed`` or
+``pending -> suppressed`` (over the notification budget; ``last_error`` becomes
+``summarised`` once a summary message covered it) and are deleted ``retention_s`` (7 days)
+after that; an event id re-submitted later than that would be sent again. A file from before
+the ``suppressed`` state is migrated when opened.
 
 Alerts of one group (``Alert.group_key``) share a batch: an alert enqueued while its group has
 pending rows takes their due time, so the dispatcher finds the whole group due at once.
@@ -24,15 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.backend.notify.model import Alert
+from edgefleet.common.sqlitetx import transaction
 
 RETENTION_S = 7 * 86400.0
+SUMMARISED = "summarised"
+_COPY_OLD = (
+    "INSERT INTO outbox (event_id, group_key, alert, state, enqueued_at, due_at, attempts,"
+    " last_error, done_at) SELECT event_id, group_key, alert, state, enqueued_at, due_at,"
+    " attempts, last_error, done_at FROM outbox_old"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     event_id    TEXT PRIMARY KEY,
     group_key   TEXT NOT NULL,
     alert       TEXT NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
+    state       TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'sent', 'failed', 'suppressed')),
     enqueued_at REAL NOT NULL,
     due_at      REAL NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
@@ -64,7 +74,21 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
         self._db.executescript(_SCHEMA)
+
+    def _migrate(self) -> None:
+        """Files from before the ``suppressed`` state: rebuild the table (CHECK constraint)."""
+        row = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        ).fetchone()
+        if row is None or "suppressed" in row[0]:
+            return
+        with transaction(self._db):
+            self._db.execute("ALTER TABLE outbox RENAME TO outbox_old")
+            self._db.execute(_SCHEMA.split(";", 1)[0])
+            self._db.execute(_COPY_OLD)
+            self._db.execute("DROP TABLE outbox_old")
 
     def enqueue(self, alerts: Iterable[Alert], *, now: float, delay: float = 0.0) -> int:
         """Store new alerts, due at ``now + delay`` or with their open group; return how many."""
@@ -111,6 +135,43 @@ class Outbox:
         """Record that these entries can never be delivered (kept for inspection, then pruned)."""
         self._finish(event_ids, "failed", reason, now)
 
+    def mark_suppressed(self, event_ids: Sequence[str], now: float) -> None:
+        """Record that these entries are over the notification budget (not to be posted)."""
+        self._finish(event_ids, "suppressed", None, now)
+
+    def suppressed(self) -> tuple[list[tuple[str, str, int]], float | None]:
+        """Suppressed entries no summary covered yet: ``(device, rule, count)`` rows, most
+        first, and when the oldest was suppressed (None when there are none)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT json_extract(alert, '$.device'), json_extract(alert, '$.rule'),"
+                " COUNT(*), MIN(done_at) FROM outbox"
+                " WHERE state = 'suppressed' AND last_error IS NULL GROUP BY 1, 2"
+            ).fetchall()
+        first = min((float(row[3]) for row in rows), default=None)
+        counts = [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+        return sorted(counts, key=lambda row: (-row[2], row[0], row[1])), first
+
+    def mark_summarised(self, until: float) -> int:
+        """Suppressed entries up to ``until`` are covered by a summary; return how many."""
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "UPDATE outbox SET last_error = ? WHERE state = 'suppressed'"
+                " AND last_error IS NULL AND done_at <= ?",
+                (SUMMARISED, until),
+            )
+            return cur.rowcount
+
+    def sent_since(self, since: float) -> list[tuple[str, str, float]]:
+        """``(device, rule, sent_at)`` of every entry sent at or after ``since``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT json_extract(alert, '$.device'), json_extract(alert, '$.rule'), done_at"
+                " FROM outbox WHERE state = 'sent' AND done_at >= ?",
+                (since,),
+            ).fetchall()
+        return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
+
     def defer(self, event_ids: Sequence[str], until: float, reason: str = "") -> None:
         """Keep these entries pending until ``until`` and count one more failed attempt."""
         with self._lock, self._db:
@@ -134,7 +195,7 @@ class Outbox:
         return self.counts().get("pending", 0)
 
     def counts(self) -> dict[str, int]:
-        """Rows per state: ``pending``, ``sent``, ``failed`` (absent when zero)."""
+        """Rows per state: ``pending``, ``sent``, ``failed``, ``suppressed`` (absent when zero)."""
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         return {str(state): int(count) for state, count in rows}
