@@ -202,3 +202,7 @@ class AlertCenter:
             "pending_total": len(waiting),
             "recent": list(self.recent),
         }
+
+    def pending_public(self) -> list[dict[str, Any]]:
+        """The pending list of :meth:`public` alone (every WebSocket update carries it)."""
+        return [dataclasses.asdict(p) for p in pending(self.rules, self.state)[:PENDING_MAX]]

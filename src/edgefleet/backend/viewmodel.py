@@ -78,13 +78,14 @@ class FleetViewModel:
         return self.b.alerts.public()
 
     def update_frame(self, dirty: set[str], alerts: list[dict[str, Any]]) -> dict[str, Any]:
-        """One coalesced WebSocket frame: changed rows, summary, new alert events."""
+        """One coalesced WebSocket frame: changed rows, summary, new alert events and the
+        current pending list (bounded by the alert centre; the page replaces its own)."""
         sev = self.b.alerts.severities()
         if alerts:  # a device's severity may have changed
             dirty = dirty | {a["device"] for a in alerts}
         rows = [r for r in (self._row(d, sev) for d in sorted(dirty)) if r is not None]
         return {"type": "update", "devices": rows, "removed": [], "summary": self.summary(),
-                "alerts": alerts}
+                "alerts": alerts, "pending": self.b.alerts.pending_public()}
 
     async def device_detail(
         self, device: str, start: float, end: float, keys: list[str] | None, points: int
@@ -159,6 +160,12 @@ class FleetViewModel:
              [({}, len(self.b.alerts.firing))]),
             ("edgefleet_alert_outbox_depth", "gauge", "alerts waiting for Slack",
              [({}, d.outbox_depth)]),
+            ("edgefleet_alert_notifications_suppressed_total", "counter",
+             "alert events over the notification budget (summarised, not posted)",
+             [({}, d.suppressed_alerts)]),
+            ("edgefleet_alert_keys_expired_total", "counter",
+             "idle alert conditions forgotten (no sample for a while)",
+             [({}, self.b.alerts.expired_total)]),
             ("edgefleet_slack_messages_total", "counter", "Slack messages sent",
              [({}, d.sent_messages)]),
             ("edgefleet_websocket_clients", "gauge", "dashboard WebSocket clients",
