@@ -17,7 +17,7 @@ import pytest
 from playwright.async_api import expect
 
 # the fixtures browser, tab, start_backend and fleet are shared with test_dashboard.py
-from test_dashboard import (  # noqa: F401
+from test_dashboard import (  # noqa: F401 - fixtures
     CHROMIUM,
     Fleet,
     StartBackend,
@@ -43,7 +43,7 @@ WITHIN_S = 60.0
 
 
 async def test_two_agents_under_one_name_are_flagged_within_a_minute(
-    broker: Mosquitto, tmp_path: Path, start_backend: StartBackend, tab: Tab,  # noqa: F811
+    broker: Mosquitto, tmp_path: Path, start_backend: StartBackend, tab: Tab,
 ) -> None:
     backend = await start_backend()
     agents = []
@@ -87,7 +87,7 @@ rules:
 
 
 async def test_pending_alert_shows_live_and_clears(
-    start_backend: StartBackend, fleet: Fleet, tab: Tab, tmp_path: Path,  # noqa: F811
+    start_backend: StartBackend, fleet: Fleet, tab: Tab, tmp_path: Path,
 ) -> None:
     """A condition in its ``for`` window appears under Pending from the live frames (no
     reload, no polling: the page is already open), and goes when the condition clears."""

@@ -37,12 +37,13 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
 from blackhole import BlackholeProxy
 
 from agentproc import AgentProc
@@ -535,6 +536,29 @@ def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+MakeSystem = Callable[[SystemSpec], Awaitable[System]]
+
+
+@pytest.fixture
+async def make_system(
+    broker: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[MakeSystem]:
+    """Build a :class:`System`; whatever it started is stopped at teardown, pass or fail."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    made: list[System] = []
+
+    async def make(spec: SystemSpec) -> System:
+        system = System(broker, tmp_path / "system", spec, request.node.name)
+        made.append(system)
+        return await system.__aenter__()
+
+    yield make
+    for system in made:
+        await system.close()
 
 
 # --- the queue's small filesystem --------------------------------------------------------------

@@ -12,43 +12,30 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from system import FAKETIME_LIB, AgentSpec, SmallFilesystem, System, SystemSpec
+from system import (  # noqa: F401 - make_system is a fixture
+    FAKETIME_LIB,
+    AgentSpec,
+    MakeSystem,
+    SmallFilesystem,
+    System,
+    SystemSpec,
+    make_system,
+)
 
 from edgefleet.common.broker import Mosquitto
 from edgefleet.sim import ScriptedEvent
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
-MakeSystem = Callable[[SystemSpec], Awaitable[System]]
 
 
 def spike(device: int, at_s: float, duration_s: float, kind: str = "cpu") -> ScriptedEvent:
     return ScriptedEvent(device=device, kind="spike", at_s=at_s, duration_s=duration_s,
                          spike_kind=kind)
-
-
-@pytest.fixture
-async def make_system(
-    broker: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[MakeSystem]:
-    """Build a :class:`System`; whatever it started is stopped at teardown, pass or fail."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    made: list[System] = []
-
-    async def make(spec: SystemSpec) -> System:
-        system = System(broker, tmp_path / "system", spec, request.node.name)
-        made.append(system)
-        return await system.__aenter__()
-
-    yield make
-    for system in made:
-        await system.close()
 
 
 async def test_broker_restart(make_system: MakeSystem, broker: Mosquitto) -> None:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from system import AgentSpec, System, SystemSpec
+from system import AgentSpec, MakeSystem, System, SystemSpec, make_system  # noqa: F401 - fixture
 
 from edgefleet.common.broker import Mosquitto
 
@@ -30,26 +28,6 @@ OFFLINE_WINDOW_S = 2 + 5  # stale window + the offline rule's `for`
 BACKEND = {"stale_min_s": 2, "feed_silence_min_s": 3, "feed_alert_after_s": 3,
            "reconnect_max_s": 2}
 
-MakeSystem = Callable[[SystemSpec], Awaitable[System]]
-
-
-@pytest.fixture
-async def make_system(
-    broker: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[MakeSystem]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    made: list[System] = []
-
-    async def make(spec: SystemSpec) -> System:
-        system = System(broker, tmp_path / "system", spec, request.node.name)
-        made.append(system)
-        return await system.__aenter__()
-
-    yield make
-    for system in made:
-        await system.close()
 
 
 def _spec(**kw: Any) -> SystemSpec:
