@@ -50,6 +50,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, separators=(",", ":"))
 
 
+def _text_value(value: Any) -> str:
+    """A field value for a text line; one with a line break or another control character is
+    quoted and escaped (JSON style), so a device-made name cannot end the line and forge
+    another one."""
+    text = str(value)
+    return text if text.isprintable() else json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
     """Human-friendly single line: ``time level logger msg key=value ...``."""
 
@@ -60,7 +68,7 @@ class TextFormatter(logging.Formatter):
         )
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            base += " " + " ".join(f"{k}={v}" for k, v in _redact(fields).items())
+            base += " " + " ".join(f"{k}={_text_value(v)}" for k, v in _redact(fields).items())
         if record.exc_info and record.exc_info[0] is not None:
             base += "\n" + self.formatException(record.exc_info)
         return base
