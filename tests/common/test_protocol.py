@@ -189,3 +189,32 @@ def test_a_valid_message_takes_the_one_pass_fast_path(monkeypatch: pytest.Monkey
     monkeypatch.setattr(p, "_classify", slow)
     assert isinstance(p.decode(p.metrics_topic("dev-1"), json.dumps(_metrics()).encode()),
                       p.MetricsMessage)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        pytest.param(lambda d: d["health"].update(dropped_total=2**53), "health.dropped_total", id="dropped-over-max"),
+        pytest.param(lambda d: d["health"].update(queue_depth=10**30), "health.queue_depth", id="depth-huge"),
+        pytest.param(lambda d: d["health"].update(oldest_age_s=1e300), "health.oldest_age_s", id="age-huge"),
+    ],
+)
+def test_health_counters_are_bounded_like_seq(mutate: Any, where: str) -> None:
+    """One device must not turn the fleet's summed figures (agents' dropped samples) absurd."""
+    doc = _metrics()
+    mutate(doc)
+    with pytest.raises(ProtocolError) as err:
+        p.decode(p.metrics_topic("dev-1"), json.dumps(doc).encode())
+    assert err.value.reason == "malformed" and where in err.value.detail, err.value.detail
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SHIPPED)
+
+
+def test_status_interval_is_bounded() -> None:
+    """A device announcing an interval of 1e300 s would never go stale."""
+    doc = {"v": 1, "device_id": "dev-1", "state": "online", "ts": 1.7e9, "interval_s": 1e300}
+    with pytest.raises(ProtocolError) as err:
+        p.decode(p.status_topic("dev-1"), json.dumps(doc).encode())
+    assert err.value.reason == "malformed" and "interval_s" in err.value.detail
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SHIPPED)

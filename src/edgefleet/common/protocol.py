@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.common.wire import (
     APP,
+    MAX_AGE_S,
+    MAX_INTERVAL_S,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
     METRIC_KEY_PATTERN,
@@ -105,12 +107,20 @@ class Sample(_Model):
 class AgentHealth(_Model):
     """The agent's own state, sent with every metrics message."""
 
-    queue_depth: int = Field(ge=0, description="samples waiting in the durable queue")
-    queue_bytes: int = Field(ge=0, description="bytes used by waiting samples")
-    oldest_age_s: float = Field(ge=0, description="age of the oldest unsent sample")
-    dropped_total: int = Field(ge=0, description="samples dropped because the queue was full")
-    publish_errors_total: int = Field(ge=0, description="failed or refused publishes")
-    rss_bytes: int = Field(ge=0, description="resident memory of the agent process")
+    # Counters are bounded like seq (2^53-1: exact in a double, in SQLite and in JSON
+    # readers), so one device cannot turn a fleet-wide sum into an absurd figure.
+    queue_depth: int = Field(ge=0, le=MAX_SEQ, description="samples waiting in the durable queue")
+    queue_bytes: int = Field(ge=0, le=MAX_SEQ, description="bytes used by waiting samples")
+    oldest_age_s: float = Field(
+        ge=0, le=MAX_AGE_S, description="age of the oldest unsent sample"
+    )
+    dropped_total: int = Field(
+        ge=0, le=MAX_SEQ, description="samples dropped because the queue was full"
+    )
+    publish_errors_total: int = Field(
+        ge=0, le=MAX_SEQ, description="failed or refused publishes"
+    )
+    rss_bytes: int = Field(ge=0, le=MAX_SEQ, description="resident memory of the agent process")
     agent_version: str = Field(max_length=64, description="edgefleet version of the agent")
 
 
@@ -137,7 +147,9 @@ class StatusMessage(_Model):
     state: Literal["online", "offline"]
     ts: UnixTime = Field(description="when the agent connected (also for the Last Will)")
     agent_version: str | None = Field(default=None, max_length=64)
-    interval_s: float | None = Field(default=None, gt=0, description="sampling interval")
+    interval_s: float | None = Field(
+        default=None, gt=0, le=MAX_INTERVAL_S, description="sampling interval"
+    )
 
 
 def _load(payload: bytes) -> dict[str, Any]:

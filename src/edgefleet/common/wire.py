@@ -31,6 +31,11 @@ METRIC_KEY_PATTERN = r"^[a-z][a-z0-9_.]{0,63}(\[[^\[\]]{1,200}\])?$"
 # The highest seq on the wire: 2^53 - 1, exact in a double, in JavaScript and in SQLite, so
 # no figure derived from seqs (spans, loss) can leave SQLite's 64-bit integers.
 MAX_SEQ = 2**53 - 1
+# The longest sampling interval a status may announce (the agent allows at most 1 h) and the
+# oldest unsent sample an agent may report: bounded so that no device can make the fleet's
+# staleness windows or figures absurd.
+MAX_INTERVAL_S = 86400.0
+MAX_AGE_S = 10 * 366 * 86400.0
 
 StatusState = Literal["online", "offline"]
 
