@@ -9,7 +9,7 @@ Two devices publish in turn, each from its own identity and connection, ``--mess
 single-sample messages of ``--keys`` metric keys at ``--rate`` messages/s:
 
 1. **reference** (``bench-ok``): the same ``--keys`` names in every message (a large but
-   honest device: ``disk.used_percent[/mnt/dN]`` and friends);
+   honest device: 100 instances in each of five families, within the default bounds);
 2. **hostile** (``bench-evil``): ``--keys`` NEW names in every message, half of them above
    the shipped disk alert threshold, so that every name also reaches the alert engine:
    ``--messages x --keys`` distinct names in all (200,000 by default).
@@ -52,6 +52,18 @@ CHECKPOINTS = 8
 FLAT_TARGET_MIB = 16.0
 
 
+HONEST_FAMILIES = ("disk.used_percent", "disk.inodes_used_percent", "net.rx_bytes_per_s",
+                   "net.tx_bytes_per_s", "temp.celsius")
+
+
+def honest_names(count: int) -> list[str]:
+    """``count`` names of a large but honest device, within the default bounds: spread over
+    five families (at most 100 instances each at the default 500)."""
+    per = -(-count // len(HONEST_FAMILIES))
+    names = [f"{fam}[i{i}]" for fam in HONEST_FAMILIES for i in range(per)]
+    return names[:count]
+
+
 def payload(device: str, seq: int, names: list[str], values: list[float]) -> bytes:
     """One single-sample MetricsMessage, formatted directly (the keys are plain ASCII)."""
     now = time.time()
@@ -88,7 +100,7 @@ class Phase:
         ps = self.backend.ps
         assert ps is not None
         cpu0 = _cpu(ps)
-        honest = [f"disk.used_percent[/mnt/d{i}]" for i in range(args.keys)]
+        honest = honest_names(args.keys)
         for seq in range(args.messages):
             if hostile:
                 base = seq * args.keys
