@@ -1,0 +1,1 @@
+"""Backend stage 1: broker messages -> decoded, de-duplicated, bounded samples and status."""
