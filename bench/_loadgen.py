@@ -142,7 +142,7 @@ class Payloads:
 
 def check_payload(payload: bytes, name: str) -> int:
     """Decode one payload with the real protocol model; return its metric key count."""
-    from edgefleet.common.protocol import MetricsMessage, decode, metrics_topic
+    from edgefleet.wire.messages import MetricsMessage, decode, metrics_topic
 
     msg = decode(metrics_topic(name), payload)
     assert isinstance(msg, MetricsMessage)
@@ -193,7 +193,7 @@ class _Generator:
         self.turn = 0
 
     async def connect(self) -> float:
-        from edgefleet.common.mqtt import MqttClient, MqttConfig
+        from edgefleet.transport.mqtt import MqttClient, MqttConfig
 
         started = time.monotonic()
         for dev in self.cfg.devices:

@@ -43,10 +43,10 @@ import psutil
 
 from bench_ingest import Backend
 from benchlib import HOST, MIB, exit_on_sigterm, figure, print_machine, print_result
-from edgefleet.common.broker import Mosquitto
 from edgefleet.common.logs import setup_logging
-from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.protocol import metrics_topic
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.wire.messages import metrics_topic
 
 CHECKPOINTS = 8
 FLAT_TARGET_MIB = 16.0

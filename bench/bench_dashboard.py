@@ -76,9 +76,9 @@ from benchlib import (
     print_machine,
     print_result,
 )
-from edgefleet.common.broker import Mosquitto, free_port
-from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.protocol import METRICS_FILTER
+from edgefleet.dev.broker import Mosquitto, free_port
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.wire.messages import METRICS_FILTER
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -72,9 +72,9 @@ import psutil
 
 from _loadgen import ACKED, FAILED, REFUSED, SENT, Device, GenConfig, generator_main
 from benchlib import HOST, MIB, OBSERVER, exit_on_sigterm, figure, print_machine, print_result
-from edgefleet.common.broker import Mosquitto, free_port
 from edgefleet.common.logs import setup_logging
-from edgefleet.common.protocol import METRICS_FILTER
+from edgefleet.dev.broker import Mosquitto, free_port
+from edgefleet.wire.messages import METRICS_FILTER
 
 RATE_TARGET = 5_000.0
 RATIO_TARGET = 0.5

@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgefleet.backend.ingest import Ingest
+from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.common.logs import setup_logging
-from edgefleet.common.protocol import metrics_topic
+from edgefleet.wire.messages import metrics_topic
 
 T0 = 1_700_000_000.0
 

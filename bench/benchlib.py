@@ -26,9 +26,9 @@ from typing import Any
 
 import psutil
 
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER, decode
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER, decode
 
 HOST = "127.0.0.1"
 THING = "bench-1"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefleet.common.broker import Mosquitto
+from edgefleet.dev.broker import Mosquitto
 
 
 class AgentProc:

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from edgefleet.common.broker import Mosquitto, free_port
+from edgefleet.dev.broker import Mosquitto, free_port
 
 
 class BackendProc:

@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.mqtt import MqttClient, MqttConfig
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Mapping
 
 from conftest import ClientFactory
-from edgefleet.common.mqtt import MqttClient
-from edgefleet.common.protocol import (
+from edgefleet.transport.mqtt import MqttClient
+from edgefleet.wire.messages import (
     MetricsMessage,
     Sample,
     StatusMessage,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from edgefleet.cli import main
-from edgefleet.common.broker import free_port
-from edgefleet.demo import reset_state
+from edgefleet.dev.broker import free_port
+from edgefleet.dev.demo import reset_state
 
 pytestmark = [pytest.mark.slow]
 

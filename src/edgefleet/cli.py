@@ -25,8 +25,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_pki(args: argparse.Namespace) -> int:
-    from edgefleet.common.pki import make_dev_pki
-    from edgefleet.common.protocol import is_valid_thing_name
+    from edgefleet.dev.pki import make_dev_pki
+    from edgefleet.wire.messages import is_valid_thing_name
 
     for name in args.identity:
         if not is_valid_thing_name(name):
@@ -38,7 +38,7 @@ def _cmd_pki(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from edgefleet.common.broker import Mosquitto
+    from edgefleet.dev.broker import Mosquitto
 
     broker = Mosquitto(Path(args.dir), port=args.port)
     broker.start()
@@ -138,7 +138,7 @@ def _cmd_backend(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edgefleet.demo import DemoOptions, run_demo
+    from edgefleet.dev.demo import DemoOptions, run_demo
 
     return run_demo(DemoOptions(
         workdir=Path(args.dir), devices=args.devices, interval_s=args.interval,

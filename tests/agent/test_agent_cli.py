@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from agentproc import AgentProc
-from edgefleet.common.broker import Mosquitto, free_port
-from edgefleet.common.pki import DevCA
+from edgefleet.dev.broker import Mosquitto, free_port
+from edgefleet.dev.pki import DevCA
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,9 @@ import pytest
 from agentproc import AgentProc, Received
 from conftest import ClientFactory
 from edgefleet.agent.queue import open_queue
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.pki import DevCA
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.dev.pki import DevCA
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 pytestmark = [pytest.mark.slow]
 

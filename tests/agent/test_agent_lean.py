@@ -32,13 +32,13 @@ from edgefleet.agent.config import HANDOVER_ENV, AgentConfig, Handover
 from edgefleet.agent.contracts import QueuedSample
 from edgefleet.agent.main import Agent, preflight
 from edgefleet.agent.settings import AgentSettings
-from edgefleet.common import protocol as p
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.wire import encode_health, encode_status
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.wire import messages as p
+from edgefleet.wire.base import encode_health, encode_status
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("pydantic", "pydantic_core", "pydantic_settings", "importlib.metadata")
-SHIPPED = json.loads(resources.files("edgefleet.common").joinpath("protocol.schema.json").read_text())
+SHIPPED = json.loads(resources.files("edgefleet.wire").joinpath("protocol.schema.json").read_text())
 
 
 def _heavy(modules: list[str]) -> list[str]:
@@ -203,8 +203,8 @@ def test_the_runtime_runs_without_importing_pydantic(
 
 
 def test_importing_the_agent_entry_points_stays_lean() -> None:
-    code = ("import sys, edgefleet, edgefleet.cli, edgefleet.agent.main, edgefleet.common.wire,"
-            " edgefleet.common.files, edgefleet.common.mqtt, edgefleet.common.ipc;"
+    code = ("import sys, edgefleet, edgefleet.cli, edgefleet.agent.main, edgefleet.wire.base,"
+            " edgefleet.common.files, edgefleet.transport.mqtt, edgefleet.transport.ipc;"
             " print('\\n'.join(sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True,
                           text=True, timeout=60, check=True)

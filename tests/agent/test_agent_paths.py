@@ -16,8 +16,8 @@ from edgefleet.agent.config import HANDOVER_ENV, AgentConfig, Handover
 from edgefleet.agent.main import Agent
 from edgefleet.agent.queue import SqliteQueue
 from edgefleet.agent.settings import AgentSettings
-from edgefleet.common.broker import free_port
-from edgefleet.common.pki import DevCA
+from edgefleet.dev.broker import free_port
+from edgefleet.dev.pki import DevCA
 from edgefleet.errors import ConfigError
 
 NOBODY = 65534

@@ -26,8 +26,8 @@ from edgefleet.agent.collectors.temp import TempCollector, temp_metrics
 from edgefleet.agent.collectors.timed import CallTimeoutError, TimedCalls
 from edgefleet.agent.collectors.uptime import UptimeCollector, uptime_seconds
 from edgefleet.common.logs import RateLimitedLog
-from edgefleet.common.protocol import METRIC_KEY_PATTERN, Sample
 from edgefleet.errors import ConfigError
+from edgefleet.wire.messages import METRIC_KEY_PATTERN, Sample
 
 KEY_RE = re.compile(METRIC_KEY_PATTERN)
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from edgefleet.agent.batch import sample_body
 from edgefleet.agent.contracts import QueuedSample, QueueStats
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import MemoryQueue
-from edgefleet.common.protocol import AgentHealth, decode
 from edgefleet.errors import PermanentPublishError, TransportError
+from edgefleet.wire.messages import AgentHealth, decode
 
 
 class SwappableQueue:

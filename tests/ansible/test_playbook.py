@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 
 from agentproc import Received
-from edgefleet.common.broker import Mosquitto, free_port
-from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.pki import DevCA
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
+from edgefleet.dev.broker import Mosquitto, free_port
+from edgefleet.dev.pki import DevCA
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 pytestmark = [
     pytest.mark.slow,

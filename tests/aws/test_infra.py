@@ -32,8 +32,8 @@ from edgefleet.aws.policies import (
     backend_policy_document,
     cloudformation_form,
 )
-from edgefleet.backend.notify.model import Alert, DeliveryRefusedError, RetryLaterError
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
+from edgefleet.notify.model import Alert, DeliveryRefusedError, RetryLaterError
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "infra" / "edgefleet.yaml"

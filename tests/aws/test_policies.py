@@ -1,4 +1,4 @@
-"""The IoT policies allow exactly what edgefleet.common.policy says, and agree with the ACL.
+"""The IoT policies allow exactly what edgefleet.wire.policy says, and agree with the ACL.
 
 Two evaluators (edgefleet.aws.policy_eval) decide requests: one for AWS IoT policy documents,
 one for Mosquitto's acl_file. The matrix test runs every (identity, action, topic) case
@@ -32,9 +32,9 @@ from edgefleet.aws.policy_eval import (
     UnsupportedPolicyError,
     topic_matches,
 )
-from edgefleet.common.policy import BACKEND_IDENTITY, backend_filters, mosquitto_acl
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
 from edgefleet.errors import PermanentPublishError
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
+from edgefleet.wire.policy import BACKEND_IDENTITY, backend_filters, mosquitto_acl
 
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 DEVICES = ["dev-1", "dev-2", "site:a_1"]

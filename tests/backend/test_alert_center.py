@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from edgefleet.backend.alert_persist import DEVICE_PREFIX, DEVICES, OLD_FIRING, OLD_STATE
-from edgefleet.backend.alerting import AlertCenter
-from edgefleet.backend.alerts import (
+from edgefleet.backend.alerts.centre import AlertCenter
+from edgefleet.backend.alerts.engine import (
     AlertState,
     LiveAlertState,
     evaluate,
@@ -21,10 +20,11 @@ from edgefleet.backend.alerts import (
     evaluate_changes,
     expire,
 )
-from edgefleet.backend.notify import AlertDispatcher, Outbox
+from edgefleet.backend.alerts.persist import DEVICE_PREFIX, DEVICES, OLD_FIRING, OLD_STATE
+from edgefleet.backend.alerts.rules import RuleSet, parse_rules
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.rules import RuleSet, parse_rules
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.notify import AlertDispatcher, Outbox
 
 RULES = parse_rules("""
 version: 1

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.backend.alert_state import conditions_from_rows, device_rows
-from edgefleet.backend.alerts import (
+from edgefleet.backend.alerts.engine import (
     AlertEvent,
     AlertState,
     AlertStateError,
@@ -22,7 +21,8 @@ from edgefleet.backend.alerts import (
     firing,
     prune,
 )
-from edgefleet.backend.rules import RuleSet, default_rules_path, load_rules, parse_rules
+from edgefleet.backend.alerts.rules import RuleSet, default_rules_path, load_rules, parse_rules
+from edgefleet.backend.alerts.state import conditions_from_rows, device_rows
 
 RULES = parse_rules("""
 version: 1

@@ -15,8 +15,8 @@ import pytest
 from backendproc import BackendProc
 from conftest import ClientFactory
 from devices import Device, metrics_payload
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.protocol import metrics_topic
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.wire.messages import metrics_topic
 from fakeslack import FakeSlack
 
 pytestmark = [pytest.mark.slow]

@@ -1,5 +1,5 @@
 """The shipped rules watch metrics the shipped agent really sends, and the metric family table
-the rules loader checks against (``edgefleet.common.metric_families``) agrees with the agent's
+the rules loader checks against (``edgefleet.wire.metric_families``) agrees with the agent's
 collectors, with docs/agent.md and with the simulator."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edgefleet.agent.collectors import REGISTRY, build_collectors, collect_all
-from edgefleet.backend.rules import default_rules_path, load_rules
-from edgefleet.common.metric_families import BY_COLLECTOR, FAMILIES
+from edgefleet.backend.alerts.rules import default_rules_path, load_rules
 from edgefleet.sim.model import MetricModel, make_profile
+from edgefleet.wire.metric_families import BY_COLLECTOR, FAMILIES
 
 HARDWARE_ONLY = {"temp.celsius"}  # only where the hardware has sensors (not on this VM)
 AGENT_DOC = Path(__file__).parents[2] / "docs" / "agent.md"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgefleet.backend.feed import FEED_KEY, FeedMonitor, feed_event
+from edgefleet.backend.alerts.feed import FEED_KEY, FeedMonitor, feed_event
 
 T = 1_700_000_000.0
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from edgefleet.backend.fleet import DeviceTransition, FleetState
-from edgefleet.backend.ingest import Ingest
-from edgefleet.backend.store import FleetStore
-from edgefleet.common.protocol import metrics_topic, status_topic
+from edgefleet.backend.ingest.handler import Ingest
+from edgefleet.backend.store.fleet_state import DeviceTransition, FleetState
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.wire.messages import metrics_topic, status_topic
 
 T = 1_700_000_000.0
 DEV = "dev-1"

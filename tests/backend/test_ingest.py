@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from edgefleet.backend.ingest import Ingest
-from edgefleet.backend.ingest_dedup import SeqTracker
-from edgefleet.common.protocol import MAX_MESSAGE_BYTES, metrics_topic, status_topic
+from edgefleet.backend.ingest.dedup import SeqTracker
+from edgefleet.backend.ingest.handler import Ingest
+from edgefleet.wire.messages import MAX_MESSAGE_BYTES, metrics_topic, status_topic
 
 DEV = "dev-1"
 TOPIC = metrics_topic(DEV)
@@ -66,7 +66,7 @@ def test_rejects_are_counted_by_reason(topic: str, body: bytes, reason: str) -> 
 
 def test_reject_logging_is_rate_limited_per_reason(caplog: pytest.LogCaptureFixture) -> None:
     ingest = Ingest()
-    with caplog.at_level(logging.WARNING, logger="edgefleet.backend.ingest"):
+    with caplog.at_level(logging.WARNING, logger="edgefleet.backend.ingest.handler"):
         for i in range(50):
             ingest.handle(TOPIC, b"junk", now=float(i) / 10)  # 5 s of junk
             ingest.handle(TOPIC, json.dumps({"v": 9}).encode(), now=float(i) / 10)
@@ -173,7 +173,7 @@ def test_new_stream_resets_tracking_and_old_stream_is_dropped(
 ) -> None:
     ingest = Ingest()
     accepted(ingest, [0, 1, 2, 5], stream="old")  # 3, 4 missing
-    with caplog.at_level(logging.INFO, logger="edgefleet.backend.ingest"):
+    with caplog.at_level(logging.INFO, logger="edgefleet.backend.ingest.handler"):
         result = ingest.handle(TOPIC, payload([0, 1], stream="new"), now=1.0)
     assert result.stream_reset
     assert [s.seq for s in result.samples] == [0, 1]

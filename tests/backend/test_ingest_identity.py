@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.backend.fleet import FleetState
-from edgefleet.backend.ingest import Ingest
+from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import DeviceRow
-from edgefleet.backend.store import FleetStore
-from edgefleet.backend.views import device_row
-from edgefleet.common.protocol import metrics_topic
+from edgefleet.backend.store.fleet_state import FleetState
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.web.shapes import device_row
+from edgefleet.wire.messages import metrics_topic
 
 DEV = "edge-7"
 T = 1_700_000_000.0
@@ -61,7 +61,7 @@ def test_two_agents_under_one_name_are_flagged_within_a_minute(
     for i in range(10):  # the first agent alone, for a while
         a.send(ingest, T - 100 + 10 * i)
     assert ingest.conflict(DEV) is None
-    with caplog.at_level(logging.WARNING, logger="edgefleet.backend.ingest"):
+    with caplog.at_level(logging.WARNING, logger="edgefleet.backend.ingest.handler"):
         flagged = interleave(ingest, a, b, T, 120)
     assert flagged is not None
     assert flagged - T <= 60

@@ -8,10 +8,10 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from edgefleet.backend.ingest import Ingest
-from edgefleet.backend.ingest_keys import KeyBounds, KeyBudget, family_of
+from edgefleet.backend.ingest.handler import Ingest
+from edgefleet.backend.ingest.keys import KeyBounds, KeyBudget, family_of
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.common.protocol import metrics_topic
+from edgefleet.wire.messages import metrics_topic
 
 DEV, GOOD = "dev-1", "good-1"
 AGENT_KEYS = {**{f"cpu.core_percent[{i}]": 1.0 for i in range(8)},
@@ -71,7 +71,7 @@ def test_a_device_inventing_100k_names_stays_bounded_and_hurts_no_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ingest = Ingest()
-    with caplog.at_level(logging.WARNING, logger="edgefleet.backend.ingest"):
+    with caplog.at_level(logging.WARNING, logger="edgefleet.backend.ingest.handler"):
         for seq in range(50):  # 50 messages x 2,000 new names = 10^5 names
             stored = send(ingest, {"cpu.percent": 1.0, **invented(seq * 2000, 2000)}, seq,
                           now=1.0 + seq)

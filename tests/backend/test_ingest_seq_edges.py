@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgefleet.backend.ingest import Ingest
-from edgefleet.backend.ingest_dedup import LOST_CAP, SeqCursor, SeqTracker
+from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor, SeqTracker
+from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store import FleetStore
-from edgefleet.common.protocol import MAX_SEQ, metrics_topic
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.wire.messages import MAX_SEQ, metrics_topic
 
 DEV, OTHER = "dev-1", "dev-2"
 EDGES = [0, 1, 2, 9_999, 10_000, 10_001, 1_000_000, 1_000_001, 1_000_002, 2**31, 2**32,

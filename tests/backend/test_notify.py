@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from slack_sdk.models.blocks import Block
 
-from edgefleet.backend.notify import (
+from edgefleet.errors import ConfigError
+from edgefleet.notify import (
     Alert,
     AlertDispatcher,
     DeliveryRefusedError,
@@ -25,8 +26,7 @@ from edgefleet.backend.notify import (
     SlackNotifier,
     format_group,
 )
-from edgefleet.backend.notify.slack import classify
-from edgefleet.errors import ConfigError
+from edgefleet.notify.slack import classify
 from fakeslack import FakeSlack
 
 T0 = 1_700_000_000.0
@@ -175,7 +175,7 @@ def test_mrkdwn_control_characters_are_escaped() -> None:
 
 def test_format_needs_no_aiohttp() -> None:
     code = (
-        "import sys; import edgefleet.backend.notify.format as f; import edgefleet.backend.notify"
+        "import sys; import edgefleet.notify.format as f; import edgefleet.notify"
         "; assert 'aiohttp' not in sys.modules and 'slack_sdk' not in sys.modules, 'leak'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -413,11 +413,11 @@ async def test_invalid_auth_is_counted_without_a_tight_loop(
 async def test_without_slack_alerts_go_to_the_log(
     outbox_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edgefleet.backend.notify")
+    caplog.set_level(logging.INFO, logger="edgefleet.notify")
     async with fast(outbox_path, None) as d:
         d.submit([alert("a"), alert("b", kind="resolved")])
         await eventually(lambda: d.stats().sent_alerts == 2)
-    records = [r for r in caplog.records if r.name == "edgefleet.backend.notify.dispatcher"]
+    records = [r for r in caplog.records if r.name == "edgefleet.notify.dispatcher"]
     by_device = {r.__dict__["fields"]["device"]: r for r in records}
     assert by_device["a"].levelno == logging.WARNING and by_device["b"].levelno == logging.INFO
     assert by_device["a"].__dict__["fields"]["event_id"] == alert("a").event_id

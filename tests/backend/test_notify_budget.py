@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from slack_sdk.models.blocks import Block
 
-from edgefleet.backend.alerting import AlertCenter
-from edgefleet.backend.notify import (
+from edgefleet.backend.alerts.centre import AlertCenter
+from edgefleet.backend.alerts.rules import parse_rules
+from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.notify import (
     Alert,
     AlertDispatcher,
     BudgetSettings,
@@ -21,9 +24,6 @@ from edgefleet.backend.notify import (
     Outbox,
     SlackNotifier,
 )
-from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.rules import parse_rules
-from edgefleet.backend.store import FleetStore
 from fakeslack import FakeSlack
 
 T0 = 1_800_000_000.0

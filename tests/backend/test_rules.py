@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.backend.rules import (
+from edgefleet.backend.alerts.rules import (
     OFFLINE_RULE,
     default_rules_path,
     load_rules,

@@ -17,17 +17,17 @@ import pytest
 
 from conftest import ClientFactory
 from devices import Device, metrics_payload, status_payload
-from edgefleet.backend.feed import FEED_KEY
-from edgefleet.backend.inbox import Inbox
+from edgefleet.backend.alerts.feed import FEED_KEY
+from edgefleet.backend.alerts.rules import load_rules
+from edgefleet.backend.ingest.inbox import Inbox
 from edgefleet.backend.main import transport_factory
-from edgefleet.backend.persist import is_transient
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.rules import load_rules
-from edgefleet.backend.service import Backend
+from edgefleet.backend.runtime import Backend
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.backend.store import FleetStore
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.protocol import metrics_topic, status_topic
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.writer import is_transient
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.wire.messages import metrics_topic, status_topic
 
 RULES = "version: 1\noffline: {enabled: true, severity: critical, for: 0s}\nrules: []\n"
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from slack_sdk.models.blocks import Block
 
-from edgefleet.backend.alerting import AlertCenter
-from edgefleet.backend.notify import Alert, AlertDispatcher, BudgetSettings, Outbox, SlackNotifier
-from edgefleet.backend.notify.format import format_group, format_suppressed
+from edgefleet.backend.alerts.centre import AlertCenter
+from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.rules import parse_rules
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.notify import Alert, AlertDispatcher, BudgetSettings, Outbox, SlackNotifier
+from edgefleet.notify.format import format_group, format_suppressed
 from fakeslack import FakeSlack
 
 HOSTILE = ["<!channel>", "<!here>", "<@U123>", "<https://x|y>", "R&D"]

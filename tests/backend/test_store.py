@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.backend.ingest import Ingest
-from edgefleet.backend.ingest_dedup import LOST_CAP, SeqCursor
+from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
+from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import AcceptedSample, DeviceRow
-from edgefleet.backend.store import FleetStore
-from edgefleet.backend.store_history import BUCKET_S, choose_step
-from edgefleet.common.protocol import metrics_topic
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.history import BUCKET_S, choose_step
+from edgefleet.wire.messages import metrics_topic
 
 T0 = 1_700_000_100.0 - (1_700_000_100.0 % 3600)  # an hour boundary
 DEV = "dev-1"
@@ -132,9 +132,9 @@ def test_keys_with_quotes_and_brackets_are_read(store: FleetStore) -> None:
 
 CHILD = """
 import sys
-from edgefleet.backend.ingest_dedup import SeqCursor
+from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
 
 store = FleetStore(sys.argv[1])
 for batch in range(1_000_000):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store import FleetStore
-from edgefleet.backend.store_history import read_history
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.history import read_history
 
 T0 = 1_700_000_000.0
 ODD = 'disk.used_percent[/mnt/a"b]'

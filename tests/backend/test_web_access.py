@@ -23,9 +23,9 @@ from backendproc import BackendProc
 from conftest import ClientFactory
 from devices import Device
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.backend.web_access import WebAccess, normalise_origin, split_host
-from edgefleet.common.broker import Mosquitto
+from edgefleet.backend.web.access import WebAccess, normalise_origin, split_host
 from edgefleet.common.settings import load_settings
+from edgefleet.dev.broker import Mosquitto
 from edgefleet.errors import ConfigError
 
 aiohttp = pytest.importorskip("aiohttp")

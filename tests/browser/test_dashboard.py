@@ -27,9 +27,9 @@ playwright_api = pytest.importorskip("playwright.async_api")
 
 from agentproc import AgentProc  # noqa: E402
 from conftest import ClientFactory  # noqa: E402
-from edgefleet.common.broker import Mosquitto, free_port  # noqa: E402
-from edgefleet.common.mqtt import MqttClient  # noqa: E402
-from edgefleet.common.protocol import (  # noqa: E402
+from edgefleet.dev.broker import Mosquitto, free_port  # noqa: E402
+from edgefleet.transport.mqtt import MqttClient  # noqa: E402
+from edgefleet.wire.messages import (  # noqa: E402
     AgentHealth,
     MetricsMessage,
     Sample,

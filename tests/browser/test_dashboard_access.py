@@ -27,7 +27,7 @@ import pytest
 backendproc = pytest.importorskip("backendproc")
 playwright_api = pytest.importorskip("playwright.async_api")
 
-from edgefleet.common.broker import Mosquitto, free_port  # noqa: E402
+from edgefleet.dev.broker import Mosquitto, free_port  # noqa: E402
 
 BackendProc = backendproc.BackendProc
 Browser = playwright_api.Browser

@@ -31,7 +31,7 @@ from test_dashboard import (  # noqa: F401 - fixtures
 )
 
 from agentproc import AgentProc
-from edgefleet.common.broker import Mosquitto
+from edgefleet.dev.broker import Mosquitto
 
 pytestmark = [
     pytest.mark.browser, pytest.mark.slow,

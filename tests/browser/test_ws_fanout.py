@@ -1,6 +1,6 @@
 """WebSocket fan-out: 100 clients, one of which never reads.
 
-The issue's promise (docs/api.md, WebSocket ``/ws``; ``edgefleet.backend.hub``): a client
+The issue's promise (docs/api.md, WebSocket ``/ws``; ``edgefleet.backend.web.hub``): a client
 that cannot keep up is disconnected and never slows the producer or the other clients, and
 the backend's memory stays bounded.
 
@@ -54,7 +54,7 @@ backendproc = pytest.importorskip(
 aiohttp = pytest.importorskip("aiohttp")
 psutil = pytest.importorskip("psutil")
 
-from edgefleet.common.broker import Mosquitto  # noqa: E402
+from edgefleet.dev.broker import Mosquitto  # noqa: E402
 from edgefleet.sim import SimOptions, run_simulation  # noqa: E402
 
 BackendProc = backendproc.BackendProc

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ClientFactory
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.mqtt import NOT_AUTHORIZED, MqttClient, MqttConfig
-from edgefleet.common.pki import DevCA
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER, metrics_topic
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.dev.pki import DevCA
 from edgefleet.errors import PermanentPublishError
+from edgefleet.transport.mqtt import NOT_AUTHORIZED, MqttClient, MqttConfig
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER, metrics_topic
 
 
 async def _received(backend_msgs: list[tuple[str, bytes]], count: int, wait_s: float) -> None:

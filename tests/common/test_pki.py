@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from edgefleet.cli import main
-from edgefleet.common.pki import DevCA, make_dev_pki
+from edgefleet.dev.pki import DevCA, make_dev_pki
 from edgefleet.errors import ConfigError
 from edgefleet.sim.client import issue_identities
 

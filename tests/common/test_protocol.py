@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.common import protocol as p
 from edgefleet.errors import ProtocolError
+from edgefleet.wire import messages as p
 
-SHIPPED = json.loads(resources.files("edgefleet.common").joinpath("protocol.schema.json").read_text())
+SHIPPED = json.loads(resources.files("edgefleet.wire").joinpath("protocol.schema.json").read_text())
 
 
 def _metrics(device: str = "dev-1", **extra: Any) -> dict[str, Any]:

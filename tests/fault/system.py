@@ -48,7 +48,7 @@ from blackhole import BlackholeProxy
 
 from agentproc import AgentProc
 from backendproc import BackendProc
-from edgefleet.common.broker import Mosquitto
+from edgefleet.dev.broker import Mosquitto
 from edgefleet.sim import ScriptedEvent, SimOptions, Truth, run_simulation
 from fakeslack import FakeSlack
 
@@ -160,7 +160,7 @@ def read_queue(path: Path) -> QueueState:
 
 
 def event_id(alert: dict[str, Any]) -> str:
-    """The backend's deterministic event id (edgefleet.backend.alerts.AlertEvent)."""
+    """The backend's deterministic event id (edgefleet.backend.alerts.engine.AlertEvent)."""
     return f"{alert['key']}|{alert['kind']}|{float(alert['started_at']):.3f}"
 
 

@@ -26,7 +26,7 @@ from system import (  # noqa: F401 - make_system is a fixture
     make_system,
 )
 
-from edgefleet.common.broker import Mosquitto
+from edgefleet.dev.broker import Mosquitto
 from edgefleet.sim import ScriptedEvent
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -80,7 +80,7 @@ def _link_events(log: str, since: float) -> list[tuple[float, str]]:
         at = time.mktime(time.strptime(f"{day} {line[:8]}", "%Y-%m-%d %H:%M:%S"))
         if at + 1 < since:
             continue
-        what = line.split("edgefleet.common.mqtt: ", 1)[-1]
+        what = line.split("edgefleet.transport.mqtt: ", 1)[-1]
         reason = what.split("reason=", 1)[-1].split(" ")[0] if "reason=" in what else ""
         out.append((round(at - since), f"{what.split(' client_id')[0]} {reason}".strip()))
     return out

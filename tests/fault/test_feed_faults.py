@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from system import AgentSpec, MakeSystem, System, SystemSpec, make_system  # noqa: F401 - fixture
 
-from edgefleet.common.broker import Mosquitto
+from edgefleet.dev.broker import Mosquitto
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 

@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 from system import AgentSpec, System, SystemSpec, metric_value
 
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.protocol import metrics_topic
+from edgefleet.dev.broker import Mosquitto
 from edgefleet.sim import ScriptedEvent
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.wire.messages import metrics_topic
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 

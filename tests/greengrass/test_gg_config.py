@@ -9,13 +9,9 @@ from typing import Any
 import pytest
 from fakeipc import FakeIpcClient
 
-from edgefleet.common.greengrass import (
-    check_agent_configuration,
-    check_backend_configuration,
-    watch_agent_configuration,
-    watch_backend_configuration,
-)
-from edgefleet.common.ipc import IpcTransport
+from edgefleet.agent.greengrass import check_agent_configuration, watch_agent_configuration
+from edgefleet.backend.greengrass import check_backend_configuration, watch_backend_configuration
+from edgefleet.transport.ipc import IpcTransport
 
 
 @pytest.mark.parametrize(

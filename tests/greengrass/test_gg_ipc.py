@@ -18,14 +18,14 @@ from fakeipc import FakeIpcClient
 import edgefleet.agent.main as agent_main
 from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
+from edgefleet.agent.greengrass import watch_agent_configuration
 from edgefleet.agent.main import Agent, preflight
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
 from edgefleet.agent.settings import AgentSettings
-from edgefleet.common.greengrass import watch_agent_configuration
-from edgefleet.common.ipc import GREENGRASS_ENV, IpcClient, IpcTransport, resolve_transport
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER, AgentHealth, metrics_topic
 from edgefleet.errors import ConfigError, PermanentPublishError, TransportError
+from edgefleet.transport.ipc import GREENGRASS_ENV, IpcClient, IpcTransport, resolve_transport
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER, AgentHealth, metrics_topic
 
 TOPIC = "dt/edgefleet/dev-1/metrics"
 

@@ -33,18 +33,18 @@ from ggbuild import (
 )
 from pydantic_settings import BaseSettings
 
+from edgefleet.agent.greengrass import check_agent_configuration
 from edgefleet.agent.settings import AgentSettings
+from edgefleet.backend.greengrass import check_backend_configuration
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.common.greengrass import (
     ACCESS_CONTROL_KEY,
     AGENT_KEYS,
     BACKEND_KEYS,
     LOG_LEVEL_KEY,
-    check_agent_configuration,
-    check_backend_configuration,
     rendered,
 )
-from edgefleet.common.policy import backend_filters, device_topics
+from edgefleet.wire.policy import backend_filters, device_topics
 
 MODELS: dict[str, tuple[type[BaseSettings], dict[str, str], str]] = {
     AGENT: (AgentSettings, dict(AGENT_KEYS), "EDGE_AGENT_"),

@@ -27,8 +27,8 @@ from ggbuild import AGENT, BACKEND, Nucleus, build_once, python3_dir
 
 from agentproc import Received
 from conftest import ClientFactory
-from edgefleet.common.broker import Mosquitto, free_port
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
+from edgefleet.dev.broker import Mosquitto, free_port
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 pytestmark = [pytest.mark.slow]
 

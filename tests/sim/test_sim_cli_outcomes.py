@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgefleet.common.broker import Mosquitto, free_port
+from edgefleet.dev.broker import Mosquitto, free_port
 from edgefleet.errors import ConfigError
 from edgefleet.sim.claims import CLAIM_FILE, check_unclaimed, read_claim, write_claim
 from edgefleet.sim.runner import random_spread

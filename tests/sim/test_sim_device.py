@@ -9,11 +9,11 @@ import pytest
 
 from edgefleet.agent.batch import build_message
 from edgefleet.cli import build_parser
-from edgefleet.common.protocol import MetricsMessage, decode, metrics_topic
 from edgefleet.errors import ConfigError
 from edgefleet.sim.device import SimDevice, Transition
 from edgefleet.sim.options import ScriptedEvent, SimOptions, demo_script, options_from_args
 from edgefleet.sim.truth import SeqRanges, Truth, to_ranges, write_atomic
+from edgefleet.wire.messages import MetricsMessage, decode, metrics_topic
 
 T0 = 1_800_000_000.0
 QUIET = {"spike_rate": 0.0, "dropout_rate": 0.0}

@@ -9,9 +9,8 @@ import statistics
 
 import pytest
 
-from edgefleet.backend.alerts import AlertState, evaluate
-from edgefleet.backend.rules import default_rules_path, load_rules
-from edgefleet.common.protocol import METRIC_KEY_PATTERN, Sample
+from edgefleet.backend.alerts.engine import AlertState, evaluate
+from edgefleet.backend.alerts.rules import default_rules_path, load_rules
 from edgefleet.sim.device import SimDevice
 from edgefleet.sim.model import (
     PEAK_HOUR_UTC,
@@ -22,6 +21,7 @@ from edgefleet.sim.model import (
     make_spike,
 )
 from edgefleet.sim.options import ScriptedEvent, SimOptions
+from edgefleet.wire.messages import METRIC_KEY_PATTERN, Sample
 
 T0 = 1_800_000_000.0 - (1_800_000_000.0 % 86400)  # a UTC midnight
 KEY_RE = re.compile(METRIC_KEY_PATTERN)

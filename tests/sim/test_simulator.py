@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from conftest import ClientFactory
-from edgefleet.common.broker import Mosquitto
-from edgefleet.common.protocol import (
+from edgefleet.dev.broker import Mosquitto
+from edgefleet.errors import ProtocolError
+from edgefleet.sim import ScriptedEvent, SimOptions, Truth, run_simulation
+from edgefleet.wire.messages import (
     METRICS_FILTER,
     STATUS_FILTER,
     MetricsMessage,
     StatusMessage,
     decode,
 )
-from edgefleet.errors import ProtocolError
-from edgefleet.sim import ScriptedEvent, SimOptions, Truth, run_simulation
 
 pytestmark = [pytest.mark.slow]
 

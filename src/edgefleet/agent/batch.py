@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from edgefleet.agent.contracts import QueuedSample
-from edgefleet.common.wire import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, HealthDoc, encode_health
+from edgefleet.wire.base import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, HealthDoc, encode_health
 
 # Room kept free for the header, the health object and the JSON punctuation.
 _HEADER_ROOM = 1024

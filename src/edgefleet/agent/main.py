@@ -31,12 +31,17 @@ from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
 from edgefleet.agent.supervise import supervise
 from edgefleet.common.files import check_cert_file, check_private_key, check_queue_path
-from edgefleet.common.ipc import GREENGRASS_ENV, IpcTransport, resolve_transport, under_greengrass
 from edgefleet.common.logs import JsonFormatter, kv
-from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.transport import Transport
-from edgefleet.common.wire import HealthDoc, StatusState, encode_status, status_topic
 from edgefleet.errors import ConfigError, TransportError
+from edgefleet.transport.base import Transport
+from edgefleet.transport.ipc import (
+    GREENGRASS_ENV,
+    IpcTransport,
+    resolve_transport,
+    under_greengrass,
+)
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.wire.base import HealthDoc, StatusState, encode_status, status_topic
 
 if TYPE_CHECKING:
     from edgefleet.agent.settings import AgentSettings
@@ -121,9 +126,9 @@ class Agent:
         s = self.s
         if resolve_transport(s.transport) == "ipc":
             # Under Greengrass: publish through the nucleus and answer its configuration
-            # validation requests (see edgefleet.common.greengrass; it validates with the
+            # validation requests (see edgefleet.agent.greengrass; it validates with the
             # pydantic settings model, so it is imported only here).
-            from edgefleet.common.greengrass import watch_agent_configuration
+            from edgefleet.agent.greengrass import watch_agent_configuration
 
             return IpcTransport(on_connect=self._on_connect, on_client=watch_agent_configuration)
         assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked

@@ -20,9 +20,9 @@ from edgefleet.agent.batch import Health, build_message, fit, too_big
 from edgefleet.agent.contracts import QueuedSample, SampleQueue
 from edgefleet.agent.ratelimit import TokenBucket
 from edgefleet.common.logs import kv
-from edgefleet.common.transport import Transport
-from edgefleet.common.wire import metrics_topic
 from edgefleet.errors import PermanentPublishError, TransportError
+from edgefleet.transport.base import Transport
+from edgefleet.wire.base import metrics_topic
 
 log = logging.getLogger(__name__)
 

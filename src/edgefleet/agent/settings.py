@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from edgefleet.common.policy import BACKEND_IDENTITY
-from edgefleet.common.wire import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
+from edgefleet.wire.base import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
+from edgefleet.wire.policy import BACKEND_IDENTITY
 
 CommaList = Annotated[list[str], NoDecode]
 

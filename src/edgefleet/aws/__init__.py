@@ -1,7 +1,7 @@
 """The AWS side of edgefleet: policies, provisioning and the production path.
 
     policies      AWS IoT policy documents for agents and the backend, generated from
-                  ``edgefleet.common.policy`` (the same source as the Mosquitto ACL)
+                  ``edgefleet.wire.policy`` (the same source as the Mosquitto ACL)
     policy_eval   a small evaluator for the subset of the IoT policy language used here,
                   and one for Mosquitto ACL files, so tests can prove the two agree
     provision     thing, group, certificate, policy; revoke (boto3, extra ``aws``)

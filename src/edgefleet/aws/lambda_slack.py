@@ -1,6 +1,6 @@
 """AWS Lambda handler: alerts from an AWS IoT rule, directly or through SNS, to Slack.
 
-The message is built by the backend's own formatting (:mod:`edgefleet.backend.notify.format`
+The message is built by the backend's own formatting (:mod:`edgefleet.notify.format`
 and ``model``), so Slack shows the same cards in both paths. Only the standard library is
 used besides those: no boto3, aiohttp or slack_sdk. Handler: ``edgefleet.aws.lambda_slack.handler``.
 
@@ -39,9 +39,9 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from edgefleet.backend.notify.format import format_group
-from edgefleet.backend.notify.model import Alert, DeliveryRefusedError, RetryLaterError
 from edgefleet.common.logs import kv
+from edgefleet.notify.format import format_group
+from edgefleet.notify.model import Alert, DeliveryRefusedError, RetryLaterError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """AWS IoT policy documents for agents and the backend, generated from
-:mod:`edgefleet.common.policy` (the source of the Mosquitto ACL as well).
+:mod:`edgefleet.wire.policy` (the source of the Mosquitto ACL as well).
 
 - ``edgefleet-agent`` (attached to every device certificate): connect only with the client id
   equal to the thing name the certificate is attached to, publish only to
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edgefleet.common.policy import BACKEND_IDENTITY, backend_filters, device_topics
+from edgefleet.wire.policy import BACKEND_IDENTITY, backend_filters, device_topics
 
 THING_NAME_VAR = "${iot:Connection.Thing.ThingName}"
 IS_ATTACHED_KEY = "iot:Connection.Thing.IsAttached"

@@ -31,9 +31,9 @@ from edgefleet.aws.policies import (
     backend_policy_document,
 )
 from edgefleet.common.logs import kv
-from edgefleet.common.policy import BACKEND_IDENTITY
-from edgefleet.common.protocol import is_valid_thing_name
 from edgefleet.errors import EdgefleetError
+from edgefleet.wire.messages import is_valid_thing_name
+from edgefleet.wire.policy import BACKEND_IDENTITY
 
 if TYPE_CHECKING:
     from mypy_boto3_iot import IoTClient

@@ -10,15 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgefleet.backend.rules import default_rules_path, load_rules
+from edgefleet.backend.alerts.rules import default_rules_path, load_rules
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.backend.web import create_app, disable_websocket_compression
-from edgefleet.backend.web_access import WebAccess
-from edgefleet.common.ipc import IpcTransport, resolve_transport
+from edgefleet.backend.web.access import WebAccess
+from edgefleet.backend.web.app import create_app, disable_websocket_compression
 from edgefleet.common.logs import kv
-from edgefleet.common.mqtt import MqttClient, MqttConfig
 from edgefleet.common.settings import check_cert_file, check_private_key, load_settings
 from edgefleet.errors import ConfigError
+from edgefleet.transport.ipc import IpcTransport, resolve_transport
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def transport_factory(s: BackendSettings, kind: str) -> Callable[..., Any]:
 
     def make(on_message: Callable[[str, bytes, Any], None], on_connect: Callable[[], None]) -> Any:
         if kind == "ipc":
-            from edgefleet.common.greengrass import watch_backend_configuration
+            from edgefleet.backend.greengrass import watch_backend_configuration
 
             return IpcTransport(
                 on_message=lambda topic, payload: on_message(topic, payload, None),
@@ -95,7 +95,7 @@ def run_backend(config: Path | None = None) -> int:
     kind = preflight(settings)
 
     async def main() -> None:
-        from edgefleet.backend.service import Backend
+        from edgefleet.backend.runtime import Backend
 
         backend = Backend(settings, rules, transport_factory(settings, kind))
         # Long-lived state is built: keep the collector off it, and collect young objects

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edgefleet.common.protocol import AgentHealth, StatusMessage
+from edgefleet.wire.messages import AgentHealth, StatusMessage
 
 Status = Literal["online", "offline"]
 Source = Literal["raw", "buckets", "mixed", "none"]

@@ -22,23 +22,23 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from edgefleet.backend.alerting import AlertCenter
-from edgefleet.backend.feed import FEED_KEY, FeedMonitor, feed_event
-from edgefleet.backend.fleet import FleetState
-from edgefleet.backend.hub import Hub
-from edgefleet.backend.inbox import Inbound, Inbox
-from edgefleet.backend.ingest import Ingest
-from edgefleet.backend.notify import AlertDispatcher, BudgetSettings, Outbox
-from edgefleet.backend.persist import BatchWriter, Message
-from edgefleet.backend.quarantine import Quarantine
+from edgefleet.backend.alerts.centre import AlertCenter
+from edgefleet.backend.alerts.feed import FEED_KEY, FeedMonitor, feed_event
+from edgefleet.backend.alerts.rules import RuleSet
+from edgefleet.backend.ingest.handler import Ingest
+from edgefleet.backend.ingest.inbox import Inbound, Inbox
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.rules import RuleSet
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.backend.store import FleetStore
-from edgefleet.backend.viewmodel import FleetViewModel
+from edgefleet.backend.store.fleet_state import FleetState
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.quarantine import Quarantine
+from edgefleet.backend.store.writer import BatchWriter, Message
+from edgefleet.backend.web.fleet_view import FleetViewModel
+from edgefleet.backend.web.hub import Hub
 from edgefleet.common.logs import kv
-from edgefleet.common.protocol import METRICS_FILTER, STATUS_FILTER
 from edgefleet.errors import TransportError
+from edgefleet.notify import AlertDispatcher, BudgetSettings, Outbox
+from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def _slack_kind(s: BackendSettings) -> str:
 def _notifier(s: BackendSettings) -> Any:
     if not (s.slack_webhook_url or s.slack_bot_token):
         return None
-    from edgefleet.backend.notify.slack import SlackNotifier
+    from edgefleet.notify.slack import SlackNotifier
 
     return SlackNotifier(
         webhook_url=s.slack_webhook_url.get_secret_value() if s.slack_webhook_url else None,

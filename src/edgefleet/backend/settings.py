@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from edgefleet.common.protocol import THING_NAME_PATTERN
+from edgefleet.wire.messages import THING_NAME_PATTERN
 
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -92,7 +92,7 @@ class BackendSettings(BaseSettings):
     @field_validator("allowed_hosts", "allowed_origins")
     @classmethod
     def _web_entries(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        from edgefleet.backend.web_access import WebAccess  # imports this module
+        from edgefleet.backend.web.access import WebAccess  # imports this module
 
         if info.field_name == "allowed_hosts":  # each raises ValueError naming a bad entry
             WebAccess.build(allowed_hosts=value)

@@ -1,1 +1,2 @@
-"""Code shared by the agent and the backend: wire contract, settings, PKI, broker harness."""
+"""Helpers shared by every layer: structured logs, settings conventions, file checks, SQLite
+transactions. The wire contract is in ``edgefleet.wire``, transports in ``edgefleet.transport``."""

@@ -1,5 +1,5 @@
 """A real Mosquitto broker standing in for AWS IoT Core: mTLS required, identity from the
-certificate CN, and the ACL from :mod:`edgefleet.common.policy`.
+certificate CN, and the ACL from :mod:`edgefleet.wire.policy`.
 
 Used by the tests (a pytest fixture wraps :class:`Mosquitto`), the benchmarks and
 ``edgefleet broker`` / ``edgefleet demo``.
@@ -19,9 +19,9 @@ from pathlib import Path
 from types import TracebackType
 
 from edgefleet.common.logs import kv
-from edgefleet.common.pki import SERVER_NAME, DevCA
-from edgefleet.common.policy import mosquitto_acl
+from edgefleet.dev.pki import SERVER_NAME, DevCA
 from edgefleet.errors import BrokerError
+from edgefleet.wire.policy import mosquitto_acl
 
 log = logging.getLogger(__name__)
 

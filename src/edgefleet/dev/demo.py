@@ -25,8 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.common.broker import Mosquitto
 from edgefleet.common.logs import kv
+from edgefleet.dev.broker import Mosquitto
 from edgefleet.errors import EdgefleetError
 from edgefleet.sim.claims import read_claim, write_claim
 from edgefleet.sim.options import SimOptions

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.common.logs import kv
-from edgefleet.common.policy import BACKEND_IDENTITY
 from edgefleet.errors import ConfigError
+from edgefleet.wire.policy import BACKEND_IDENTITY
 
 log = logging.getLogger(__name__)
 

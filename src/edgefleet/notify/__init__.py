@@ -15,20 +15,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.backend.notify.budget import BudgetSettings, NotifyBudget
-from edgefleet.backend.notify.dispatcher import AlertDispatcher, DispatcherStats
-from edgefleet.backend.notify.format import format_group
-from edgefleet.backend.notify.model import (
+from edgefleet.notify.budget import BudgetSettings, NotifyBudget
+from edgefleet.notify.dispatcher import AlertDispatcher, DispatcherStats
+from edgefleet.notify.format import format_group
+from edgefleet.notify.model import (
     Alert,
     DeliveryRefusedError,
     Notifier,
     NotifyError,
     RetryLaterError,
 )
-from edgefleet.backend.notify.outbox import Outbox, OutboxEntry
+from edgefleet.notify.outbox import Outbox, OutboxEntry
 
 if TYPE_CHECKING:
-    from edgefleet.backend.notify.slack import SlackNotifier
+    from edgefleet.notify.slack import SlackNotifier
 
 __all__ = [
     "Alert",
@@ -49,7 +49,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "SlackNotifier":
-        from edgefleet.backend.notify.slack import SlackNotifier
+        from edgefleet.notify.slack import SlackNotifier
 
         return SlackNotifier
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

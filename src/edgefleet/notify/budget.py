@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgefleet.backend.notify.format import Block, format_suppressed
-from edgefleet.backend.notify.model import Alert
-from edgefleet.backend.notify.outbox import Outbox, OutboxEntry
 from edgefleet.common.logs import RateLimitedLog, kv
+from edgefleet.notify.format import Block, format_suppressed
+from edgefleet.notify.model import Alert
+from edgefleet.notify.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 _OVER_BUDGET_LOG = RateLimitedLog(60.0)

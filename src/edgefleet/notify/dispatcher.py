@@ -9,7 +9,7 @@ sending pauses with the same growing backoff, so a bad token never spins. Withou
 the alerts go to the log and are marked sent.
 
 Before a group is sent, the :class:`NotifyBudget` (per device and per rule, see
-:mod:`edgefleet.backend.notify.budget`) takes out what is over budget: those alerts are
+:mod:`edgefleet.notify.budget`) takes out what is over budget: those alerts are
 marked ``suppressed`` in the outbox and counted, and one summary message per budget window
 (the first as soon as the grouping window allows) says how many were held back, per device.
 """
@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from edgefleet.backend.notify.budget import BudgetSettings, FloodControl
-from edgefleet.backend.notify.format import DEFAULT_MAX_LINES, format_group, message_metadata
-from edgefleet.backend.notify.model import (
+from edgefleet.common.logs import kv
+from edgefleet.notify.budget import BudgetSettings, FloodControl
+from edgefleet.notify.format import DEFAULT_MAX_LINES, format_group, message_metadata
+from edgefleet.notify.model import (
     Alert,
     DeliveryRefusedError,
     Notifier,
     NotifyError,
     RetryLaterError,
 )
-from edgefleet.backend.notify.outbox import Outbox, OutboxEntry
-from edgefleet.common.logs import kv
+from edgefleet.notify.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from edgefleet.backend.notify.model import Alert
+from edgefleet.notify.model import Alert
 
 MAX_BLOCKS = 50
 MAX_HEADER = 150

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.backend.notify.model import Alert
 from edgefleet.common.sqlitetx import transaction
+from edgefleet.notify.model import Alert
 
 RETENTION_S = 7 * 86400.0
 SUMMARISED = "summarised"

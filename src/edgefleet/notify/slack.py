@@ -25,8 +25,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from edgefleet.backend.notify.model import DeliveryRefusedError, NotifyError, RetryLaterError
 from edgefleet.errors import ConfigError
+from edgefleet.notify.model import DeliveryRefusedError, NotifyError, RetryLaterError
 
 DEFAULT_API_URL = "https://slack.com/api/"
 ENV_PREFIX = "EDGE_BACKEND_SLACK_"
@@ -36,7 +36,7 @@ RETRYABLE_API_ERRORS = frozenset(
 MAX_RETRY_AFTER_S = 3600.0
 
 # slack_sdk logs request URLs and headers at DEBUG; its records go to this quiet logger.
-_SDK_LOG = logging.getLogger("edgefleet.backend.notify.sdk")
+_SDK_LOG = logging.getLogger("edgefleet.notify.sdk")
 _SDK_LOG.setLevel(logging.INFO)
 _TOKEN_RE = re.compile(r"[a-z_]{1,64}")
 

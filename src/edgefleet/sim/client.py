@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgefleet.common.logs import kv
-from edgefleet.common.mqtt import MqttClient, MqttConfig
-from edgefleet.common.pki import DevCA, Identity, check_identity_name
-from edgefleet.common.protocol import StatusMessage, encode, status_topic
+from edgefleet.dev.pki import DevCA, Identity, check_identity_name
 from edgefleet.errors import ConfigError
 from edgefleet.sim.device import AGENT_VERSION
 from edgefleet.sim.options import SimOptions
+from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.wire.messages import StatusMessage, encode, status_topic
 
 log = logging.getLogger(__name__)
 

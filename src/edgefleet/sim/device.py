@@ -17,10 +17,10 @@ from collections import deque
 
 from edgefleet.agent.batch import fit, sample_body
 from edgefleet.agent.contracts import QueuedSample
-from edgefleet.common.protocol import AgentHealth
 from edgefleet.sim.model import MetricModel, Spike, make_profile, make_spike
 from edgefleet.sim.options import ScriptedEvent, SimOptions
 from edgefleet.sim.truth import DeviceTruth, OfflineWindow
+from edgefleet.wire.messages import AgentHealth
 
 AGENT_VERSION = "sim"
 _RSS_BASE = 27 * 1024 * 1024

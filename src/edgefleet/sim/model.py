@@ -5,7 +5,7 @@ phase of its daily curve); a :class:`MetricModel` turns a sample time into the m
 real agent's collectors would produce (same keys, see ``edgefleet.agent.collectors``).
 
 Outside a :class:`Spike` every value stays below the ``clear`` levels of
-``backend/default_rules.yaml`` (the ``_CAP_*`` constants), so every alert the default rules
+``backend/alerts/default_rules.yaml`` (the ``_CAP_*`` constants), so every alert the default rules
 raise is explained by a spike listed in the ground truth, and resolves right after it. A
 spike holds its metric key above the rule's threshold for its whole window.
 """

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from edgefleet.common.protocol import is_valid_thing_name
 from edgefleet.errors import ConfigError
 from edgefleet.sim.model import SPIKE_KINDS
+from edgefleet.wire.messages import is_valid_thing_name
 
 DEFAULT_PKI = Path(".edgefleet/broker/pki")
 

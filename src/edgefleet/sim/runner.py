@@ -18,14 +18,14 @@ from typing import Any
 
 from edgefleet.agent.batch import build_message
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.pki import DevCA, Identity
-from edgefleet.common.protocol import metrics_topic, status_topic
+from edgefleet.dev.pki import DevCA, Identity
 from edgefleet.errors import PermanentPublishError, TransportError
 from edgefleet.sim.claims import check_unclaimed
 from edgefleet.sim.client import SimClient, issue_identities, make_client, status_payload
 from edgefleet.sim.device import SimDevice, Transition
 from edgefleet.sim.options import SimOptions
 from edgefleet.sim.truth import Truth, write_atomic
+from edgefleet.wire.messages import metrics_topic, status_topic
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The transport contract: how the agent publishes and the backend subscribes.
 
-Two implementations: :class:`edgefleet.common.mqtt.MqttClient` (direct MQTT5 with mTLS) and,
+Two implementations: :class:`edgefleet.transport.mqtt.MqttClient` (direct MQTT5 with mTLS) and,
 under Greengrass, the IPC transport. The agent and backend only see this interface.
 """
 

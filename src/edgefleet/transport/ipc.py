@@ -4,7 +4,7 @@ Under AWS IoT Greengrass v2 a component talks to AWS IoT Core through the nucleu
 connection (``PublishToIoTCore`` / ``SubscribeToIoTCore``), authorised per topic by the
 ``aws.greengrass.ipc.mqttproxy`` access control of its recipe. This is the only module where
 the IPC client's threads and futures live; above it, :class:`IpcTransport` has the same
-interface as :class:`edgefleet.common.mqtt.MqttClient`.
+interface as :class:`edgefleet.transport.mqtt.MqttClient`.
 
 What a successful publish means here: the nucleus has put the message in its spooler (memory,
 2.5 MiB by default), not that AWS IoT Core acknowledged it. The agent's durable queue stays in
@@ -109,10 +109,10 @@ def describe(exc: BaseException) -> str:
 
 
 class IpcTransport:
-    """:class:`~edgefleet.common.transport.Transport` over Greengrass IPC.
+    """:class:`~edgefleet.transport.base.Transport` over Greengrass IPC.
 
     ``on_message(topic, payload)`` is called on the IPC event thread, in arrival order (as
-    :class:`~edgefleet.common.mqtt.MqttClient` calls it on its SDK thread). ``on_connect``
+    :class:`~edgefleet.transport.mqtt.MqttClient` calls it on its SDK thread). ``on_connect``
     runs on the event loop once connected; ``on_client(client)`` runs in a worker thread
     right after the client is built (e.g. to subscribe to configuration validation).
     """

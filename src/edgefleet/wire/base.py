@@ -2,7 +2,7 @@
 
 Constants, topics and thing names, plus the two payload parts an agent builds itself (its
 status message and its health object), encoded with :mod:`json`. The edge agent's
-long-running process imports only this module, never :mod:`edgefleet.common.protocol`,
+long-running process imports only this module, never :mod:`edgefleet.wire.messages`,
 whose pydantic models cost it about 12 MiB of RSS. ``protocol`` re-exports everything here
 and stays the one place that VALIDATES messages; ``tests/agent/test_agent_lean.py`` checks
 that what these encoders produce is exactly what the models accept and encode.

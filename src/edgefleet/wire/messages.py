@@ -8,11 +8,11 @@ Topics follow AWS's topic design, ``dt/<application>/<thing name>/<kind>``:
 
 Every payload is UTF-8 JSON with ``"v": 1``. A message is at most 128 KiB (AWS IoT Core's
 limit). ``protocol.schema.json`` beside this module is generated from these models
-(``python -m edgefleet.common.protocol > src/edgefleet/common/protocol.schema.json``) and a
+(``python -m edgefleet.wire.messages > src/edgefleet/wire/protocol.schema.json``) and a
 test keeps the two in agreement.
 
 Constants, topic helpers and the agent's own encoders live in the pydantic-free
-:mod:`edgefleet.common.wire` (the edge agent imports only that) and are re-exported here.
+:mod:`edgefleet.wire.base` (the edge agent imports only that) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.common.wire import (
+from edgefleet.errors import ProtocolError
+from edgefleet.wire.base import (
     APP,
     MAX_AGE_S,
     MAX_INTERVAL_S,
@@ -42,7 +43,6 @@ from edgefleet.common.wire import (
     parse_topic,
     status_topic,
 )
-from edgefleet.errors import ProtocolError
 
 __all__ = [
     "APP",

@@ -25,8 +25,8 @@ from edgefleet.agent.collectors.temp import TempCollector
 from edgefleet.agent.collectors.uptime import UptimeCollector
 from edgefleet.agent.contracts import Collector
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.wire import METRIC_KEY_PATTERN
 from edgefleet.errors import ConfigError
+from edgefleet.wire.base import METRIC_KEY_PATTERN
 
 __all__ = ["REGISTRY", "build_collectors", "collect_all"]
 

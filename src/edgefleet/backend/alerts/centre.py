@@ -26,8 +26,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from edgefleet.backend.alert_persist import RECENT, AlertPersistence, DeviceSnapshot
-from edgefleet.backend.alerts import (
+from edgefleet.backend.alerts.engine import (
     AlertEvent,
     LiveAlertState,
     evaluate_changes,
@@ -36,11 +35,12 @@ from edgefleet.backend.alerts import (
     pending,
     prune,
 )
-from edgefleet.backend.notify import Alert, AlertDispatcher
+from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
+from edgefleet.backend.alerts.rules import RuleSet
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.rules import RuleSet
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.common.logs import kv
+from edgefleet.notify import Alert, AlertDispatcher
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ No I/O and no clock: the caller passes every time. Semantics (details in ``docs/
   spike therefore raises nothing; if the condition still holds at the first fresh sample, the
   alert fires then, with ``started_at`` = when the backlog shows it began.
 
-State is an :class:`~edgefleet.backend.alert_state.AlertState`: immutable, sharded by device.
+State is an :class:`~edgefleet.backend.alerts.state.AlertState`: immutable, sharded by device.
 :func:`evaluate_batch` copies each device's dict once per batch (never per sample), so a
 device inventing names costs in proportion to its own keys, never the fleet's. Keys that are
 not firing and got no sample for ``expiry_s(rule)`` are dropped by :func:`expire`.
@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from edgefleet.backend.alert_state import (
+from edgefleet.backend.alerts.rules import OFFLINE_RULE, Params, Rule, RuleSet
+from edgefleet.backend.alerts.state import (
     IDLE,
     AlertState,
     AlertStateError,
@@ -41,7 +42,7 @@ from edgefleet.backend.alert_state import (
     StateView,
     alert_key,
 )
-from edgefleet.backend.alert_upkeep import (
+from edgefleet.backend.alerts.upkeep import (
     FiringAlert,
     PendingAlert,
     expire,
@@ -51,7 +52,6 @@ from edgefleet.backend.alert_upkeep import (
     pending,
     prune,
 )
-from edgefleet.backend.rules import OFFLINE_RULE, Params, Rule, RuleSet
 
 EventKind = Literal["firing", "resolved"]
 _OPS: dict[str, Callable[[float, float], bool]] = {

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgefleet.backend.alerts import AlertEvent, EventKind, alert_key
+from edgefleet.backend.alerts.engine import AlertEvent, EventKind, alert_key
 
 FeedStateName = Literal["starting", "ok", "lost"]
 LostReason = Literal["link", "silence", ""]

@@ -25,14 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet.backend.alert_state import (
+from edgefleet.backend.alerts.state import (
     AlertState,
     AlertStateError,
     DeviceConds,
     conditions_from_rows,
     device_rows,
 )
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.common.logs import kv
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from edgefleet.common.metric_families import impossible_value, unknown_family
 from edgefleet.errors import ConfigError
+from edgefleet.wire.metric_families import impossible_value, unknown_family
 
 OPS = (">", ">=", "<", "<=")
 SEVERITIES = ("info", "warning", "critical")

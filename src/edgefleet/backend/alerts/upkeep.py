@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from edgefleet.backend.alert_state import (
+from edgefleet.backend.alerts.rules import OFFLINE_RULE, RuleSet
+from edgefleet.backend.alerts.state import (
     AlertState,
     Condition,
     DeviceConds,
@@ -14,7 +15,6 @@ from edgefleet.backend.alert_state import (
     StateView,
     alert_key,
 )
-from edgefleet.backend.rules import OFFLINE_RULE, RuleSet
 
 EXPIRY_MIN_S = 3600.0
 EXPIRY_FOR_FACTOR = 10.0

@@ -26,7 +26,7 @@ one counted jump, not 10^15 lost samples, and a device that jumps back is not dr
 replay forever. Duplicates across an epoch boundary are not recognised.
 
 A new stream for a device retires the old one: its loss moves into ``lost_prior``; samples
-of a retired stream are refused (see :mod:`edgefleet.backend.ingest`). A device remembers at
+of a retired stream are refused (see :mod:`edgefleet.backend.ingest.handler`). A device remembers at
 most ``max_streams`` streams (the current one and the newest retired ones).
 
 Every loss figure is capped at :data:`LOST_CAP` (2^53 - 1), so sums of them stay inside

@@ -1,8 +1,8 @@
 """Ingest: turn received MQTT messages into new samples, status reports and counters.
 
-:meth:`Ingest.handle` decodes one message with :func:`edgefleet.common.protocol.decode`,
+:meth:`Ingest.handle` decodes one message with :func:`edgefleet.wire.messages.decode`,
 counts what it rejects, drops duplicates by ``(device, stream, seq)`` (see
-:mod:`edgefleet.backend.ingest_dedup` for the exact rules and the loss figure) and returns
+:mod:`edgefleet.backend.ingest.dedup` for the exact rules and the loss figure) and returns
 what is new. It never raises for anything a client can send, and costs a dict lookup, a
 few integer operations and one set test of the sample's keys per sample on top of decoding.
 
@@ -19,7 +19,7 @@ Bounds (see ``docs/protocol.md``): a device's metric keys are held to :class:`Ke
 at most ``max_streams`` streams, and a seq jump beyond ``max_seq_jump`` starts a new epoch
 (counted as the anomaly ``seq_jump``, not as loss). Samples of a retired stream are refused
 (``retired_stream``); when they keep coming, the device is flagged with an identity
-conflict (:meth:`Ingest.conflict`, :mod:`edgefleet.backend.ingest_identity`).
+conflict (:meth:`Ingest.conflict`, :mod:`edgefleet.backend.ingest.identity`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from edgefleet.backend.ingest_dedup import (
+from edgefleet.backend.ingest.dedup import (
     DEFAULT_JUMP,
     DEFAULT_STREAMS,
     DEFAULT_WINDOW,
     SeqCursor,
     SeqTracker,
 )
-from edgefleet.backend.ingest_identity import IdentityWatch
-from edgefleet.backend.ingest_keys import (
+from edgefleet.backend.ingest.identity import IdentityWatch
+from edgefleet.backend.ingest.keys import (
     DEFAULT_FORGET_S,
     DEFAULT_MAX_INSTANCES,
     DEFAULT_MAX_KEYS,
@@ -45,8 +45,8 @@ from edgefleet.backend.ingest_keys import (
 )
 from edgefleet.backend.records import AcceptedSample, IngestCounters, IngestResult
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.protocol import MetricsMessage, StatusMessage, decode
 from edgefleet.errors import ProtocolError
+from edgefleet.wire.messages import MetricsMessage, StatusMessage, decode
 
 __all__ = ["Ingest", "IngestCounters", "IngestResult"]
 

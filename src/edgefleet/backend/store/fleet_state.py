@@ -26,11 +26,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edgefleet.backend.ingest import Ingest, IngestResult
+from edgefleet.backend.ingest.handler import Ingest, IngestResult
 from edgefleet.backend.records import DeviceRow, Status
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.common.logs import kv
-from edgefleet.common.protocol import StatusMessage
+from edgefleet.wire.messages import StatusMessage
 
 Reason = Literal["data", "status", "stale"]
 _log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Tables: ``devices`` (one row per device: times, status, agent health, labels), ``cursors``
 (the ingest's dedup state per device), ``raw`` and ``buckets`` (metrics history, see
-:mod:`edgefleet.backend.store_history`), ``state`` (text saved by other components, e.g. the
+:mod:`edgefleet.backend.store.history`), ``state`` (text saved by other components, e.g. the
 alert engine) and ``meta`` (schema version, compaction watermark).
 
 Durability: :meth:`FleetStore.add_samples` writes samples, the dedup cursors that admitted
@@ -25,9 +25,9 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from edgefleet.backend.ingest_dedup import SeqCursor
+from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow, History
-from edgefleet.backend.store_history import (
+from edgefleet.backend.store.history import (
     BUCKET_S,
     compact_chunk,
     find_keys,
@@ -35,7 +35,7 @@ from edgefleet.backend.store_history import (
     select_sql,
     value_sql,
 )
-from edgefleet.backend.store_schema import (
+from edgefleet.backend.store.schema import (
     SCHEMA,
     SCHEMA_VERSION,
     SELECT_CURSORS,
@@ -201,7 +201,7 @@ class FleetStore:
         """Metrics of ``device`` over ``[start, end)``, at most ``max_points`` points.
 
         ``keys=None`` means the keys of the newest sample in the range. See
-        :func:`edgefleet.backend.store_history.read_history` for how the resolution is chosen.
+        :func:`edgefleet.backend.store.history.read_history` for how the resolution is chosen.
         """
         if max_points < 2 or not end > start:
             raise ValueError("history needs max_points >= 2 and end > start")

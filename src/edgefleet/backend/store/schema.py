@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgefleet.backend.ingest_dedup import LOST_CAP, SeqCursor
+from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.records import DeviceRow
 
 SCHEMA_VERSION = 1

@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from edgefleet.backend.ingest_dedup import SeqCursor
-from edgefleet.backend.quarantine import Quarantine, cause_of
+from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow
-from edgefleet.backend.store import FleetStore
+from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.quarantine import Quarantine, cause_of
 from edgefleet.common.logs import RateLimitedLog, kv
 
 log = logging.getLogger(__name__)

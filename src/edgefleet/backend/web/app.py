@@ -17,11 +17,11 @@ from quart import Quart, Response, jsonify, request, send_from_directory, websoc
 from quart.typing import ResponseReturnValue
 
 from edgefleet import __version__
-from edgefleet.backend.hub import CLOSE_TOO_SLOW, Hub
-from edgefleet.backend.store_history import MAX_KEYS
-from edgefleet.backend.web_access import WebAccess
+from edgefleet.backend.store.history import MAX_KEYS
+from edgefleet.backend.web.access import WebAccess
+from edgefleet.backend.web.hub import CLOSE_TOO_SLOW, Hub
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.protocol import METRIC_KEY_PATTERN
+from edgefleet.wire.messages import METRIC_KEY_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class FleetView(Protocol):
 
 def dashboard_dir() -> Path:
     """The folder with index.html: packaged with edgefleet (a link to dashboard/ in the repo)."""
-    return Path(__file__).resolve().parent.parent / "dashboard"
+    return Path(__file__).resolve().parents[2] / "dashboard"
 
 
 def _authorised(token: str | None, given: str | None) -> bool:

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.views import device_row, history_json, problem_rank, prometheus
+from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
 
 if TYPE_CHECKING:
-    from edgefleet.backend.hub import Hub
-    from edgefleet.backend.service import Backend
+    from edgefleet.backend.runtime import Backend
+    from edgefleet.backend.web.hub import Hub
 
 SPARK_POINTS = 30
 SPARK_KEY = "cpu.percent"
@@ -25,7 +25,7 @@ DEFAULT_KEYS = ("cpu.percent", "memory.used_percent", "load.load1")
 
 
 class FleetViewModel:
-    """Implements :class:`edgefleet.backend.web.FleetView` over a running :class:`Backend`."""
+    """Implements :class:`edgefleet.backend.web.app.FleetView` over a running :class:`Backend`."""
 
     def __init__(self, backend: Backend) -> None:
         self.b = backend

@@ -145,20 +145,6 @@ def check_configuration(
     return None
 
 
-def check_agent_configuration(config: Mapping[str, Any]) -> str | None:
-    """:func:`check_configuration` for ``com.edge.agent``."""
-    from edgefleet.agent.settings import AgentSettings
-
-    return check_configuration(config, AgentSettings, AGENT_KEYS)
-
-
-def check_backend_configuration(config: Mapping[str, Any]) -> str | None:
-    """:func:`check_configuration` for ``com.edge.backend``."""
-    from edgefleet.backend.settings import BackendSettings
-
-    return check_configuration(config, BackendSettings, BACKEND_KEYS)
-
-
 class ConfigClient(Protocol):
     """The part of ``GreengrassCoreIPCClientV2`` that configuration validation uses."""
 
@@ -235,13 +221,3 @@ def watch_configuration(client: ConfigClient, check: Check) -> Any:
     )
     log.info("validating configuration updates from deployments")
     return stream
-
-
-def watch_agent_configuration(client: Any) -> None:
-    """The agent's ``IpcTransport(on_client=...)`` hook: validate its deployments."""
-    watch_configuration(client, check_agent_configuration)
-
-
-def watch_backend_configuration(client: Any) -> None:
-    """The backend's ``IpcTransport(on_client=...)`` hook: validate its deployments."""
-    watch_configuration(client, check_backend_configuration)
