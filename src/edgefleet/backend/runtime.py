@@ -33,7 +33,7 @@ from edgefleet.backend.store.fleet_state import FleetState
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.quarantine import Quarantine
 from edgefleet.backend.store.writer import BatchWriter, Message
-from edgefleet.backend.web.fleet_view import FleetViewModel
+from edgefleet.backend.web.fleet_view import FleetParts, FleetViewModel
 from edgefleet.backend.web.hub import Hub
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
@@ -74,7 +74,6 @@ class Backend:
         )
         self.alerts = AlertCenter(rules, self.store, self.dispatcher)
         self.hub = Hub(interval_s=s.ws_interval_s, queue_frames=s.ws_queue_frames)
-        self.view = FleetViewModel(self)
         self.quarantine = Quarantine(s.db_path.with_name(s.db_path.stem + "-quarantine.db"))
         self.writer = BatchWriter(self.store, self.quarantine, retries=s.store_retries)
         self.feed = FeedMonitor(
@@ -88,6 +87,11 @@ class Backend:
         self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
         self._stop = asyncio.Event()
         self.transport = transport_factory(self._on_message, self._on_connect)
+        self.view = FleetViewModel(FleetParts(
+            store=self.store, ingest=self.ingest, fleet=self.fleet, alerts=self.alerts,
+            dispatcher=self.dispatcher, hub=self.hub, writer=self.writer,
+            quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
+            connected=self.transport.connected))
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: Any = None) -> None:

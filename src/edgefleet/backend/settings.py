@@ -6,26 +6,14 @@ interface used by the recipes, Ansible and users (docs/backend.md).
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edgefleet.backend.web.access import WebAccess, is_loopback
 from edgefleet.wire.messages import THING_NAME_PATTERN
-
-_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses that only this machine can reach."""
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class BackendSettings(BaseSettings):
@@ -92,8 +80,6 @@ class BackendSettings(BaseSettings):
     @field_validator("allowed_hosts", "allowed_origins")
     @classmethod
     def _web_entries(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        from edgefleet.backend.web.access import WebAccess  # imports this module
-
         if info.field_name == "allowed_hosts":  # each raises ValueError naming a bad entry
             WebAccess.build(allowed_hosts=value)
         else:

@@ -10,32 +10,59 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
 
 if TYPE_CHECKING:
-    from edgefleet.backend.runtime import Backend
+    from edgefleet.backend.alerts.centre import AlertCenter
+    from edgefleet.backend.alerts.feed import FeedMonitor
+    from edgefleet.backend.ingest.handler import Ingest
+    from edgefleet.backend.ingest.inbox import Inbox
+    from edgefleet.backend.store.fleet_state import FleetState
+    from edgefleet.backend.store.fleet_store import FleetStore
+    from edgefleet.backend.store.quarantine import Quarantine
+    from edgefleet.backend.store.writer import BatchWriter
     from edgefleet.backend.web.hub import Hub
+    from edgefleet.notify import AlertDispatcher
 
 SPARK_POINTS = 30
 SPARK_KEY = "cpu.percent"
 DEFAULT_KEYS = ("cpu.percent", "memory.used_percent", "load.load1")
 
 
-class FleetViewModel:
-    """Implements :class:`edgefleet.backend.web.app.FleetView` over a running :class:`Backend`."""
+@dataclass(frozen=True)
+class FleetParts:
+    """The running parts the fleet view reads; :class:`edgefleet.backend.runtime.Backend` builds
+    them and hands them over, so the view never sees the whole backend."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.b = backend
-        self.hub: Hub = backend.hub
+    store: FleetStore
+    ingest: Ingest
+    fleet: FleetState
+    alerts: AlertCenter
+    dispatcher: AlertDispatcher
+    hub: Hub
+    writer: BatchWriter
+    quarantine: Quarantine
+    feed: FeedMonitor
+    inbox: Inbox
+    connected: asyncio.Event  # set while the broker link is up
+
+
+class FleetViewModel:
+    """Implements :class:`edgefleet.backend.web.app.FleetView` over the backend's running parts."""
+
+    def __init__(self, parts: FleetParts) -> None:
+        self.b = parts
+        self.hub: Hub = parts.hub
         self._latest: dict[str, tuple[float, dict[str, float]]] = {}
         self._spark: dict[str, deque[float]] = {}
-        for row in backend.fleet.devices():
-            latest = backend.store.latest(row.device)
+        for row in parts.fleet.devices():
+            latest = parts.store.latest(row.device)
             self._latest[row.device] = (row.last_sample_ts or 0.0, latest)
-            points = backend.store.recent_sparkline(row.device, SPARK_KEY, SPARK_POINTS)
+            points = parts.store.recent_sparkline(row.device, SPARK_KEY, SPARK_POINTS)
             self._spark[row.device] = deque((v for _, v in points), maxlen=SPARK_POINTS)
 
     def on_samples(self, samples: Iterable[AcceptedSample]) -> None:
@@ -106,7 +133,7 @@ class FleetViewModel:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy = broker link up, feed not lost, storing works; else the reasons why not."""
         b = self.b
-        connected = b.transport.connected.is_set()
+        connected = b.connected.is_set()
         feed = b.feed.public()
         reasons = []
         if not connected:
