@@ -6,10 +6,10 @@ it in one transaction (in a worker thread) and only then acknowledges those mess
 the broker (manual PUBACK), so a crash means redelivery, never loss. Duplicates of stored
 samples are recognised from the persisted per-device cursors.
 
-The inbox is bounded (``inbox_max``) without losing messages: see ``inbox.py``. A batch the
+The inbox is bounded (``inbox_max``) without losing messages: see ``ingest/inbox.py``. A batch the
 store cannot take is retried, then stored message by message with the offending ones
-quarantined (``persist.py``).
-The tick task also watches the backend's own feed (``feed.py``).
+quarantined (``store/writer.py``).
+The tick task also watches the backend's own feed (``alerts/feed.py``).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class BackendSettings(BaseSettings):
     max_streams_per_device: int = Field(default=8, ge=1, le=1000)
     max_seq_jump: int = Field(default=1_000_000, ge=10_000, le=2**53)
 
-    # --- web access (issue 14: Host and Origin checks, see web_access.py) ---
+    # --- web access (issue 14: Host and Origin checks, see web/access.py) ---
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

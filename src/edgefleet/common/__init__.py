@@ -1,2 +1,3 @@
 """Helpers shared by every layer: structured logs, settings conventions, file checks, SQLite
-transactions. The wire contract is in ``edgefleet.wire``, transports in ``edgefleet.transport``."""
+transactions, the generic Greengrass configuration check. The wire contract is in
+``edgefleet.wire``, transports in ``edgefleet.transport``; nothing here imports an upper layer."""

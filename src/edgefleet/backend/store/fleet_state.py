@@ -15,7 +15,8 @@ After a restart the devices come back from the store with their ``last_seen`` an
 the grace window starts at the restart, so a device that stays silent goes offline at the
 first :meth:`FleetState.tick` after ``stale window`` has passed since the restart. The same
 grace starts again when the backend's own feed comes back (:meth:`FleetState.regrace`), and
-nobody goes stale while the feed is lost (``tick(feed_ok=False)``, see ``feed.py``).
+nobody goes stale while the feed is lost (``tick(feed_ok=False)``, see
+:mod:`edgefleet.backend.alerts.feed`).
 All times are Unix seconds; ``now`` is always passed in.
 """
 

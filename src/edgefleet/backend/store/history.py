@@ -1,4 +1,4 @@
-"""History queries and compaction of the fleet store (tables are made in ``store.py``).
+"""History queries and compaction of the fleet store (tables are made in ``fleet_store.py``).
 
 Two tables hold a device's metrics:
 

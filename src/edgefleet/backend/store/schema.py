@@ -1,4 +1,4 @@
-"""SQL text, connection set-up and row conversions of the fleet store (``store.py``)."""
+"""SQL text, connection set-up and row conversions of the fleet store (``fleet_store.py``)."""
 
 from __future__ import annotations
 
