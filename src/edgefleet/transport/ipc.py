@@ -24,10 +24,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import PermanentPublishError, TransportError
+from edgefleet.transport.base import AckHandle, OnMessage
+
+if TYPE_CHECKING:
+    from edgefleet.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +116,23 @@ class IpcTransport:
     """:class:`~edgefleet.transport.base.Transport` over Greengrass IPC.
 
     ``on_message(topic, payload)`` is called on the IPC event thread, in arrival order (as
-    :class:`~edgefleet.transport.mqtt.MqttClient` calls it on its SDK thread). ``on_connect``
+    :class:`~edgefleet.transport.mqtt.MqttClient` calls it on its SDK thread);
+    ``on_message_acked(topic, payload, None)`` is the same with the
+    :data:`~edgefleet.transport.base.OnMessage` signature of a manually acknowledging
+    transport: there is never a handle, as the nucleus acknowledges on receipt
+    (``manual_ack`` is False, :meth:`ack` does nothing). ``on_connect``
     runs on the event loop once connected; ``on_client(client)`` runs in a worker thread
     right after the client is built (e.g. to subscribe to configuration validation).
     """
+
+    manual_ack = False
 
     def __init__(
         self,
         *,
         client_factory: ClientFactory = default_client_factory,
         on_message: Callable[[str, bytes], None] | None = None,
+        on_message_acked: OnMessage | None = None,
         on_connect: Callable[[], None] | None = None,
         on_client: Callable[[IpcClient], None] | None = None,
         timeout_s: float = 30.0,
@@ -129,6 +140,7 @@ class IpcTransport:
     ) -> None:
         self._factory = client_factory
         self._on_message = on_message
+        self._on_message_acked = on_message_acked
         self._on_connect = on_connect
         self._on_client = on_client
         self._timeout_s = timeout_s
@@ -239,6 +251,9 @@ class IpcTransport:
         self._back_off()
         return TransportError(f"publish to {topic} failed: {self.last_error}")
 
+    def ack(self, handle: AckHandle | None) -> None:
+        """Nothing to do: the nucleus acknowledged the message on receipt (no manual ack)."""
+
     async def subscribe(self, filters: list[str]) -> list[int]:
         """SubscribeToIoTCore at QoS 1 for each filter; return 1 (granted) or 135 (denied)."""
         return [await self._subscribe_one(f) for f in filters]
@@ -268,12 +283,15 @@ class IpcTransport:
     # --- IPC callbacks (IPC event thread) ---------------------------------------------------
     def _on_event(self, event: Any) -> None:
         message = getattr(event, "message", None)
-        if message is None or self._on_message is None:
+        if message is None:
             return
         payload = message.payload or b""
         if isinstance(payload, str):
             payload = payload.encode()
-        self._on_message(str(message.topic_name), bytes(payload))
+        if self._on_message_acked is not None:
+            self._on_message_acked(str(message.topic_name), bytes(payload), None)
+        elif self._on_message is not None:
+            self._on_message(str(message.topic_name), bytes(payload))
 
     def _on_stream_error(self, error: Exception) -> bool:
         log.error("ipc subscription stream error", extra=kv(error=describe(error)))
@@ -281,3 +299,10 @@ class IpcTransport:
 
     def _on_stream_closed(self, topic_filter: str) -> None:
         log.warning("ipc subscription closed", extra=kv(topic_filter=topic_filter))
+
+
+if TYPE_CHECKING:
+
+    def _conforms(transport: IpcTransport) -> Transport:
+        """mypy checks here that :class:`IpcTransport` implements the Transport Protocol."""
+        return transport

@@ -17,10 +17,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import ConfigError, PermanentPublishError, TransportError
+from edgefleet.transport.base import AckHandle, OnMessage
+
+if TYPE_CHECKING:
+    from edgefleet.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,10 @@ def _describe(exc: object) -> str:
 
 
 class MqttClient:
-    """An awscrt MQTT5 client bound to an asyncio loop."""
+    """An awscrt MQTT5 client bound to an asyncio loop: a
+    :class:`~edgefleet.transport.base.Transport` with manual PUBACK."""
+
+    manual_ack = True
 
     def __init__(
         self,
@@ -64,7 +71,7 @@ class MqttClient:
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
-        on_message_acked: Callable[[str, bytes, Any], None] | None = None,
+        on_message_acked: OnMessage | None = None,
     ) -> None:
         """``on_message`` gets (topic, payload) and the SDK acknowledges on return;
         ``on_message_acked`` also gets an ack handle to pass to :meth:`ack` once the
@@ -189,11 +196,12 @@ class MqttClient:
         payload = bytes(packet.payload or b"")
         if self._on_message_acked is not None:
             take = data.acquire_publish_acknowledgement_control
-            self._on_message_acked(packet.topic, payload, take() if take else None)
+            handle = AckHandle(take()) if take else None
+            self._on_message_acked(packet.topic, payload, handle)
         elif self._on_message is not None:
             self._on_message(packet.topic, payload)
 
-    def ack(self, handle: Any) -> None:
+    def ack(self, handle: AckHandle | None) -> None:
         """Send the PUBACK for a message received through ``on_message_acked``."""
         if handle is not None:
             self._client.invoke_publish_acknowledgement(handle)
@@ -247,3 +255,10 @@ class MqttClient:
         except Exception as exc:  # noqa: BLE001 - SDK raises its own error types
             raise TransportError(f"subscribe failed: {_describe(exc)}") from None
         return [int(c) for c in suback.reason_codes]
+
+
+if TYPE_CHECKING:
+
+    def _conforms(client: MqttClient) -> Transport:
+        """mypy checks here that :class:`MqttClient` implements the Transport Protocol."""
+        return client
