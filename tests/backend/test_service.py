@@ -1,12 +1,13 @@
 """The running backend in-process with a hand-driven transport: a message the store cannot take
 is quarantined and acknowledged while the fleet flows on, a failing store makes /healthz
-degraded, the inbox is bounded, and a lost link raises one feed_lost alert instead of any
-device-offline alert."""
+degraded, the inbox is bounded, a lost link raises one feed_lost alert instead of any
+device-offline alert, and the backend uses its transport only through the Transport Protocol."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -27,20 +28,25 @@ from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.writer import is_transient
 from edgefleet.dev.broker import Mosquitto
+from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.wire.messages import metrics_topic, status_topic
 
 RULES = "version: 1\noffline: {enabled: true, severity: critical, for: 0s}\nrules: []\n"
 
 
 class FakeTransport:
-    """What ``Backend`` needs of a broker link; the test delivers and watches the acks."""
+    """The test double of :class:`Transport` (acknowledging by hand, like the MQTT adapter):
+    the test delivers messages and watches the acks."""
 
-    def __init__(self, on_message: Callable[[str, bytes, Any], None],
-                 on_connect: Callable[[], None]) -> None:
+    manual_ack = True
+
+    def __init__(self, on_message: OnMessage, on_connect: Callable[[], None]) -> None:
         self.deliver = on_message
         self.on_connect = on_connect
         self.connected = asyncio.Event()
-        self.acked: list[Any] = []
+        self.acked: list[AckHandle | None] = []
+        self.published: list[tuple[str, bytes]] = []
+        self.subscribe_error: Exception | None = None
 
     def start(self) -> None:
         self.connected.set()
@@ -49,11 +55,23 @@ class FakeTransport:
     async def stop(self, wait_s: float = 0.0) -> None:
         self.connected.clear()
 
+    async def publish(self, topic: str, payload: bytes) -> int:
+        self.published.append((topic, payload))
+        return 0
+
     async def subscribe(self, filters: list[str]) -> list[int]:
+        if self.subscribe_error is not None:
+            raise self.subscribe_error
         return [1 for _ in filters]
 
-    def ack(self, handle: Any) -> None:
+    def ack(self, handle: AckHandle | None) -> None:
         self.acked.append(handle)
+
+
+class AckOnReceipt(FakeTransport):
+    """Like the Greengrass IPC transport: the broker side acknowledged on receipt."""
+
+    manual_ack = False
 
 
 class Running:
@@ -65,6 +83,7 @@ class Running:
         self.t: FakeTransport = backend.transport
 
     def send(self, device: str, seq: int, value: float = 1.0, handle: Any = None) -> None:
+        """Deliver one metrics message; its ack handle is ``(device, seq)`` unless given."""
         payload = metrics_payload(device, seq, _now(), {"cpu.percent": value})
         self.t.deliver(metrics_topic(device), payload, handle or (device, seq))
 
@@ -86,9 +105,10 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(RULES)
 
-    async def make(run: bool = True, **settings: Any) -> Running:
+    async def make(run: bool = True, transport: type[FakeTransport] = FakeTransport,
+                   **settings: Any) -> Running:
         s = BackendSettings(db_path=tmp_path / "fleet.db", **settings)
-        backend = Backend(s, load_rules(rules_file), FakeTransport)
+        backend = Backend(s, load_rules(rules_file), transport)
         if not run:
             return Running(backend, asyncio.create_task(asyncio.sleep(0)))
         task = asyncio.create_task(backend.run(lambda stop: stop.wait()))
@@ -135,6 +155,42 @@ def poison(monkeypatch: pytest.MonkeyPatch, device: str, seq: int) -> list[int]:
 
     monkeypatch.setattr(FleetStore, "add_samples", add_samples)
     return failures
+
+
+async def test_the_test_double_and_the_backend_meet_through_the_transport_protocol(
+    start: Start,
+) -> None:
+    r = await start()
+    assert isinstance(r.t, Transport) and isinstance(r.b.transport, Transport)
+    r.send("dev-a", 0)
+    await until(lambda: r.t.acked == [("dev-a", 0)])  # acked by hand once stored
+
+
+async def test_a_transport_that_acks_on_receipt_is_never_asked_to_ack(
+    start: Start, tmp_path: Path
+) -> None:
+    r = await start(transport=AckOnReceipt)
+    assert isinstance(r.t, Transport) and not r.t.manual_ack
+    r.send("dev-a", 0)
+    await until(lambda: stored(tmp_path / "fleet.db") == {"dev-a": [0]})
+    r.send("dev-a", 1)  # the first batch's acks would have been sent before this one is read
+    await until(lambda: stored(tmp_path / "fleet.db") == {"dev-a": [0, 1]})
+    assert ("dev-a", 0) not in r.t.acked
+
+
+async def test_an_unexpected_subscribe_failure_is_logged_not_swallowed(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = await start(run=False)
+    r.t.subscribe_error = RuntimeError("bug in the subscription")
+    with caplog.at_level(logging.ERROR, logger="edgefleet.backend.runtime"):
+        r = Running(r.b, asyncio.create_task(r.b.run(lambda stop: stop.wait())))
+        await until(lambda: any(rec.getMessage() == "background task failed"
+                                for rec in caplog.records))
+    [rec] = [rec for rec in caplog.records if rec.getMessage() == "background task failed"]
+    assert rec.__dict__["fields"] == {
+        "task": "subscribe", "error": "RuntimeError('bug in the subscription')"}
+    await r.stop()
 
 
 async def test_one_unstorable_message_is_quarantined_and_the_fleet_flows(

@@ -17,6 +17,7 @@ from edgefleet.backend.web.app import create_app, disable_websocket_compression
 from edgefleet.common.logs import kv
 from edgefleet.common.settings import check_cert_file, check_private_key, load_settings
 from edgefleet.errors import ConfigError
+from edgefleet.transport.base import OnMessage, Transport
 from edgefleet.transport.ipc import IpcTransport, resolve_transport
 from edgefleet.transport.mqtt import MqttClient, MqttConfig
 
@@ -46,15 +47,17 @@ def preflight(s: BackendSettings) -> str:
     return kind
 
 
-def transport_factory(s: BackendSettings, kind: str) -> Callable[..., Any]:
+def transport_factory(
+    s: BackendSettings, kind: str
+) -> Callable[[OnMessage, Callable[[], None]], Transport]:
     """Build the broker link once the backend's callbacks exist."""
 
-    def make(on_message: Callable[[str, bytes, Any], None], on_connect: Callable[[], None]) -> Any:
+    def make(on_message: OnMessage, on_connect: Callable[[], None]) -> Transport:
         if kind == "ipc":
             from edgefleet.backend.greengrass import watch_backend_configuration
 
             return IpcTransport(
-                on_message=lambda topic, payload: on_message(topic, payload, None),
+                on_message_acked=on_message,
                 on_connect=on_connect,
                 on_client=watch_backend_configuration,
             )

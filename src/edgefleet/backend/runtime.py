@@ -38,6 +38,7 @@ from edgefleet.backend.web.hub import Hub
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
 from edgefleet.notify import AlertDispatcher, BudgetSettings, Outbox
+from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,15 @@ GATHER_S = 0.01
 TICK_S = 1.0
 COMPACT_EVERY_S = 600.0
 
+TransportFactory = Callable[[OnMessage, Callable[[], None]], Transport]
+"""Builds the broker link from the backend's ``on_message`` and ``on_connect`` callbacks."""
+
 
 class Backend:
     """Owns every part of the backend; :meth:`run` serves until :meth:`stop`."""
 
-    def __init__(self, s: BackendSettings, rules: RuleSet, transport_factory: Callable[
-            [Callable[[str, bytes, Any], None], Callable[[], None]], Any]) -> None:
+    def __init__(self, s: BackendSettings, rules: RuleSet,
+                 transport_factory: TransportFactory) -> None:
         self.s = s
         now = time.time()
         self.store = FleetStore(s.db_path, raw_retention_s=s.raw_retention_s)
@@ -86,7 +90,8 @@ class Backend:
         self._loop = asyncio.get_running_loop()
         self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
         self._stop = asyncio.Event()
-        self.transport = transport_factory(self._on_message, self._on_connect)
+        self._subscribing: asyncio.Task[None] | None = None
+        self.transport: Transport = transport_factory(self._on_message, self._on_connect)
         self.view = FleetViewModel(FleetParts(
             store=self.store, ingest=self.ingest, fleet=self.fleet, alerts=self.alerts,
             dispatcher=self.dispatcher, hub=self.hub, writer=self.writer,
@@ -94,7 +99,7 @@ class Backend:
             connected=self.transport.connected))
 
     # --- broker side ----------------------------------------------------------------------
-    def _on_message(self, topic: str, payload: bytes, handle: Any = None) -> None:
+    def _on_message(self, topic: str, payload: bytes, handle: AckHandle | None = None) -> None:
         """SDK thread: queue the message (waiting while the inbox is full); the inbox wakes
         the ingest task."""
         self.inbox.put((topic, payload, handle))
@@ -104,8 +109,9 @@ class Backend:
         self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_connect(self) -> None:
-        task = self._loop.create_task(self._subscribe())
-        task.add_done_callback(lambda t: t.exception())
+        """Loop thread, on every (re)connection: subscribe to the fleet's topics."""
+        self._subscribing = self._loop.create_task(self._subscribe(), name="subscribe")
+        self._subscribing.add_done_callback(_log_failure)
 
     async def _subscribe(self) -> None:
         delay = 0.5
@@ -156,10 +162,9 @@ class Backend:
         cursors = self.ingest.take_cursors()
         dirty = self.fleet.take_dirty()
         await self.writer.write(messages, cursors=cursors, devices=dirty, save=save)
-        ack = getattr(self.transport, "ack", None)
-        if ack is not None:
+        if self.transport.manual_ack:
             for _, _, handle in batch:
-                ack(handle)
+                self.transport.ack(handle)
         self.hub.touch({row.device for row in dirty})
 
     # --- periodic work ------------------------------------------------------------------------
@@ -252,6 +257,12 @@ class Backend:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Done callback of a background task nobody awaits: log the exception it ended with."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task failed", extra=kv(task=task.get_name(), error=repr(exc)))
 
 
 def _slack_kind(s: BackendSettings) -> str:

@@ -23,13 +23,13 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from edgefleet.common.logs import RateLimitedLog, kv
+from edgefleet.transport.base import AckHandle
 
 log = logging.getLogger(__name__)
 
-Inbound = tuple[str, bytes, Any]
+Inbound = tuple[str, bytes, AckHandle | None]  # (topic, payload, the transport's ack handle)
 WAIT_STEP_S = 0.5
 
 
