@@ -9,7 +9,6 @@ keep-alive; reason 0x04 gives the same effect at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -33,17 +32,7 @@ class SimClient(MqttClient):
 
     async def abort(self, wait_s: float = 3.0) -> None:
         """Disconnect so that the broker sends the Last Will, and wait for the stop."""
-        from awscrt import mqtt5
-
-        packet = mqtt5.DisconnectPacket(
-            reason_code=mqtt5.DisconnectReasonCode.DISCONNECT_WITH_WILL_MESSAGE
-        )
-        self._client.stop(packet)
-        try:
-            await asyncio.wait_for(self.stopped.wait(), wait_s)
-        except TimeoutError:
-            log.warning("mqtt client did not stop in time", extra=kv(timeout_s=wait_s))
-        self.connected.clear()
+        await self.stop(wait_s, send_will=True)
 
 
 def status_payload(device: str, state: str, ts: float, interval_s: float) -> bytes:

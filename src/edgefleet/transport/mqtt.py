@@ -211,11 +211,15 @@ class MqttClient:
         """Start connecting (and reconnecting with backoff and jitter)."""
         self._client.start()
 
-    async def stop(self, wait_s: float = 3.0) -> None:
-        """Disconnect cleanly (the Last Will is not sent) and wait for the client to stop."""
+    async def stop(self, wait_s: float = 3.0, *, send_will: bool = False) -> None:
+        """Disconnect and wait for the client to stop; the broker publishes the Last Will
+        only with ``send_will`` (DISCONNECT reason 0x04, as when a device dies)."""
         from awscrt import mqtt5
 
-        self._client.stop(mqtt5.DisconnectPacket())
+        reason = mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION
+        if send_will:
+            reason = mqtt5.DisconnectReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        self._client.stop(mqtt5.DisconnectPacket(reason_code=reason))
         try:
             await asyncio.wait_for(self.stopped.wait(), wait_s)
         except TimeoutError:
