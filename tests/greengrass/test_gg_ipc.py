@@ -24,6 +24,7 @@ from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.errors import ConfigError, PermanentPublishError, TransportError
+from edgefleet.transport.base import Transport
 from edgefleet.transport.ipc import GREENGRASS_ENV, IpcClient, IpcTransport, resolve_transport
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER, AgentHealth, metrics_topic
 
@@ -141,6 +142,20 @@ async def test_subscribe_delivers_topic_and_payload_in_order() -> None:
     assert all(isinstance(p, bytes) for _, p, _ in got)
     await transport.stop()
     assert all(stream.closed for stream in client.streams)
+
+
+async def test_the_backend_callback_gets_no_ack_handle_and_ack_is_a_no_op() -> None:
+    """The backend's ``OnMessage`` callback: the nucleus acknowledged on receipt, so there is
+    no handle, ``manual_ack`` is False and ``ack`` has nothing to send."""
+    client = FakeIpcClient()
+    got: list[tuple[str, bytes, object]] = []
+    transport = await _connected(client, on_message_acked=lambda t, p, h: got.append((t, p, h)))
+    assert isinstance(transport, Transport) and transport.manual_ack is False
+    await transport.subscribe([METRICS_FILTER])
+    client.deliver(METRICS_FILTER, TOPIC, b'{"seq":0}')
+    assert got == [(TOPIC, b'{"seq":0}', None)]
+    transport.ack(None)  # accepted and ignored
+    await transport.stop()
 
 
 async def test_subscribe_failure_is_a_transport_error() -> None:
