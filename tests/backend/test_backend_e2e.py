@@ -186,22 +186,32 @@ async def test_fifty_devices_going_silent_make_one_grouped_message(
                                    for d in [*devs, keeper]))
             await asyncio.sleep(0.3)
 
+        cpu = [10.0]
+
         async def keep_talking() -> None:
             while True:
-                await keeper.sample(time.time(), cpu_percent=10.0)
+                await keeper.sample(time.time(), cpu_percent=cpu[0])
                 await asyncio.sleep(0.3)
+
+        def keeper_hot() -> bool:
+            return any(i.startswith("high_cpu|keeper||firing|") for i in slack.event_ids())
 
         talking = asyncio.create_task(keep_talking())
         try:  # silence: no more data from any of the 50
             await slack.wait_for_messages(1, within_s=20)
-            await asyncio.sleep(4)  # nothing else may follow
+            cpu[0] = 95.0  # then the keeper runs hot: its alert is the last message
+            async with asyncio.timeout(30):
+                while not keeper_hot():
+                    await slack.wait_for_messages(len(slack.messages) + 1, within_s=30)
         finally:
             talking.cancel()
         be.stop()
-    assert len(slack.messages) == 1, [m["text"] for m in slack.messages]
+    assert len(slack.messages) == 2, [m["text"] for m in slack.messages]
     text = json.dumps(slack.messages[0]["blocks"])
     assert all(n in text for n in names)
     ids = slack.event_ids()
+    assert ids[-1].startswith("high_cpu|keeper||firing|"), ids
+    ids = ids[:-1]
     assert len(set(ids)) == 50 and all(i.startswith("offline|node-") for i in ids), ids
 
 
