@@ -1,5 +1,6 @@
 // Problem ranking, sorting and filtering of device rows (pure functions). The order matches
-// the backend's (views.problem_rank), so a snapshot arrives already in the page's order.
+// the backend's (problem_rank in backend/web/shapes.py), so a snapshot arrives already in the
+// page's order.
 
 // Lower rank sorts first. Ranks up to `high` are "problems".
 export const RANK = Object.freeze({

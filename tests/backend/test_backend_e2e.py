@@ -140,23 +140,32 @@ async def test_ten_thousand_bad_payloads_are_counted_and_good_traffic_flows(
 async def test_cpu_alert_fires_once_resolves_once_and_flapping_is_quiet(
     broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path
 ) -> None:
+    """Then a second device runs hot: its alert is the last message, so every message
+    dev-1's flapping could have caused was delivered before it (no fixed sleep)."""
     async with FakeSlack() as slack:
-        be = _backend(broker, tmp_path, slack).start()
+        be = _backend(broker, tmp_path, slack, alert_group_window_s=1).start()
         be.wait_healthy()
         dev = await Device.connect(mqtt_client, "dev-1")
+        other = await Device.connect(mqtt_client, "dev-2")
         await dev.online(time.time(), interval_s=0.2)
         pattern = [50.0] * 5 + [95.0] * 15 + [85.0, 95.0] * 10 + [50.0] * 5 + [75.0, 95.0] * 10
         for value in pattern:
             await dev.sample(time.time(), cpu_percent=value)
             await asyncio.sleep(0.2)
-        await asyncio.sleep(2)  # group window and delivery
-        kinds = [m["text"] for m in slack.messages]
+        async with asyncio.timeout(30):
+            while not any(i.startswith("high_cpu|dev-2||firing|") for i in slack.event_ids()):
+                await asyncio.gather(dev.sample(time.time(), cpu_percent=50.0),
+                                     other.sample(time.time(), cpu_percent=95.0))
+                await asyncio.sleep(0.2)
         be.stop()
-    assert len(slack.messages) == 2, kinds
-    assert "firing" in kinds[0].lower() or "🔥" in kinds[0] or "high_cpu" in kinds[0]
-    assert "resolved" in kinds[1].lower()
+    texts = [m["text"] for m in slack.messages]
     ids = slack.event_ids()
-    assert len(ids) == len(set(ids)) == 2
+    assert len(ids) == len(set(ids)) == len(texts) == 3, (ids, texts)
+    assert ids[0].startswith("high_cpu|dev-1||firing|"), ids
+    assert texts[0].startswith("[WARNING] "), texts
+    assert ids[1].startswith("high_cpu|dev-1||resolved|"), ids
+    assert texts[1].startswith("[RESOLVED] "), texts
+    assert ids[2].startswith("high_cpu|dev-2||firing|"), ids
 
 
 async def test_fifty_devices_going_silent_make_one_grouped_message(
@@ -177,22 +186,32 @@ async def test_fifty_devices_going_silent_make_one_grouped_message(
                                    for d in [*devs, keeper]))
             await asyncio.sleep(0.3)
 
+        cpu = [10.0]
+
         async def keep_talking() -> None:
             while True:
-                await keeper.sample(time.time(), cpu_percent=10.0)
+                await keeper.sample(time.time(), cpu_percent=cpu[0])
                 await asyncio.sleep(0.3)
+
+        def keeper_hot() -> bool:
+            return any(i.startswith("high_cpu|keeper||firing|") for i in slack.event_ids())
 
         talking = asyncio.create_task(keep_talking())
         try:  # silence: no more data from any of the 50
             await slack.wait_for_messages(1, within_s=20)
-            await asyncio.sleep(4)  # nothing else may follow
+            cpu[0] = 95.0  # then the keeper runs hot: its alert is the last message
+            async with asyncio.timeout(30):
+                while not keeper_hot():
+                    await slack.wait_for_messages(len(slack.messages) + 1, within_s=30)
         finally:
             talking.cancel()
         be.stop()
-    assert len(slack.messages) == 1, [m["text"] for m in slack.messages]
+    assert len(slack.messages) == 2, [m["text"] for m in slack.messages]
     text = json.dumps(slack.messages[0]["blocks"])
     assert all(n in text for n in names)
     ids = slack.event_ids()
+    assert ids[-1].startswith("high_cpu|keeper||firing|"), ids
+    ids = ids[:-1]
     assert len(set(ids)) == 50 and all(i.startswith("offline|node-") for i in ids), ids
 
 
@@ -265,12 +284,16 @@ async def test_slack_outage_of_two_minutes_with_a_backend_restart_delivers_each_
         expected = 4 * 2 * 2  # devices x (firing, resolved) x rounds
         await asyncio.sleep(max(0.0, 125 - (time.monotonic() - started)))  # outage ends
         def cpu_ids() -> list[str]:  # the devices also go offline later; count CPU alerts
-            return [i for i in slack.event_ids() if i.startswith("high_cpu|")]
+            return [i for i in slack.event_ids() if i.startswith("high_cpu|hot-")]
 
         async with asyncio.timeout(60):
             while len(set(cpu_ids())) < expected:
                 await asyncio.sleep(0.5)
-        await asyncio.sleep(3)
+        late = await Device.connect(mqtt_client, "late")
+        async with asyncio.timeout(30):  # a later alert: anything sent twice came before it
+            while not any(i.startswith("high_cpu|late||firing|") for i in slack.event_ids()):
+                await late.sample(time.time(), cpu_percent=95.0)
+                await asyncio.sleep(0.2)
         be.stop()
     ids = slack.event_ids()
     assert len(ids) == len(set(ids)), ids  # nothing delivered twice
@@ -300,13 +323,19 @@ async def test_sigkill_keeps_history_alert_state_and_dedup(
         for _ in range(10):  # and the condition still holds with fresh samples
             await dev.sample(time.time(), cpu_percent=96.0)
             await asyncio.sleep(0.2)
-        await asyncio.sleep(2)
+        other, extra = await Device.connect(mqtt_client, "dev-2"), 0
+        async with asyncio.timeout(30):  # a later alert: all before it was delivered
+            while not any(i.startswith("high_cpu|dev-2||firing|") for i in slack.event_ids()):
+                await asyncio.gather(dev.sample(time.time(), cpu_percent=96.0),
+                                     other.sample(time.time(), cpu_percent=95.0))
+                await asyncio.sleep(0.2)
+                extra += 1
         _, text = be.get("/metrics")
         status, detail = be.get("/api/devices/dev-1?points=1000")
         _, alerts = be.get("/api/alerts")
         be.stop()
-    assert len(slack.messages) == 1  # nothing sent again
+    assert len(slack.messages) == 2, slack.event_ids()  # nothing about dev-1 sent again
     assert _metric(text, "edgefleet_ingest_duplicates_total") == len(sent)
     assert status == 200
-    assert len(detail["history"]["t"]) == len(sent) + 10
-    assert [a["device"] for a in alerts["firing"]] == ["dev-1"]
+    assert len(detail["history"]["t"]) == len(sent) + 10 + extra
+    assert sorted(a["device"] for a in alerts["firing"]) == ["dev-1", "dev-2"]

@@ -204,7 +204,7 @@ def test_dirty_rows_round_trip_through_the_store(store: FleetStore) -> None:
     rig.fleet.tick(T + 1)
     rig.flush()
     assert rig.fleet.take_dirty() == []
-    saved = store.device(DEV)
+    saved = {r.device: r for r in store.devices()}.get(DEV)
     live = rig.fleet.device(DEV)
     assert saved == live
     assert saved is not None

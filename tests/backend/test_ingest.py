@@ -212,13 +212,13 @@ def test_agent_dropped_follows_the_newest_report() -> None:
 # -- persistence of the dedup state ---------------------------------------------------------
 
 
-def test_snapshot_restore_keeps_duplicates_and_gaps() -> None:
+def test_saved_cursors_restore_keeps_duplicates_and_gaps() -> None:
     ingest = Ingest()
     accepted(ingest, [0, 1, 2, 4, 7])
     accepted(ingest, [0], stream="s2")
     accepted(ingest, [1, 3], stream="s2")
     again = Ingest()
-    again.restore(ingest.snapshot())
+    again.restore(ingest.take_cursors())  # what the store saves
     assert again.lost(DEV) == ingest.lost(DEV) == 4  # 3, 5, 6 of s1 and 2 of s2
     assert again.counters().lost_samples == 4
     assert accepted(again, [0, 1, 3], stream="s2") == []

@@ -111,7 +111,7 @@ def test_streams_remembered_per_device_are_bounded() -> None:
     ingest = Ingest(max_streams=8)
     for n in range(1000):
         send(ingest, {"cpu.percent": 1.0}, 0, stream=f"stream-{n}")
-    cursor = ingest.snapshot()[DEV]
+    cursor = ingest.take_cursors()[DEV]
     assert cursor.retired == tuple(f"stream-{n}" for n in range(992, 999))
     assert ingest.counters().stream_resets_total == 999
     # a stream forgotten long ago counts as a new one, not as a retired one

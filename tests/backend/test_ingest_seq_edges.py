@@ -55,7 +55,7 @@ class Pipeline:
         self.__init__(self.path, **self.opts)  # type: ignore[misc]
 
     def stored_lost(self, device: str = DEV) -> int:
-        row = self.store.device(device)
+        row = {r.device: r for r in self.store.devices()}.get(device)
         assert row is not None
         return row.lost_samples
 
@@ -140,9 +140,8 @@ def test_a_cursor_saved_by_an_older_backend_recovers(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / "f.db")
     store.add_samples([AcceptedSample(DEV, 2**63 - 1, 1.0, {})], cursors={
         DEV: SeqCursor("a", 0, 2**63 - 1, 2, holes=0, lost_prior=2**64)})
-    row = store.device(DEV)
-    assert row is not None
-    assert row.lost_samples == LOST_CAP
+    (row,) = store.devices()
+    assert row.device == DEV and row.lost_samples == LOST_CAP
     ingest = Ingest()
     ingest.restore(store.cursors())
     result = ingest.handle(metrics_topic(DEV), payload([5, 6]), now=1.0)

@@ -144,6 +144,30 @@ async def test_with_a_token_ws_and_metrics_need_it(broker: Mosquitto, tmp_path: 
         await asyncio.to_thread(be.stop)
 
 
+async def test_update_frames_are_counted_in_metrics(
+    backend: BackendProc, mqtt_client: ClientFactory
+) -> None:
+    """Every update frame the hub broadcasts shows in ``edgefleet_websocket_frames_total``."""
+    def frames_total() -> float:
+        text = request(backend, "/metrics")[1]
+        line = next(ln for ln in text.splitlines()
+                    if ln.startswith("edgefleet_websocket_frames_total "))
+        return float(line.rsplit(" ", 1)[1])
+
+    dev = await Device.connect(mqtt_client, "dev-f")
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        f"ws://127.0.0.1:{backend.http_port}/ws"
+    ) as ws:
+        first = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+        before = frames_total()
+        await dev.sample(time.time(), cpu_percent=5.0)
+        async with asyncio.timeout(20):  # the sample's update frame reaches this client
+            while "dev-f" not in [r["id"] for r in first.get("devices", [])]:
+                first = json.loads((await ws.receive()).data)
+    assert first["type"] == "update"
+    assert frames_total() >= before + 1
+
+
 # --- history query values -------------------------------------------------------------------
 
 

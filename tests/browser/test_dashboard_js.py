@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from edgefleet.backend.web.shapes import problem_rank
+
 playwright_api = pytest.importorskip("playwright.async_api")
 Page = playwright_api.Page
 Route = playwright_api.Route
@@ -97,23 +99,36 @@ async def test_reconnect_backoff_doubles_with_jitter_and_is_capped_at_10_s(page:
     assert min(low[5:]) == 5000  # jitter never collapses the wait to zero
 
 
-async def test_rows_sort_problems_first(page: Page) -> None:
+def _row(id_: str, status: str = "online", severity: str | None = None,
+         **usage: float) -> dict[str, Any]:
+    """A device row in the backend's shape (``shapes.device_row``), as far as ranking reads it."""
+    row: dict[str, Any] = {"id": id_, "status": status, "online": status == "online",
+                           "severity": severity}
+    return {**row, **{k: usage.get(k) for k in ("cpu", "memory", "disk", "temp")}}
+
+
+# ids run against the rank (the rest first, critical last), so a row ranked differently by
+# the two sides lands elsewhere in the order; "a-stale" sorts before the offline rows
+RANK_ROWS = [
+    _row("a-ok", cpu=10), _row("a-ok-edge", cpu=84.9, memory=84.9, disk=84.9, temp=79.9),
+    _row("b-hot-disk", disk=95), _row("b-hot-mem", memory=85), _row("b-hot-temp", temp=80),
+    _row("b-hot-cpu", cpu=85), _row("c-info", severity="info"), _row("c-warn", severity="warning"),
+    _row("c-warn-hot", severity="warning", cpu=99), _row("d-stale", "stale"),
+    _row("a-stale", "stale"), _row("e-off-b", "offline"), _row("e-off-a", "offline", "warning"),
+    _row("e-off-hot", "offline", cpu=99), _row("f-crit", severity="critical"),
+    _row("f-crit-off", "offline", "critical"),
+]
+
+
+async def test_rows_sort_problems_first_in_the_backends_order(page: Page) -> None:
+    """rank.js orders rows exactly as the backend's ``problem_rank`` does, on the same rows."""
     order = await run(page, """
         const { rank, compare } = await load("rank.js");
-        const rows = [
-          { id: "ok", status: "online", cpu: 10 },
-          { id: "info", status: "online", severity: "info" },
-          { id: "hot-disk", status: "online", disk: 95 },
-          { id: "warn", status: "online", severity: "warning" },
-          { id: "stale", status: "stale" },
-          { id: "crit", status: "online", severity: "critical" },
-          { id: "off-b", status: "offline" },
-          { id: "off-a", status: "offline", severity: "warning" },
-        ];
-        return rows.map((r) => ({ id: r.id, rank: rank(r) })).sort(compare).map((r) => r.id);
-    """)
-    # the backend's order (views.problem_rank): critical, offline, alerting, high usage, rest
-    assert order == ["crit", "off-a", "off-b", "stale", "info", "warn", "hot-disk", "ok"]
+        return arg.map((r) => ({ id: r.id, rank: rank(r) })).sort(compare).map((r) => r.id);
+    """, RANK_ROWS)
+    backend = [r["id"] for r in sorted(RANK_ROWS, key=problem_rank)]
+    assert order == backend
+    assert backend[:2] == ["f-crit", "f-crit-off"] and backend[-2:] == ["a-ok", "a-ok-edge"]
 
 
 async def test_filters(page: Page) -> None:

@@ -41,7 +41,6 @@ class DeviceRow:
     health_sent_at: float | None = None  # sent_at of the message that carried ``health``
     agent_version: str | None = None
     interval_s: float | None = None  # sampling interval from the online status
-    labels: Mapping[str, str] = field(default_factory=dict)
     lost_samples: int = 0  # seqs that never arrived (from the dedup state)
 
     @property

@@ -79,7 +79,6 @@ class AlertCenter:
             json.loads(store.get_state(RECENT) or "[]"), maxlen=RECENT_MAX
         )
         self.offline: dict[str, float] = {}
-        self.events_total = 0
         self.expired_total = 0
         self._dirty: set[str] = set(loaded.devices) if loaded.migrated or dropped else set()
         self._must_save = bool(self._dirty)
@@ -158,7 +157,6 @@ class AlertCenter:
             self.recent.appendleft(_public(doc))
             log.info("alert", extra=kv(kind=doc["kind"], rule=doc["rule"], device=device,
                                        instance=doc["instance"], value=doc["value"]))
-        self.events_total += len(docs)
         self._must_save = True
         return [_public(d) for d in docs]
 

@@ -144,10 +144,6 @@ class Ingest:
         self._dirty.clear()
         return taken
 
-    def snapshot(self) -> dict[str, SeqCursor]:
-        """The dedup state of every device."""
-        return {device: tracker.cursor() for device, tracker in self._trackers.items()}
-
     def restore(self, cursors: Mapping[str, SeqCursor]) -> None:
         """Replace the dedup state with saved cursors (e.g. ``FleetStore.cursors()``)."""
         self._trackers = {

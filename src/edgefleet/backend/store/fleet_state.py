@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgefleet.backend.ingest.handler import Ingest, IngestResult
@@ -78,7 +78,6 @@ class _Device:
     health_sent_at: float | None = None
     agent_version: str | None = None
     interval_s: float | None = None
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 class FleetState:
@@ -259,14 +258,14 @@ class FleetState:
 
     def _row(self, dev: _Device) -> DeviceRow:
         lost = self._ingest.lost(dev.device) if self._ingest is not None else 0
-        # Field by field: dataclasses.asdict deep-copies health and labels (10x slower), and
+        # Field by field: dataclasses.asdict deep-copies health (10x slower), and
         # the health dict is replaced, never mutated, so sharing it is safe.
         return DeviceRow(
             device=dev.device, first_seen=dev.first_seen, last_seen=dev.last_seen,
             last_sample_ts=dev.last_sample_ts, status=dev.status, status_ts=dev.status_ts,
             session_ts=dev.session_ts, health=dev.health, health_sent_at=dev.health_sent_at,
             agent_version=dev.agent_version, interval_s=dev.interval_s,
-            labels=dict(dev.labels), lost_samples=lost,
+            lost_samples=lost,
         )
 
 
@@ -276,5 +275,5 @@ def _from_row(row: DeviceRow) -> _Device:
         last_sample_ts=row.last_sample_ts, status=row.status, status_ts=row.status_ts,
         session_ts=row.session_ts, health=None if row.health is None else dict(row.health),
         health_sent_at=row.health_sent_at, agent_version=row.agent_version,
-        interval_s=row.interval_s, labels=dict(row.labels),
+        interval_s=row.interval_s,
     )

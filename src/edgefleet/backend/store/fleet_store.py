@@ -1,6 +1,6 @@
 """The backend's durable fleet store: one SQLite file in WAL mode.
 
-Tables: ``devices`` (one row per device: times, status, agent health, labels), ``cursors``
+Tables: ``devices`` (one row per device: times, status, agent health), ``cursors``
 (the ingest's dedup state per device), ``raw`` and ``buckets`` (metrics history, see
 :mod:`edgefleet.backend.store.history`), ``state`` (text saved by other components, e.g. the
 alert engine) and ``meta`` (schema version, compaction watermark).
@@ -114,13 +114,6 @@ class FleetStore:
             self._ids.update(new_ids)
         return len(samples)
 
-    def set_labels(self, device: str, labels: Mapping[str, str]) -> None:
-        """Replace the labels of a known device (unknown devices are ignored)."""
-        with self._wlock, transaction(self._writer):
-            self._writer.execute(
-                "UPDATE devices SET labels = ? WHERE name = ?", (compact_json(dict(labels)), device)
-            )
-
     def put_state(self, name: str, text: str) -> None:
         """Save another component's state (e.g. the alert engine's) under ``name``."""
         with self._wlock, transaction(self._writer):
@@ -171,12 +164,6 @@ class FleetStore:
         with self._rlock:
             rows = self._reader.execute(f"{SELECT_DEVICES} ORDER BY d.name").fetchall()
         return [device_row(row) for row in rows]
-
-    def device(self, device: str) -> DeviceRow | None:
-        """One device, or None if it was never seen."""
-        with self._rlock:
-            row = self._reader.execute(f"{SELECT_DEVICES} WHERE d.name = ?", (device,)).fetchone()
-        return None if row is None else device_row(row)
 
     def cursors(self) -> dict[str, SeqCursor]:
         """The saved dedup state of every device, for ``Ingest.restore``."""

@@ -16,8 +16,7 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS devices (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
     "first_seen REAL NOT NULL, last_seen REAL NOT NULL, last_sample_ts REAL, "
     "status TEXT NOT NULL DEFAULT 'offline', status_ts REAL NOT NULL DEFAULT 0, "
-    "session_ts REAL, health TEXT, health_sent_at REAL, agent_version TEXT, interval_s REAL, "
-    "labels TEXT NOT NULL DEFAULT '{}')",
+    "session_ts REAL, health TEXT, health_sent_at REAL, agent_version TEXT, interval_s REAL)",
     "CREATE TABLE IF NOT EXISTS cursors (device INTEGER PRIMARY KEY, stream TEXT NOT NULL, "
     "base INTEGER NOT NULL, high INTEGER NOT NULL, received INTEGER NOT NULL, "
     "holes BLOB NOT NULL, lost_prior INTEGER NOT NULL, retired TEXT NOT NULL)",
@@ -42,7 +41,7 @@ UPSERT_DEVICE = (
 )
 SELECT_DEVICES = (
     "SELECT name, first_seen, last_seen, last_sample_ts, status, status_ts, session_ts, "
-    "health, health_sent_at, agent_version, interval_s, labels, "
+    "health, health_sent_at, agent_version, interval_s, "
     # capped at LOST_CAP = 2^53 - 1 as SeqCursor.lost is (an overflowing sum becomes a REAL)
     "min(coalesce(c.lost_prior + CASE WHEN c.received > 0 "
     "THEN c.high - c.base + 1 - c.received ELSE 0 END, 0), 9007199254740991) "
@@ -74,12 +73,12 @@ def device_params(row: DeviceRow) -> tuple[Any, ...]:
 
 def device_row(values: Sequence[Any]) -> DeviceRow:
     (name, first, last, sample_ts, status, status_ts, session_ts, health, health_sent_at,
-     version, interval, labels, lost) = values
+     version, interval, lost) = values
     return DeviceRow(
         device=name, first_seen=first, last_seen=last, last_sample_ts=sample_ts, status=status,
         status_ts=status_ts, session_ts=session_ts,
         health=None if health is None else json.loads(health), health_sent_at=health_sent_at,
-        agent_version=version, interval_s=interval, labels=json.loads(labels),
+        agent_version=version, interval_s=interval,
         lost_samples=int(lost),
     )
 

@@ -199,6 +199,8 @@ class FleetViewModel:
              [({}, len(self.hub.clients))]),
             ("edgefleet_websocket_slow_disconnects_total", "counter", "clients too slow",
              [({}, self.hub.slow_disconnects)]),
+            ("edgefleet_websocket_frames_total", "counter", "update frames broadcast",
+             [({}, self.hub.frames_sent)]),
             *self._service_metrics(),
         ])
 
