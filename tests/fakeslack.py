@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Self
 
+import pytest
 from aiohttp import web
 
 
@@ -238,3 +240,20 @@ def _decoded(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+# --- fixtures shared by the notification tests (import them into a test module) ------------
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """slack_sdk sends everything through HTTPS_PROXY (ignoring NO_PROXY): not to 127.0.0.1."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    """The stand-in, with a channel ``#alerts`` for the Web API."""
+    async with FakeSlack(channels={"#alerts"}) as server:
+        yield server

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from edgefleet.notify import (
     format_group,
 )
 from edgefleet.notify.slack import classify
-from fakeslack import FakeSlack
+from fakeslack import FakeSlack, _no_proxy, slack  # noqa: F401 - fixtures
 
 T0 = 1_700_000_000.0
 
@@ -89,17 +89,6 @@ async def eventually(cond: Callable[[], bool], within_s: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """slack_sdk sends everything through HTTPS_PROXY (ignoring NO_PROXY): not to 127.0.0.1."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(channels={"#alerts"}) as server:
-        yield server
 
 
 @pytest.fixture

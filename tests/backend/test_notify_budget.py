@@ -24,7 +24,7 @@ from edgefleet.notify import (
     Outbox,
     SlackNotifier,
 )
-from fakeslack import FakeSlack
+from fakeslack import FakeSlack, _no_proxy  # noqa: F401 - fixtures
 
 T0 = 1_800_000_000.0
 RULES = parse_rules("""
@@ -51,11 +51,6 @@ def check_blocks(blocks: list[dict[str, Any]]) -> None:
         assert parsed is not None
         parsed.validate_json()
 
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ webhook and the Web API, firing, resolved, grouped, reminder and budget-summary 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.notify import Alert, AlertDispatcher, BudgetSettings, Outbox, SlackNotifier
 from edgefleet.notify.format import format_group, format_suppressed
-from fakeslack import FakeSlack
+from fakeslack import FakeSlack, _no_proxy, slack  # noqa: F401 - fixtures
 
 HOSTILE = ["<!channel>", "<!here>", "<@U123>", "<https://x|y>", "R&D"]
 ESCAPED = ["&lt;!channel&gt;", "&lt;!here&gt;", "&lt;@U123&gt;", "&lt;https://x|y&gt;", "R&amp;D"]
@@ -69,16 +69,6 @@ def assert_escaped_names(message: dict[str, Any]) -> None:
         assert escaped in str(message["blocks"]), name
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(channels={"#alerts"}) as server:
-        yield server
 
 
 @pytest.mark.parametrize("via", ["webhook", "api"])

@@ -76,11 +76,7 @@ def check_queue_path(path: Path, setting: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{setting}: {folder} (the queue's folder) is not a folder")
     _check_owner(st, f"{setting}: queue folder", folder)
-    if stat.S_IMODE(st.st_mode) & 0o022:
-        raise ConfigError(
-            f"{setting}: queue folder {folder} is writable by group or others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}); fix with: chmod go-w {folder}"
-        )
+    _refuse_shared_write(st, f"{setting}: queue folder", folder)
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         _check_queue_file(name, setting)
 
@@ -95,8 +91,12 @@ def _check_queue_file(path: Path, setting: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{setting}: queue file {path} is not a regular file")
     _check_owner(st, f"{setting}: queue file", path)
+    _refuse_shared_write(st, f"{setting}: queue file", path)
+
+
+def _refuse_shared_write(st: os.stat_result, what: str, path: Path) -> None:
     if stat.S_IMODE(st.st_mode) & 0o022:
         raise ConfigError(
-            f"{setting}: queue file {path} is writable by group or others (mode "
+            f"{what} {path} is writable by group or others (mode "
             f"{stat.S_IMODE(st.st_mode):04o}); fix with: chmod go-w {path}"
         )
