@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -26,7 +25,6 @@ from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.runtime import Backend
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.store.fleet_store import FleetStore
-from edgefleet.backend.store.writer import is_transient
 from edgefleet.dev.broker import Mosquitto
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.wire.messages import metrics_topic, status_topic
@@ -176,21 +174,6 @@ async def test_a_transport_that_acks_on_receipt_is_never_asked_to_ack(
     r.send("dev-a", 1)  # the first batch's acks would have been sent before this one is read
     await until(lambda: stored(tmp_path / "fleet.db") == {"dev-a": [0, 1]})
     assert ("dev-a", 0) not in r.t.acked
-
-
-async def test_an_unexpected_subscribe_failure_is_logged_not_swallowed(
-    start: Start, caplog: pytest.LogCaptureFixture
-) -> None:
-    r = await start(run=False)
-    r.t.subscribe_error = RuntimeError("bug in the subscription")
-    with caplog.at_level(logging.ERROR, logger="edgefleet.backend.runtime"):
-        r = Running(r.b, asyncio.create_task(r.b.run(lambda stop: stop.wait())))
-        await until(lambda: any(rec.getMessage() == "background task failed"
-                                for rec in caplog.records))
-    [rec] = [rec for rec in caplog.records if rec.getMessage() == "background task failed"]
-    assert rec.__dict__["fields"] == {
-        "task": "subscribe", "error": "RuntimeError('bug in the subscription')"}
-    await r.stop()
 
 
 async def test_one_unstorable_message_is_quarantined_and_the_fleet_flows(
@@ -374,15 +357,6 @@ async def test_feed_alert_firing_at_a_restart_is_resolved_once_the_feed_is_back(
     assert (resolved["key"], resolved["kind"], resolved["started_at"]) == (
         FEED_KEY, "resolved", started_at)
     assert r.b.view.summary()["feed"]["state"] == "ok"
-
-
-def test_only_errors_of_the_data_are_quarantined() -> None:
-    for exc in (sqlite3.OperationalError("database is locked"), OSError(28, "No space left"),
-                sqlite3.DatabaseError("database disk image is malformed")):
-        assert is_transient(exc), exc
-    for exc in (OverflowError("Python int too large"), ValueError("nan"),
-                sqlite3.IntegrityError("NOT NULL"), sqlite3.DataError("string or blob too big")):
-        assert not is_transient(exc), exc
 
 
 @pytest.mark.slow

@@ -117,5 +117,12 @@ def run_backend(config: Path | None = None) -> int:
         log.info("dashboard", extra=kv(url=f"{scheme}://{settings.http_host}:{settings.http_port}/"))
         await backend.run(lambda stop: _serve_http(app, settings, stop))
 
-    asyncio.run(main())
+    from edgefleet.backend.runtime import BackendFailedError
+
+    try:
+        asyncio.run(main())
+    except BackendFailedError as exc:
+        log.critical("backend failed; exiting with status 1 for a restart",
+                     extra=kv(error=str(exc)))
+        return 1
     return 0

@@ -53,6 +53,12 @@ TransportFactory = Callable[[OnMessage, Callable[[], None]], Transport]
 """Builds the broker link from the backend's ``on_message`` and ``on_connect`` callbacks."""
 
 
+class BackendFailedError(Exception):
+    """A backend task ended with an error (a bug, or storing failed past its bound): the
+    process exits non-zero so its supervisor (systemd, Greengrass) restarts it; nothing
+    unacknowledged is lost, the broker redelivers it."""
+
+
 class Backend:
     """Owns every part of the backend; :meth:`run` serves until :meth:`stop`."""
 
@@ -79,7 +85,8 @@ class Backend:
         self.alerts = AlertCenter(rules, self.store, self.dispatcher)
         self.hub = Hub(interval_s=s.ws_interval_s, queue_frames=s.ws_queue_frames)
         self.quarantine = Quarantine(s.db_path.with_name(s.db_path.stem + "-quarantine.db"))
-        self.writer = BatchWriter(self.store, self.quarantine, retries=s.store_retries)
+        self.writer = BatchWriter(self.store, self.quarantine, retries=s.store_retries,
+                                  give_up_s=s.store_give_up_s)
         self.feed = FeedMonitor(
             now=now, silence_intervals=s.feed_silence_intervals,
             silence_min_s=s.feed_silence_min_s, alert_after_s=s.feed_alert_after_s,
@@ -91,6 +98,7 @@ class Backend:
         self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
         self._stop = asyncio.Event()
         self._subscribing: asyncio.Task[None] | None = None
+        self._failure: BackendFailedError | None = None
         self.transport: Transport = transport_factory(self._on_message, self._on_connect)
         self.view = FleetViewModel(FleetParts(
             store=self.store, ingest=self.ingest, fleet=self.fleet, alerts=self.alerts,
@@ -111,25 +119,43 @@ class Backend:
     def _on_connect(self) -> None:
         """Loop thread, on every (re)connection: subscribe to the fleet's topics."""
         self._subscribing = self._loop.create_task(self._subscribe(), name="subscribe")
-        self._subscribing.add_done_callback(_log_failure)
+        self._subscribing.add_done_callback(self._fail_on_error)
 
     async def _subscribe(self) -> None:
+        """Subscribe; a transport error is retried with backoff (bounded by
+        ``subscribe_attempts``), anything else is a bug and stops the backend."""
         delay = 0.5
-        while True:
+        for attempt in range(1, self.s.subscribe_attempts + 1):
             try:
                 codes = await self.transport.subscribe([METRICS_FILTER, STATUS_FILTER])
                 break
             except TransportError as exc:
                 if self._stop.is_set() or not self.transport.connected.is_set():
                     return  # the next connection subscribes again
-                log.error("subscribe failed; retrying", extra=kv(error=str(exc), in_s=delay))
+                log.error("subscribe failed; retrying", extra=kv(
+                    error=str(exc), attempt=attempt, in_s=delay))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        else:
+            raise TransportError(
+                f"the fleet subscription failed {self.s.subscribe_attempts} times in a row")
         if any(c >= 128 for c in codes):
             log.error("broker refused the fleet subscription; check the backend's policy",
                       extra=kv(codes=codes))
         else:
             log.info("subscribed to the fleet", extra=kv(filters=[METRICS_FILTER, STATUS_FILTER]))
+
+    def _fail_on_error(self, task: asyncio.Task[Any]) -> None:
+        """Done callback of a background task nobody awaits: an error stops the backend
+        (exit status 1, see :class:`BackendFailedError`)."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.critical("backend task failed; stopping", exc_info=exc,
+                     extra=kv(task=task.get_name(), error=repr(exc)))
+        if self._failure is None:
+            self._failure = BackendFailedError(f"{task.get_name()}: {exc!r}")
+            self._failure.__cause__ = exc
+        self._stop.set()
 
     # --- ingest -----------------------------------------------------------------------------
     async def _ingest_loop(self) -> None:
@@ -230,11 +256,12 @@ class Backend:
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task is not stopper and task.exception() is not None:
-                log.error("backend task failed", extra=kv(task=task.get_name(),
-                                                          error=repr(task.exception())))
+            if task is not stopper:
+                self._fail_on_error(task)
         self._stop.set()
         await self._shutdown(tasks)
+        if self._failure is not None:
+            raise self._failure
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         await self.transport.stop(2.0)
@@ -257,12 +284,6 @@ class Backend:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    """Done callback of a background task nobody awaits: log the exception it ended with."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("background task failed", extra=kv(task=task.get_name(), error=repr(exc)))
 
 
 def _slack_kind(s: BackendSettings) -> str:

@@ -58,6 +58,8 @@ class BackendSettings(BaseSettings):
     feed_silence_min_s: float = Field(default=10.0, ge=0.5)
     feed_alert_after_s: float = Field(default=30.0, ge=0)
     store_retries: int = Field(default=3, ge=0, le=100)
+    store_give_up_s: float = Field(default=600.0, ge=0)
+    subscribe_attempts: int = Field(default=20, ge=1, le=10_000)
     inbox_max: int = Field(default=20_000, ge=10, le=1_000_000)
 
     # --- ingest bounds (per device; see docs/protocol.md) ---

@@ -40,6 +40,13 @@ MAX_AGE_S = 10 * 366 * 86400.0
 StatusState = Literal["online", "offline"]
 
 
+def split_key(key: str) -> tuple[str, str | None]:
+    """A metric key's family and instance: ``disk.used_percent[/]`` -> ``("disk.used_percent",
+    "/")``, ``cpu.percent`` -> ``("cpu.percent", None)``. The one place that parses keys."""
+    family, bracket, rest = key.partition("[")
+    return (family, rest[:-1]) if bracket else (family, None)
+
+
 class HealthDoc(TypedDict):
     """The ``health`` object of a metrics message, as ``protocol.AgentHealth`` (same order)."""
 

@@ -63,6 +63,7 @@ class SeqCursor:
 
 
 def _lost(prior: int, base: int, high: int, received: int) -> int:
+    """The one loss formula: earlier streams' loss plus the current stream's gaps, capped."""
     if not received:
         return min(prior, LOST_CAP)
     return min(prior + (high - base + 1 - received), LOST_CAP)
@@ -90,10 +91,7 @@ class SeqTracker:
     @property
     def lost(self) -> int:
         """Samples of every stream of the device known to be missing (capped)."""
-        if not self.received:  # inline: read twice per message
-            return self.lost_prior
-        lost = self.lost_prior + self.high - self.base + 1 - self.received
-        return lost if lost <= LOST_CAP else LOST_CAP
+        return _lost(self.lost_prior, self.base, self.high, self.received)
 
     def accept(self, seq: int) -> bool:
         """Record ``seq`` of the current stream; False when it is a duplicate."""

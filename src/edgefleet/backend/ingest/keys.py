@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edgefleet.wire.base import split_key
+
 DEFAULT_MAX_KEYS = 1000
 DEFAULT_MAX_INSTANCES = 200
 DEFAULT_FORGET_S = 86400.0
@@ -38,9 +40,10 @@ class KeyBounds:
 
 
 def family_of(key: str) -> str | None:
-    """The family of an instance key (``disk.used_percent[/]`` -> ``disk.used_percent``)."""
-    cut = key.find("[")
-    return None if cut < 0 else key[:cut]
+    """The family of an instance key (``disk.used_percent[/]`` -> ``disk.used_percent``);
+    None for a key without an instance."""
+    family, instance = split_key(key)
+    return None if instance is None else family
 
 
 class KeyBudget:

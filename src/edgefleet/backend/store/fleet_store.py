@@ -45,8 +45,8 @@ from edgefleet.backend.store.schema import (
     connect,
     cursor_from_row,
     cursor_params,
+    device_from_row,
     device_params,
-    device_row,
 )
 from edgefleet.common.logs import kv
 from edgefleet.common.sqlitetx import transaction
@@ -163,7 +163,9 @@ class FleetStore:
         """Every known device, by name."""
         with self._rlock:
             rows = self._reader.execute(f"{SELECT_DEVICES} ORDER BY d.name").fetchall()
-        return [device_row(row) for row in rows]
+        cursors = self.cursors()
+        return [device_from_row(row, cursors[row[0]].lost if row[0] in cursors else 0)
+                for row in rows]
 
     def cursors(self) -> dict[str, SeqCursor]:
         """The saved dedup state of every device, for ``Ingest.restore``."""

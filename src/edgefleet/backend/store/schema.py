@@ -41,11 +41,7 @@ UPSERT_DEVICE = (
 )
 SELECT_DEVICES = (
     "SELECT name, first_seen, last_seen, last_sample_ts, status, status_ts, session_ts, "
-    "health, health_sent_at, agent_version, interval_s, "
-    # capped at LOST_CAP = 2^53 - 1 as SeqCursor.lost is (an overflowing sum becomes a REAL)
-    "min(coalesce(c.lost_prior + CASE WHEN c.received > 0 "
-    "THEN c.high - c.base + 1 - c.received ELSE 0 END, 0), 9007199254740991) "
-    "FROM devices AS d LEFT JOIN cursors AS c ON c.device = d.id"
+    "health, health_sent_at, agent_version, interval_s FROM devices AS d"
 )
 
 
@@ -71,15 +67,16 @@ def device_params(row: DeviceRow) -> tuple[Any, ...]:
             row.interval_s)
 
 
-def device_row(values: Sequence[Any]) -> DeviceRow:
+def device_from_row(values: Sequence[Any], lost: int = 0) -> DeviceRow:
+    """A row of :data:`SELECT_DEVICES`; ``lost`` comes from the device's cursor."""
     (name, first, last, sample_ts, status, status_ts, session_ts, health, health_sent_at,
-     version, interval, lost) = values
+     version, interval) = values
     return DeviceRow(
         device=name, first_seen=first, last_seen=last, last_sample_ts=sample_ts, status=status,
         status_ts=status_ts, session_ts=session_ts,
         health=None if health is None else json.loads(health), health_sent_at=health_sent_at,
         agent_version=version, interval_s=interval,
-        lost_samples=int(lost),
+        lost_samples=lost,
     )
 
 

@@ -4,12 +4,18 @@
 fails:
 
 - a TRANSIENT error (``sqlite3.OperationalError`` such as a locked or full database, an
-  ``OSError``, a damaged database file) is retried with backoff for as long as it lasts;
-  nothing is acknowledged and :attr:`BatchWriter.failing` says why (``/healthz`` answers 503
-  "degraded");
-- any other error is retried ``retries`` times, then the batch is stored message by message
-  so that only the message(s) that still fail are set aside in the :class:`Quarantine`
-  (and then acknowledged); the rest of the fleet's samples are stored.
+  ``OSError``, a damaged database file) is retried with backoff (at most ``backoff_max_s``
+  apart); nothing is acknowledged and :attr:`BatchWriter.failing` says why (``/healthz``
+  answers 503 "degraded"). After ``give_up_s`` of failing without a break it raises
+  :class:`StoreUnavailableError`: the backend exits non-zero and its supervisor restarts it
+  (a fresh process reopens the file; the broker still holds every unacknowledged message);
+- an error of the DATA (``OverflowError``, ``ValueError``, ``sqlite3.DataError``,
+  ``IntegrityError``) is retried ``retries`` times, then the batch is stored message by
+  message so that only the message(s) that still fail are set aside in the
+  :class:`Quarantine` (and then acknowledged); the rest of the fleet's samples are stored;
+- anything else is a bug of the backend (``TypeError``, ``KeyError``, ...): it propagates,
+  the ingest task fails and the backend exits non-zero with the traceback logged, instead of
+  hiding the bug by quarantining every message.
 
 Message by message keeps the dedup cursors honest: a device's cursor is written only with
 its LAST message of the batch (or alone when that message is quarantined), so after a crash
@@ -25,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow
@@ -45,17 +52,32 @@ class Message:
     samples: Sequence[AcceptedSample]
 
 
+ErrorKind = Literal["transient", "data", "bug"]
+DATA_ERRORS = (OverflowError, ValueError, sqlite3.DataError, sqlite3.IntegrityError)
+"""What values can make a store refuse a message (``ValueError`` includes ``UnicodeError``)."""
+
+
 class TransientStoreError(Exception):
     """Storing failed for a reason that is not the data's (raised out of isolation)."""
 
 
+class StoreUnavailableError(Exception):
+    """Storing has failed for longer than the writer's bound: give up, restart the process."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors of the disk or the database (locked, full, I/O, a damaged file), not
-    of the data being stored (``OverflowError``, ``ValueError``, ``sqlite3.DataError``,
-    ``IntegrityError``, ...): quarantining messages cannot help with those."""
+    of the data being stored: quarantining messages cannot help with those."""
     if isinstance(exc, (sqlite3.OperationalError, OSError, TransientStoreError)):
         return True
     return type(exc) in {sqlite3.DatabaseError, sqlite3.InternalError}
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """``transient`` (retry), ``data`` (retry, then quarantine) or ``bug`` (crash)."""
+    if is_transient(exc):
+        return "transient"
+    return "data" if isinstance(exc, DATA_ERRORS) else "bug"
 
 
 class BatchWriter:
@@ -63,12 +85,13 @@ class BatchWriter:
 
     def __init__(
         self, store: FleetStore, quarantine: Quarantine, *, retries: int = 3,
-        backoff_max_s: float = 5.0,
+        backoff_max_s: float = 5.0, give_up_s: float = 0.0,
     ) -> None:
         self.store = store
         self.quarantine = quarantine
         self.retries = retries
         self.backoff_max_s = backoff_max_s
+        self.give_up_s = give_up_s  # 0: retry transient errors for as long as they last
         self.failing: str | None = None  # why storing fails right now; None when it works
         self.failing_since: float | None = None
         self.failures_total = 0
@@ -94,9 +117,14 @@ class BatchWriter:
                     await asyncio.to_thread(whole)
                 else:
                     await asyncio.to_thread(self._isolate, messages, cursors, devices, save)
-            except Exception as exc:  # noqa: BLE001 - storage errors must not kill ingest
+            except Exception as exc:
+                kind = error_kind(exc)
+                if kind == "bug":
+                    log.critical("bug while storing a batch; stopping", exc_info=exc)
+                    raise
                 self._failed(exc, attempts)
-                if not is_transient(exc):
+                self._give_up_if_too_long()
+                if kind == "data":
                     attempts += 1
                     if attempts == self.retries + 1:
                         continue  # the retries are used up: isolate at once
@@ -137,10 +165,19 @@ class BatchWriter:
         try:
             work()
         except Exception as exc:
-            if is_transient(exc):
+            kind = error_kind(exc)
+            if kind == "transient":
                 raise TransientStoreError(cause_of(exc)) from exc
+            if kind == "bug":
+                raise
             return exc
         return None
+
+    def _give_up_if_too_long(self) -> None:
+        since = self.failing_since
+        if self.give_up_s > 0 and since is not None and time.time() - since > self.give_up_s:
+            raise StoreUnavailableError(
+                f"storing has failed for {time.time() - since:.0f} s: {self.failing}")
 
     def _failed(self, exc: BaseException, attempts: int) -> None:
         self.failures_total += 1
@@ -166,7 +203,10 @@ def _try(work: Callable[[], object], what: str) -> None:
     try:
         work()
     except Exception as exc:
-        if is_transient(exc):
+        kind = error_kind(exc)
+        if kind == "transient":
             raise TransientStoreError(cause_of(exc)) from exc
+        if kind == "bug":
+            raise
         log.error("could not store; kept for the next attempt", extra=kv(
             what=what, error=cause_of(exc)))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
+from edgefleet.wire.base import split_key
 
 if TYPE_CHECKING:
     from edgefleet.backend.alerts.centre import AlertCenter
@@ -227,8 +228,7 @@ def _labelled(label: str, counts: Mapping[str, int]) -> list[tuple[dict[str, str
 
 
 def _chartable(key: str) -> bool:
-    family = key.split("[", 1)[0]
-    return family in {
+    return split_key(key)[0] in {
         "cpu.percent", "memory.used_percent", "disk.used_percent", "temp.celsius",
         "net.rx_bytes_per_s", "net.tx_bytes_per_s", "load.load1", "swap.used_percent",
     }

@@ -6,13 +6,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from edgefleet.backend.records import DeviceRow, History
+from edgefleet.wire.base import split_key
 
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _max_family(metrics: Mapping[str, float], family: str) -> float | None:
-    prefix = family + "["
-    values = [v for k, v in metrics.items() if k.startswith(prefix)]
+    values = [v for k, v in metrics.items() if (parts := split_key(k))[0] == family and parts[1]]
     return max(values) if values else None
 
 
