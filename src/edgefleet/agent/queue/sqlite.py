@@ -30,11 +30,13 @@ from edgefleet.agent.queue.memory import (
     take_batch,
 )
 from edgefleet.common.logs import kv
+from edgefleet.common.sqlitetx import Synchronous as SqliteSync
+from edgefleet.common.sqlitetx import connect_wal
 from edgefleet.common.sqlitetx import transaction as _transaction
 from edgefleet.errors import ConfigError
 
 Synchronous = Literal["normal", "full"]
-_PRAGMA_SYNC = {"normal": "PRAGMA synchronous=NORMAL", "full": "PRAGMA synchronous=FULL"}
+_SYNC: dict[str, SqliteSync] = {"normal": "NORMAL", "full": "FULL"}
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS samples "
     "(seq INTEGER PRIMARY KEY, ts REAL NOT NULL, body BLOB NOT NULL)",
@@ -69,12 +71,8 @@ def move_aside(path: Path) -> Path:
     return Path(f"{path}.corrupt-{stamp}")
 
 
-def _prepare(conn: sqlite3.Connection, synchronous: Synchronous) -> None:
-    """Switch to WAL, set the sync level, check the file (``CorruptStoreError``), add tables."""
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-    if mode is None or str(mode[0]).lower() != "wal":
-        raise sqlite3.OperationalError(f"cannot switch the store to WAL mode (got {mode})")
-    conn.execute(_PRAGMA_SYNC[synchronous])
+def _prepare(conn: sqlite3.Connection) -> None:
+    """Check the file (``CorruptStoreError``), add tables."""
     check = conn.execute("PRAGMA quick_check").fetchall()
     if check != [("ok",)]:
         raise CorruptStoreError(f"quick_check failed: {check[:3]}")
@@ -96,7 +94,7 @@ class SqliteQueue:
         synchronous: Synchronous = "normal",
     ) -> None:
         check_bounds(max_bytes=max_bytes, max_samples=max_samples)
-        if synchronous not in _PRAGMA_SYNC:
+        if synchronous not in _SYNC:
             raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
         self.path = Path(path)
         self.synchronous: Synchronous = synchronous
@@ -185,11 +183,9 @@ class SqliteQueue:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.path.is_symlink():  # SQLite would follow it; preflight says why in full
             raise ConfigError(f"queue file {self.path} is a symbolic link; refusing to follow it")
-        conn = sqlite3.connect(
-            self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-        )
+        conn = connect_wal(self.path, timeout_s=5.0, synchronous=_SYNC[self.synchronous])
         try:
-            _prepare(conn, self.synchronous)
+            _prepare(conn)
             self._load(conn)
         except BaseException:
             conn.close()

@@ -13,13 +13,12 @@ payload can be republished by hand once the cause is fixed.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from edgefleet.common.logs import RateLimitedLog, kv
-from edgefleet.common.sqlitetx import transaction
+from edgefleet.common.sqlitetx import connect_wal, transaction
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,8 @@ class Quarantine:
         self._causes: set[str] = set()
         self._ratelog = RateLimitedLog(60.0)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                     check_same_thread=False)
+        self._conn = connect_wal(path)
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(_SCHEMA)
             self.total = int(self._conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
         except BaseException:

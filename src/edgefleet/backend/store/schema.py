@@ -10,6 +10,7 @@ from typing import Any
 
 from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.records import DeviceRow
+from edgefleet.common.sqlitetx import connect_wal
 
 SCHEMA_VERSION = 1
 SCHEMA = (
@@ -46,14 +47,8 @@ SELECT_DEVICES = (
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-    if mode is None or str(mode[0]).lower() != "wal":
-        conn.close()
-        raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA cache_size=-32768")  # 32 MiB per connection
-    return conn
+    """A connection to the fleet database (WAL, ``synchronous=NORMAL``, 32 MiB cache)."""
+    return connect_wal(path, cache_kib=32 * 1024)
 
 
 def compact_json(value: Any) -> str:
