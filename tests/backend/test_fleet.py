@@ -32,7 +32,7 @@ class Rig:
         self.store = store
         self.ingest = Ingest()
         self.ingest.restore(store.cursors())
-        self.fleet = FleetState(store, now=now, ingest=self.ingest, **kw)
+        self.fleet = FleetState(store.devices(), now=now, lost=self.ingest.lost, **kw)
         self.seq = 0
 
     def data(self, now: float, *, ts: float | None = None, n: int = 1, dropped: int = 0,
@@ -167,11 +167,13 @@ def test_summary_counts_devices_rate_and_losses(store: FleetStore) -> None:
     rig.ingest.handle(metrics_topic(DEV), b"junk", T + 2)
     rig.fleet.tick(T + 2)
     rig.status(T + 2, "offline", ts=T + 100, device="dev-2")
-    summary = rig.fleet.summary(T + 3)
+    summary, counters = rig.fleet.summary(T + 3), rig.ingest.counters()
     assert (summary.devices, summary.online, summary.offline) == (2, 1, 1)
     assert summary.samples_per_s == 2.0  # 20 samples in the last 10 s
-    assert (summary.lost_samples, summary.agent_dropped, summary.rejected) == (3, 3, 1)
-    assert summary.duplicates == 0
+    assert (counters.lost_samples, counters.agent_dropped) == (3, 3)
+    assert sum(counters.rejected_total.values()) == 1
+    assert counters.duplicates_total == 0
+    assert [r.lost_samples for r in rig.fleet.devices()] == [3, 0]  # dev-1 lost 3
     assert rig.fleet.summary(T + 20).samples_per_s == 0.0
 
 

@@ -128,7 +128,7 @@ def test_when_the_current_stream_stops_the_retired_one_is_taken_back() -> None:
 def test_last_sample_ts_never_comes_from_refused_samples(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / "fleet.db")
     ingest = Ingest()
-    fleet = FleetState(store, now=T, ingest=ingest)
+    fleet = FleetState(store.devices(), now=T, lost=ingest.lost)
     a, b = Agent("aaaa"), Agent("bbbb")
     a.send(ingest, T - 10, fleet)
     b.send(ingest, T, fleet)  # b's first message retires a's stream

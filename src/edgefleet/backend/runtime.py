@@ -72,7 +72,7 @@ class Backend:
             max_streams=s.max_streams_per_device, max_seq_jump=s.max_seq_jump)
         self.ingest.restore(self.store.cursors())
         self.fleet = FleetState(
-            self.store, now=now, ingest=self.ingest,
+            self.store.devices(), now=now, lost=self.ingest.lost,
             stale_after_intervals=s.stale_after_intervals, stale_min_s=s.stale_min_s,
         )
         self.outbox = Outbox(s.db_path.with_name(s.db_path.stem + "-outbox.db"))

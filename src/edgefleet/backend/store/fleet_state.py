@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgefleet.backend.ingest.handler import Ingest, IngestResult
-from edgefleet.backend.records import DeviceRow, Status
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.records import DeviceRow, IngestResult, Status
 from edgefleet.common.logs import kv
 from edgefleet.wire.messages import StatusMessage
 
@@ -59,10 +58,6 @@ class FleetSummary:
     online: int
     offline: int
     samples_per_s: float  # new samples, averaged over the last rate window
-    lost_samples: int
-    agent_dropped: int
-    rejected: int
-    duplicates: int
 
 
 @dataclass(slots=True)
@@ -81,26 +76,27 @@ class _Device:
 
 
 class FleetState:
-    """In-memory view of every device, restored from and saved to a :class:`FleetStore`."""
+    """In-memory view of every device: built from the stored device rows, its changed rows
+    taken (:meth:`take_dirty`) and saved by the store's writer."""
 
     def __init__(
         self,
-        store: FleetStore,
+        rows: Iterable[DeviceRow],
         *,
         now: float,
-        ingest: Ingest | None = None,
+        lost: Callable[[str], int] = lambda _device: 0,
         stale_after_intervals: float = 3.0,
         stale_min_s: float = 5.0,
         default_interval_s: float = 10.0,
         rate_window_s: float = 10.0,
     ) -> None:
-        self._ingest = ingest
+        self._lost = lost  # a device's lost samples (the ingest's dedup state)
         self._stale_after = stale_after_intervals
         self._stale_min = stale_min_s
         self._default_interval = default_interval_s
         self._rate_window = rate_window_s
         self._started = now
-        self._devices = {row.device: _from_row(row) for row in store.devices()}
+        self._devices = {row.device: _from_row(row) for row in rows}
         self._dirty: set[str] = set()
         self._pending: list[DeviceTransition] = []
         self._rate: deque[list[int]] = deque()  # [second, samples]
@@ -165,19 +161,14 @@ class FleetState:
         return None if dev is None else self._row(dev)
 
     def summary(self, now: float) -> FleetSummary:
-        """Device counts, the sample rate and the ingest's loss and reject figures."""
+        """Device counts and the sample rate."""
         online = sum(dev.status == "online" for dev in self._devices.values())
         self._trim_rate(now)
-        counters = self._ingest.counters() if self._ingest is not None else None
         return FleetSummary(
             devices=len(self._devices),
             online=online,
             offline=len(self._devices) - online,
             samples_per_s=sum(n for _, n in self._rate) / self._rate_window,
-            lost_samples=counters.lost_samples if counters else 0,
-            agent_dropped=counters.agent_dropped if counters else 0,
-            rejected=sum(counters.rejected_total.values()) if counters else 0,
-            duplicates=counters.duplicates_total if counters else 0,
         )
 
     # -- internals -------------------------------------------------------------------------
@@ -257,7 +248,7 @@ class FleetState:
             self._rate.popleft()
 
     def _row(self, dev: _Device) -> DeviceRow:
-        lost = self._ingest.lost(dev.device) if self._ingest is not None else 0
+        lost = self._lost(dev.device)
         # Field by field: dataclasses.asdict deep-copies health (10x slower), and
         # the health dict is replaced, never mutated, so sharing it is safe.
         return DeviceRow(

@@ -93,11 +93,12 @@ class FleetViewModel:
 
     def summary(self) -> dict[str, Any]:
         now = time.time()
-        s = self.b.fleet.summary(now)
+        s, c = self.b.fleet.summary(now), self.b.ingest.counters()
         return {
             "devices": s.devices, "online": s.online, "offline": s.offline,
-            "samples_per_s": round(s.samples_per_s, 2), "lost_samples": s.lost_samples,
-            "agent_dropped": s.agent_dropped, "rejected": s.rejected, "duplicates": s.duplicates,
+            "samples_per_s": round(s.samples_per_s, 2), "lost_samples": c.lost_samples,
+            "agent_dropped": c.agent_dropped, "rejected": sum(c.rejected_total.values()),
+            "duplicates": c.duplicates_total,
             "firing": len(self.b.alerts.firing), "ws_clients": len(self.hub.clients), "now": now,
             "feed": self.b.feed.public(),
         }
