@@ -34,14 +34,24 @@ from edgefleet.aws.policy_eval import (
 )
 from edgefleet.errors import PermanentPublishError
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
-from edgefleet.wire.policy import BACKEND_IDENTITY, backend_filters, mosquitto_acl
+from edgefleet.wire.policy import (
+    BACKEND_IDENTITY,
+    backend_filters,
+    backend_shared_filters,
+    mosquitto_acl,
+)
 
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 DEVICES = ["dev-1", "dev-2", "site:a_1"]
-IDENTITIES = [*DEVICES, BACKEND_IDENTITY]
+BACKEND_2 = f"{BACKEND_IDENTITY}-2"  # one of the backend's numbered connections
+IDENTITIES = [*DEVICES, BACKEND_IDENTITY, BACKEND_2]
 TOPICS = [
-    *(f"dt/edgefleet/{d}/{kind}" for d in [*DEVICES, BACKEND_IDENTITY] for kind in
+    *(f"dt/edgefleet/{d}/{kind}" for d in [*DEVICES, BACKEND_IDENTITY, BACKEND_2] for kind in
       ("metrics", "status")),
+    *(f"cmd/edgefleet/{d}/ack" for d in [*DEVICES, BACKEND_IDENTITY, BACKEND_2]),
+    "cmd/edgefleet/dev-1/other",
+    "cmd/edgefleet/dev-1/ack/x",
+    "cmd/edgefleet/a/b/ack",
     "dt/edgefleet/dev-1/other",
     "dt/edgefleet/dev-1",
     "dt/edgefleet/dev-1/metrics/extra",
@@ -56,13 +66,16 @@ TOPICS = [
 def evaluator(identity: str) -> IotPolicyEvaluator:
     """The policy AWS would evaluate for ``identity``'s certificate."""
     docs = policy_documents(REGION, ACCOUNT)
-    name = BACKEND_POLICY_NAME if identity == BACKEND_IDENTITY else AGENT_POLICY_NAME
+    backend = identity.startswith(BACKEND_IDENTITY)
+    name = BACKEND_POLICY_NAME if backend else AGENT_POLICY_NAME
     return IotPolicyEvaluator([docs[name]], region=REGION, account=ACCOUNT)
 
 
 def own(identity: str) -> Connection:
-    """A connection with the client id = thing name its certificate is attached to."""
-    return Connection(identity, frozenset({identity}))
+    """A connection with the client id = thing name its certificate is attached to (the
+    backend's numbered connections use the one backend certificate)."""
+    thing = BACKEND_IDENTITY if identity.startswith(BACKEND_IDENTITY) else identity
+    return Connection(identity, frozenset({thing}))
 
 
 # --- the IoT policy on its own -------------------------------------------------------------
@@ -93,25 +106,45 @@ def test_device_publishes_only_under_its_own_topics() -> None:
                           "dt/edgefleet/dev-1/metrics")
 
 
-def test_device_subscribes_and_receives_nothing() -> None:
+def test_device_subscribes_to_and_receives_only_its_own_command_topic() -> None:
     iot = evaluator("dev-1")
-    for flt in ["dt/edgefleet/dev-1/metrics", METRICS_FILTER, "#"]:
-        assert not iot.allows(own("dev-1"), "iot:Subscribe", flt)
-    assert not iot.allows(own("dev-1"), "iot:Receive", "dt/edgefleet/dev-1/metrics")
-
-
-def test_backend_subscribes_to_the_fleet_and_publishes_nothing() -> None:
-    iot = evaluator(BACKEND_IDENTITY)
-    conn = own(BACKEND_IDENTITY)
-    assert iot.allows(conn, "iot:Connect", BACKEND_IDENTITY)
-    assert not iot.allows(Connection("backend", frozenset({"dev-1"})), "iot:Connect", "backend")
-    for flt in [METRICS_FILTER, STATUS_FILTER, "dt/edgefleet/dev-1/metrics"]:
-        assert iot.allows(conn, "iot:Subscribe", flt), flt
-    for flt in ["#", "dt/#", "dt/edgefleet/#", "dt/edgefleet/+/+"]:
+    conn = own("dev-1")
+    assert iot.allows(conn, "iot:Subscribe", "cmd/edgefleet/dev-1/ack")
+    assert iot.allows(conn, "iot:Receive", "cmd/edgefleet/dev-1/ack")
+    for flt in ["dt/edgefleet/dev-1/metrics", METRICS_FILTER, "#", "cmd/edgefleet/dev-2/ack",
+                "cmd/edgefleet/+/ack", "cmd/edgefleet/#", "$share/edgefleet/cmd/edgefleet/+/ack"]:
         assert not iot.allows(conn, "iot:Subscribe", flt), flt
-    assert iot.allows(conn, "iot:Receive", "dt/edgefleet/dev-2/status")
-    assert not iot.allows(conn, "iot:Receive", "dt/other/dev-2/status")
-    assert not iot.allows(conn, "iot:Publish", "dt/edgefleet/dev-1/metrics")
+    for topic in ["dt/edgefleet/dev-1/metrics", "cmd/edgefleet/dev-2/ack"]:
+        assert not iot.allows(conn, "iot:Receive", topic), topic
+    # ... and may never publish a watermark, its own or another's
+    for topic in ["cmd/edgefleet/dev-1/ack", "cmd/edgefleet/dev-2/ack"]:
+        assert not iot.allows(conn, "iot:Publish", topic), topic
+    # dev-1's certificate under dev-2's client id resolves to nothing
+    assert not iot.allows(Connection("dev-2", frozenset({"dev-1"})), "iot:Subscribe",
+                          "cmd/edgefleet/dev-2/ack")
+
+
+def test_backend_subscribes_to_the_fleet_and_publishes_only_watermarks() -> None:
+    iot = evaluator(BACKEND_IDENTITY)
+    for conn in (own(BACKEND_IDENTITY), own(BACKEND_2)):
+        assert iot.allows(conn, "iot:Connect", conn.client_id)
+        for flt in [METRICS_FILTER, STATUS_FILTER, "dt/edgefleet/dev-1/metrics",
+                    *backend_shared_filters()]:
+            assert iot.allows(conn, "iot:Subscribe", flt), flt
+        for flt in ["#", "dt/#", "dt/edgefleet/#", "dt/edgefleet/+/+", "$share/other/#",
+                    "$share/edgefleet/#", "cmd/edgefleet/+/ack"]:
+            assert not iot.allows(conn, "iot:Subscribe", flt), flt
+        assert iot.allows(conn, "iot:Receive", "dt/edgefleet/dev-2/status")
+        assert not iot.allows(conn, "iot:Receive", "dt/other/dev-2/status")
+        assert not iot.allows(conn, "iot:Publish", "dt/edgefleet/dev-1/metrics")
+        assert iot.allows(conn, "iot:Publish", "cmd/edgefleet/dev-1/ack")
+        assert not iot.allows(conn, "iot:Publish", "cmd/edgefleet/dev-1/other")
+    assert not iot.allows(Connection("backend", frozenset({"dev-1"})), "iot:Connect", "backend")
+    for client_id in ["backend-10", "backend-", "backendx", "dev-1"]:
+        assert not iot.allows(own(BACKEND_IDENTITY), "iot:Connect", client_id), client_id
+    # the backend's policy is attached to the backend's certificate only: a device's
+    # certificate (agent policy) cannot use the numbered client ids
+    assert not evaluator("dev-1").allows(own("dev-1"), "iot:Connect", BACKEND_2)
 
 
 def test_documents_follow_the_common_policy() -> None:
@@ -125,8 +158,9 @@ def test_documents_follow_the_common_policy() -> None:
     sub = next(s for s in backend["Statement"] if s["Action"] == "iot:Subscribe")
     assert sub["Resource"] == [
         f"arn:aws-cn:iot:{REGION}:{ACCOUNT}:topicfilter/{filter_to_pattern(f)}"
-        for f in backend_filters()
+        for f in [*backend_filters(), *backend_shared_filters()]
     ]
+    assert sub["Resource"][-1].endswith("topicfilter/$share/edgefleet/dt/edgefleet/*/status")
     with pytest.raises(ValueError, match="#"):
         filter_to_pattern("dt/edgefleet/#")
 
@@ -220,6 +254,17 @@ KNOWN = {
     # IoT's "*" spans levels, MQTT's "+" does not: the backend may receive a topic two levels
     # deep in AWS. No identity may publish there in either system (checked below).
     ("backend", "receive", "dt/edgefleet/a/b/metrics"),
+    (BACKEND_2, "publish", f"dt/edgefleet/{BACKEND_2}/metrics"),
+    (BACKEND_2, "publish", f"dt/edgefleet/{BACKEND_2}/status"),
+    (BACKEND_2, "receive", "dt/edgefleet/a/b/metrics"),
+    # The "pattern read" of the command topic applies to the backend users too: they may
+    # read their own cmd/edgefleet/<name>/ack in Mosquitto; no device has those names.
+    ("backend", "receive", "cmd/edgefleet/backend/ack"),
+    (BACKEND_2, "receive", f"cmd/edgefleet/{BACKEND_2}/ack"),
+    # IoT's "*" again: the backend may publish a watermark two levels deep in AWS, where no
+    # device may subscribe or receive (checked below).
+    ("backend", "publish", "cmd/edgefleet/a/b/ack"),
+    (BACKEND_2, "publish", "cmd/edgefleet/a/b/ack"),
 }
 
 
@@ -247,13 +292,16 @@ def test_iot_policy_and_mosquitto_acl_agree() -> None:
     for identity in IDENTITIES:
         assert not iot_says(identity, "publish", "dt/edgefleet/a/b/metrics")
         assert not mosquitto_says(acl, identity, "publish", "dt/edgefleet/a/b/metrics")
+        assert not iot_says(identity, "receive", "cmd/edgefleet/a/b/ack")
+        assert not mosquitto_says(acl, identity, "receive", "cmd/edgefleet/a/b/ack")
 
 
 def test_every_allowed_iot_subscription_only_yields_what_mosquitto_delivers() -> None:
     """Mosquitto 2.0 grants any SUBSCRIBE and filters deliveries; IoT refuses the SUBSCRIBE.
 
     So for each filter IoT lets the backend subscribe to, every matrix topic it matches must
-    be one Mosquitto would deliver to the backend, and devices may subscribe to nothing.
+    be one Mosquitto would deliver to the backend, and a device may subscribe only to its own
+    command topic, the one topic Mosquitto delivers to it.
     """
     acl = MosquittoAcl.parse(mosquitto_acl())
     backend = evaluator(BACKEND_IDENTITY)
@@ -262,8 +310,11 @@ def test_every_allowed_iot_subscription_only_yields_what_mosquitto_delivers() ->
         for topic in (t for t in TOPICS if topic_matches(flt, t)):
             assert mosquitto_says(acl, BACKEND_IDENTITY, "receive", topic), topic
     for device in DEVICES:
-        assert not any(evaluator(device).allows(own(device), "iot:Subscribe", f)
-                       for f in [*backend_filters(), *TOPICS, "#"])
+        allowed = [f for f in [*backend_filters(), *TOPICS, "#", "cmd/edgefleet/+/ack"]
+                   if evaluator(device).allows(own(device), "iot:Subscribe", f)]
+        assert allowed == [f"cmd/edgefleet/{device}/ack"]
+        delivered = [t for t in TOPICS if mosquitto_says(acl, device, "receive", t)]
+        assert delivered == allowed
 
 
 # --- the Mosquitto evaluator against the real broker ------------------------------------------
@@ -295,3 +346,28 @@ async def test_mosquitto_evaluator_matches_the_real_broker(mqtt_client: ClientFa
         delivered = write and acl.allows(username=BACKEND_IDENTITY, client_id=BACKEND_IDENTITY,
                                          access="read", topic=topic)
         assert (topic in got) == delivered, topic
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+async def test_real_broker_keeps_watermarks_to_their_device(mqtt_client: ClientFactory) -> None:
+    """dev-1 subscribes to every command topic and tries to forge a watermark for dev-2: it
+    hears only its own, and its forgery is refused and never reaches dev-2."""
+    heard: dict[str, list[tuple[str, bytes]]] = {"dev-1": [], "dev-2": []}
+    devs = {d: mqtt_client(d, on_message=lambda t, p, d=d: heard[d].append((t, p)))
+            for d in heard}
+    backend = mqtt_client(BACKEND_IDENTITY)
+    for client in [*devs.values(), backend]:
+        await asyncio.wait_for(client.connected.wait(), 10)
+    await devs["dev-1"].subscribe(["cmd/edgefleet/+/ack"])  # Mosquitto grants, then filters
+    await devs["dev-2"].subscribe(["cmd/edgefleet/dev-2/ack"])
+    with pytest.raises(PermanentPublishError):
+        await devs["dev-1"].publish("cmd/edgefleet/dev-2/ack", b"forged")
+    with pytest.raises(PermanentPublishError):
+        await devs["dev-1"].publish("cmd/edgefleet/dev-1/ack", b"self-made")
+    await backend.publish("cmd/edgefleet/dev-2/ack", b"to dev-2")
+    await backend.publish("cmd/edgefleet/dev-1/ack", b"to dev-1")
+    async with asyncio.timeout(10):
+        while not (heard["dev-1"] and heard["dev-2"]):
+            await asyncio.sleep(0.02)
+    assert heard["dev-2"] == [("cmd/edgefleet/dev-2/ack", b"to dev-2")]
+    assert heard["dev-1"] == [("cmd/edgefleet/dev-1/ack", b"to dev-1")]

@@ -33,7 +33,7 @@ from edgefleet.aws.policies import (
 from edgefleet.common.logs import kv
 from edgefleet.errors import EdgefleetError
 from edgefleet.wire.messages import is_valid_thing_name
-from edgefleet.wire.policy import BACKEND_IDENTITY
+from edgefleet.wire.policy import BACKEND_IDENTITY, backend_identities
 
 if TYPE_CHECKING:
     from mypy_boto3_iot import IoTClient
@@ -137,7 +137,7 @@ def iot_client(region: str | None = None, profile: str | None = None) -> IoTClie
 def _check_request(req: ProvisionRequest) -> None:
     if not is_valid_thing_name(req.thing):
         raise ProvisionError(f"thing name {req.thing!r} is not valid (1-128 of [a-zA-Z0-9:_-])")
-    if req.role == "agent" and req.thing == BACKEND_IDENTITY:
+    if req.role == "agent" and req.thing in backend_identities():
         raise ProvisionError(f"thing name {req.thing!r} is reserved for the backend identity")
     if req.role == "backend" and req.thing != BACKEND_IDENTITY:
         raise ProvisionError(f"the backend identity must be named {BACKEND_IDENTITY!r}")

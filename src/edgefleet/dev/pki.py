@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.common.logs import kv
 from edgefleet.errors import ConfigError
-from edgefleet.wire.policy import BACKEND_IDENTITY
+from edgefleet.wire.policy import backend_identities
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ _VALID_DAYS = 825
 def check_identity_name(name: str, *, device: bool = False) -> None:
     """Refuse a name whose files are the CA's or the broker's (``ca``, ``server``: the pair
     ``<name>.pem``/``<name>.key`` would be theirs), and ``backend`` for a device (it would
-    get the backend's identity, which reads the whole fleet). Case-insensitive, as some
+    get the backend's identity, which reads the whole fleet; so do ``backend-1`` ... ``-9``,
+    its numbered connections). Case-insensitive, as some
     filesystems are."""
     folded = name.casefold()
     if folded in (CA_NAME, SERVER_NAME):
@@ -42,7 +43,7 @@ def check_identity_name(name: str, *, device: bool = False) -> None:
             f"identity name {name!r} is reserved: {folded}.pem/{folded}.key are the "
             f"{'CA' if folded == CA_NAME else 'broker'}'s own files; pick another name"
         )
-    if device and folded == BACKEND_IDENTITY:
+    if device and folded in backend_identities():
         raise ConfigError(
             f"device name {name!r} is reserved for the backend's identity; pick another name"
         )

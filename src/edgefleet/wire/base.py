@@ -22,6 +22,13 @@ APP = "edgefleet"
 TOPIC_PREFIX = f"dt/{APP}"
 METRICS_FILTER = f"{TOPIC_PREFIX}/+/metrics"
 STATUS_FILTER = f"{TOPIC_PREFIX}/+/status"
+# Messages TO a device (AWS's topic design: ``cmd/`` for commands): the backend's commit
+# watermark on ``cmd/edgefleet/<thing>/ack``.
+COMMAND_PREFIX = f"cmd/{APP}"
+ACK_FILTER = f"{COMMAND_PREFIX}/+/ack"
+# MQTT5 shared subscriptions (``$share/<group>/<filter>``): each message goes to one member of
+# the group, so K backend connections split the fleet's traffic (docs/production.md).
+SHARE_GROUP = APP
 
 # AWS IoT thing names: 1-128 of [a-zA-Z0-9:_-]. MQTT wildcards and '/' are excluded by this.
 THING_NAME_PATTERN = r"^[a-zA-Z0-9:_-]{1,128}$"
@@ -67,6 +74,16 @@ def metrics_topic(thing: str) -> str:
 def status_topic(thing: str) -> str:
     """Topic on which ``thing`` publishes its online/offline status."""
     return f"{TOPIC_PREFIX}/{thing}/status"
+
+
+def ack_topic(thing: str) -> str:
+    """Topic on which the backend tells ``thing`` what it has committed."""
+    return f"{COMMAND_PREFIX}/{thing}/ack"
+
+
+def shared(topic_filter: str, group: str = SHARE_GROUP) -> str:
+    """``topic_filter`` as an MQTT5 shared subscription of ``group``."""
+    return f"$share/{group}/{topic_filter}"
 
 
 def is_valid_thing_name(name: str) -> bool:
