@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from conftest import ClientFactory
 from edgefleet.transport.mqtt import MqttClient
@@ -18,11 +18,14 @@ from edgefleet.wire.messages import (
 
 
 def metrics_payload(
-    device: str, seq: int, ts: float, metrics: Mapping[str, float], stream: str = "test-stream"
+    device: str, seq: int, ts: float, metrics: Mapping[str, float], stream: str = "test-stream",
+    *, held_from: int | None = None, seqs: Sequence[int] = (),
 ) -> bytes:
-    """One MetricsMessage with one sample."""
-    sample = Sample(seq=seq, ts=ts, metrics=dict(metrics))
-    msg = MetricsMessage(v=1, device_id=device, stream=stream, sent_at=ts, samples=[sample])
+    """One MetricsMessage with the sample ``seq`` (and one per further seq in ``seqs``);
+    ``held_from``: the agent waits for the backend's watermark."""
+    samples = [Sample(seq=n, ts=ts, metrics=dict(metrics)) for n in (seq, *seqs)]
+    msg = MetricsMessage(v=1, device_id=device, stream=stream, sent_at=ts, samples=samples,
+                         held_from=held_from)
     return encode(msg)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.feed import FEED_KEY, FeedMonitor, feed_event
 from edgefleet.backend.alerts.rules import RuleSet
+from edgefleet.backend.ingest.acks import Acker, AckPolicy
 from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.ingest.inbox import Inbound, Inbox
 from edgefleet.backend.records import AcceptedSample
@@ -100,6 +101,10 @@ class Backend:
         self._subscribing: asyncio.Task[None] | None = None
         self._failure: BackendFailedError | None = None
         self.transport: Transport = transport_factory(self._on_message, self._on_connect)
+        self.acker = None if not s.acks else Acker(
+            self.ingest.watermark, self.transport.publish, AckPolicy(
+                interval_s=s.ack_interval_s, every=s.ack_every,
+                min_interval_s=s.ack_min_interval_s, rate_per_s=s.ack_rate_per_s))
         self.view = FleetViewModel(FleetParts(
             store=self.store, ingest=self.ingest, fleet=self.fleet, alerts=self.alerts,
             dispatcher=self.dispatcher, hub=self.hub, writer=self.writer,
@@ -176,11 +181,14 @@ class Backend:
             self._watch_feed(now)
         accepted: list[AcceptedSample] = []
         messages: list[Message] = []
+        senders: dict[str, int] = {}  # device -> samples it sent that we already had
         for topic, payload, _ in batch:
             result = self.ingest.handle(topic, payload, now)
             self.fleet.observe(result, now)
             accepted.extend(result.samples)
             messages.append(Message(topic, payload, result.device, result.samples))
+            if result.kind == "metrics" and result.device is not None:
+                senders[result.device] = senders.get(result.device, 0) + result.duplicates
         self.view.on_samples(accepted)
         for event in self.alerts.on_samples(accepted, now):
             self.hub.alert(event)
@@ -191,6 +199,8 @@ class Backend:
         if self.transport.manual_ack:
             for _, _, handle in batch:
                 self.transport.ack(handle)
+        if self.acker is not None:
+            self.acker.committed(senders, now)  # the watermarks of what is now stored
         self.hub.touch({row.device for row in dirty})
 
     # --- periodic work ------------------------------------------------------------------------
@@ -207,6 +217,8 @@ class Backend:
                 self.hub.touch({tr.device})
             for event in self.alerts.tick(now):
                 self.hub.alert(event)
+            if self.acker is not None:
+                self.acker.tick(now)
             save = self.alerts.take_save()
             dirty = self.fleet.take_dirty()
             if save is not None or dirty:
@@ -253,6 +265,8 @@ class Backend:
             asyncio.create_task(self.hub.run(self.view.update_frame), name="ws-hub"),
             asyncio.create_task(serve_http(self._stop), name="http"),
         ]
+        if self.acker is not None:
+            tasks.append(asyncio.create_task(self.acker.run(), name="acks"))
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -267,7 +281,7 @@ class Backend:
         await self.transport.stop(2.0)
         self._wake.set()  # the ingest task stores what is still in the inbox, then ends
         for task in tasks:
-            if task.get_name() == "ws-hub":
+            if task.get_name() in ("ws-hub", "acks"):
                 task.cancel()
         _, pending = await asyncio.wait(tasks, timeout=5.0)
         self.inbox.close()

@@ -60,6 +60,13 @@ class BackendSettings(BaseSettings):
     store_retries: int = Field(default=3, ge=0, le=100)
     store_give_up_s: float = Field(default=600.0, ge=0)
     subscribe_attempts: int = Field(default=20, ge=1, le=10_000)
+
+    # --- backend acknowledgements (commit watermarks to devices; docs/delivery.md) ---
+    acks: bool = True
+    ack_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    ack_every: int = Field(default=200, ge=1, le=1_000_000)
+    ack_min_interval_s: float = Field(default=5.0, ge=0.1, le=3600.0)
+    ack_rate_per_s: float = Field(default=50.0, gt=0, le=10_000)
     inbox_max: int = Field(default=20_000, ge=10, le=1_000_000)
 
     # --- ingest bounds (per device; see docs/protocol.md) ---
@@ -112,4 +119,6 @@ class BackendSettings(BaseSettings):
             raise ValueError("slack_bot_token needs EDGE_BACKEND_SLACK_CHANNEL")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.ack_min_interval_s > self.ack_interval_s:
+            raise ValueError("ack_min_interval_s must not exceed ack_interval_s")
         return self

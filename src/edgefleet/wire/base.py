@@ -38,6 +38,7 @@ METRIC_KEY_PATTERN = r"^[a-z][a-z0-9_.]{0,63}(\[[^\[\]]{1,200}\])?$"
 # The highest seq on the wire: 2^53 - 1, exact in a double, in JavaScript and in SQLite, so
 # no figure derived from seqs (spans, loss) can leave SQLite's 64-bit integers.
 MAX_SEQ = 2**53 - 1
+MAX_STREAM_LEN = 64
 # The longest sampling interval a status may announce (the agent allows at most 1 h) and the
 # oldest unsent sample an agent may report: bounded so that no device can make the fleet's
 # staleness windows or figures absurd.
@@ -109,6 +110,29 @@ def _compact(doc: object) -> bytes:
 def encode_health(health: HealthDoc) -> bytes:
     """The health object as compact JSON (what ``AgentHealth.model_dump_json()`` gives)."""
     return _compact(health)
+
+
+def encode_ack(stream: str, through: int) -> bytes:
+    """The backend's commit watermark for one device (``cmd/edgefleet/<thing>/ack``): every
+    seq up to and including ``through`` of ``stream`` is stored, or gone for good."""
+    return _compact({"v": PROTOCOL_VERSION, "stream": stream, "through": through})
+
+
+def decode_ack(payload: bytes) -> tuple[str, int]:
+    """``(stream, through)`` of a watermark; ``ProtocolError("malformed")`` naming what is
+    wrong otherwise (strict: ``through`` must be a JSON integer 0..MAX_SEQ)."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError("malformed", "watermark is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("v") != PROTOCOL_VERSION or type(doc["v"]) is not int:
+        raise ProtocolError("malformed", "watermark is not a v1 object")
+    stream, through = doc.get("stream"), doc.get("through")
+    if not isinstance(stream, str) or not 1 <= len(stream) <= MAX_STREAM_LEN:
+        raise ProtocolError("malformed", f"watermark stream {stream!r} is not a stream id")
+    if type(through) is not int or not 0 <= through <= MAX_SEQ:
+        raise ProtocolError("malformed", f"watermark through={through!r} is not a seq")
+    return stream, through
 
 
 def encode_status(

@@ -29,6 +29,7 @@ from edgefleet.wire.base import (
     MAX_INTERVAL_S,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    MAX_STREAM_LEN,
     METRIC_KEY_PATTERN,
     METRICS_FILTER,
     PROTOCOL_VERSION,
@@ -131,12 +132,28 @@ class MetricsMessage(_Model):
     device_id: ThingName = Field(description="must equal the thing name in the topic")
     stream: str = Field(
         min_length=1,
-        max_length=64,
+        max_length=MAX_STREAM_LEN,
         description="id of the sequence stream; a new one means the device's seq restarted",
     )
     sent_at: UnixTime = Field(description="when this message was built for sending")
     samples: list[Sample] = Field(min_length=1, max_length=20000)
     health: AgentHealth | None = None
+    held_from: int | None = Field(
+        default=None, ge=0, le=MAX_SEQ,
+        description="the lowest seq of the stream the agent still holds: a lower seq the "
+        "backend lacks is gone for good. Present only when the agent keeps samples until the "
+        "backend's watermark (cmd/edgefleet/<thing>/ack) commits them",
+    )
+
+
+class AckMessage(_Model):
+    """Payload of ``cmd/edgefleet/<thing>/ack``, backend to device: the commit watermark."""
+
+    v: Version
+    stream: str = Field(min_length=1, max_length=MAX_STREAM_LEN)
+    through: int = Field(
+        ge=0, le=MAX_SEQ, description="every seq up to this one is stored or gone for good"
+    )
 
 
 class StatusMessage(_Model):
@@ -216,12 +233,14 @@ def json_schema() -> dict[str, Any]:
         "oneOf": [
             {"$ref": "#/$defs/MetricsMessage"},
             {"$ref": "#/$defs/StatusMessage"},
+            {"$ref": "#/$defs/AckMessage"},
         ],
         "$defs": {
             **MetricsMessage.model_json_schema(ref_template="#/$defs/{model}")["$defs"],
             "MetricsMessage": _strip_defs(MetricsMessage.model_json_schema(
                 ref_template="#/$defs/{model}")),
             "StatusMessage": StatusMessage.model_json_schema(ref_template="#/$defs/{model}"),
+            "AckMessage": AckMessage.model_json_schema(ref_template="#/$defs/{model}"),
         },
     }
 

@@ -72,7 +72,7 @@ def _lost(prior: int, base: int, high: int, received: int) -> int:
 class SeqTracker:
     """The live, mutable dedup state of one device."""
 
-    __slots__ = ("base", "bits", "heard", "high", "jump", "jumps", "lost_prior",
+    __slots__ = ("base", "bits", "heard", "held_from", "high", "jump", "jumps", "lost_prior",
                  "max_retired", "received", "retired", "stream", "window")
 
     def __init__(
@@ -86,6 +86,9 @@ class SeqTracker:
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
         self.lost_prior = self.jumps = 0  # jumps: epochs started by a seq jump (not saved)
         self.heard = 0.0  # when the current stream was last heard (set by Ingest; not saved)
+        # the lowest seq the agent still holds (it reports it with each message when it waits
+        # for the backend's watermark); None: the agent does not (not saved)
+        self.held_from: int | None = None
         self.retired: tuple[str, ...] = ()
 
     @property
@@ -124,11 +127,30 @@ class SeqTracker:
         self.received += 1
         return True
 
+    def committed_through(self) -> int | None:
+        """The watermark: the highest seq W of the current stream such that every seq up to
+        W was received, or is gone for good (below ``held_from``: the agent no longer holds
+        it; ``window`` or more below ``high``: it would be refused as a replay). None when
+        there is nothing to acknowledge (nothing received, or the agent does not wait)."""
+        held = self.held_from
+        if held is None or not self.received:
+            return None
+        low = max(held, self.high - self.window + 1)  # lowest seq that could still arrive
+        if low > self.high:
+            return self.high
+        if low < self.base:
+            return low - 1 if low > 0 else None  # [low, base) never arrived
+        missing = ~self.bits & ((1 << (self.high - low + 1)) - 1)
+        if not missing:
+            return self.high
+        return self.high - missing.bit_length()  # just below the lowest missing seq
+
     def restart(self, stream: str) -> None:
         """Start tracking a new, empty stream (or a retired one again); keep the loss."""
         self.lost_prior = self.lost
         self.retired = tuple(s for s in self._remember(self.stream) if s != stream)
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
+        self.held_from = None
 
     def _new_epoch(self, seq: int) -> None:
         self.lost_prior = self.lost

@@ -124,6 +124,15 @@ class Ingest:
         tracker = self._trackers.get(device)
         return None if tracker is None else tracker.high
 
+    def watermark(self, device: str) -> tuple[str, int] | None:
+        """``(stream, through)``: what ``device`` may delete (see
+        :meth:`SeqTracker.committed_through`); None when its agent does not wait for it."""
+        tracker = self._trackers.get(device)
+        if tracker is None:
+            return None
+        through = tracker.committed_through()
+        return None if through is None else (tracker.stream, through)
+
     def sequence(self, device: str) -> dict[str, object] | None:
         """What arrived of ``device``'s current stream: first/last seq, count, lost."""
         tracker = self._trackers.get(device)
@@ -174,6 +183,9 @@ class Ingest:
             _log.info("identity conflict over", extra=kv(device=device, stream=msg.stream))
         lost_before, jumps_before = tracker.lost, tracker.jumps
         samples = self._admit(device, tracker, msg, now)
+        if msg.held_from is not None and tracker.stream == msg.stream:
+            held = tracker.held_from
+            tracker.held_from = msg.held_from if held is None else max(held, msg.held_from)
         duplicates = len(msg.samples) - len(samples)
         self._samples += len(samples)
         self._duplicates += duplicates
