@@ -118,6 +118,35 @@ def test_ack_removes_given_seqs_and_ignores_unknown(make_queue: MakeQueue) -> No
     assert queue.stats().bytes == 3 * (100 + ROW)
 
 
+def test_ack_through_removes_everything_up_to_a_watermark(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    for i in range(6):
+        queue.put(float(i), body(i))
+    assert queue.stats().held_from == 0
+    assert queue.ack_through(2) == 3
+    assert seqs(queue) == [3, 4, 5]
+    assert queue.ack_through(1) == 0  # an older watermark changes nothing
+    assert (queue.stats().depth, queue.stats().bytes) == (3, 3 * (100 + ROW))
+    assert queue.stats().held_from == 3
+    assert queue.ack_through(99) == 3
+    stats = queue.stats()
+    assert (stats.depth, stats.bytes, stats.held_from) == (0, 0, 6)  # next seq when empty
+    queue.put(6.0, body(6))
+    assert seqs(queue) == [6] and queue.stats().held_from == 6
+
+
+def test_a_watermark_over_samples_dropped_in_flight_takes_back_the_drop(
+    make_queue: MakeQueue,
+) -> None:
+    queue = make_queue(max_samples=2)
+    for n in range(3):
+        queue.put(float(n), body(n))  # 0 dropped for room (it was sent: in flight)
+    assert (queue.stats().dropped_total, queue.stats().held_from) == (1, 1)
+    queue.ack_through(1)  # the backend committed 0 and 1: 0 was delivered after all
+    assert queue.stats().dropped_total == 0
+    assert seqs(queue) == [2]
+
+
 def test_sample_bound_drops_exactly_the_oldest(make_queue: MakeQueue) -> None:
     queue = make_queue(max_samples=10)
     for i in range(25):

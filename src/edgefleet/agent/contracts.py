@@ -38,6 +38,7 @@ class QueueStats:
     bytes: int
     oldest_ts: float | None
     dropped_total: int
+    held_from: int = 0  # the lowest seq still held (the next seq when empty)
 
 
 class SampleQueue(Protocol):
@@ -58,6 +59,11 @@ class SampleQueue(Protocol):
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Remove delivered samples; unknown seqs are ignored."""
+        ...
+
+    def ack_through(self, seq: int) -> int:
+        """Remove every sample up to and including ``seq`` (a commit watermark); return how
+        many were removed."""
         ...
 
     def stats(self) -> QueueStats:

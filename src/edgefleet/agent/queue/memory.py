@@ -139,6 +139,16 @@ class RecentDrops:
         while len(self._order) > self._limit:
             self._seqs.discard(self._order.popleft())
 
+    def revive_through(self, seq: int) -> int:
+        """Forget and count the recent drops up to ``seq`` (drops come oldest first)."""
+        found = 0
+        while self._order and self._order[0] <= seq:
+            old = self._order.popleft()
+            if old in self._seqs:
+                self._seqs.discard(old)
+                found += 1
+        return found
+
     def revive(self, seqs: Iterable[int]) -> int:
         """Forget and count those of ``seqs`` that were dropped recently."""
         found = [seq for seq in seqs if seq in self._seqs]
@@ -213,8 +223,22 @@ class MemoryQueue:
                     missing.append(seq)
             self._dropped -= self._recent.revive(missing)
 
+    def ack_through(self, seq: int) -> int:
+        """Remove every sample up to and including ``seq``; return how many."""
+        with self._lock:
+            removed = 0
+            while self._rows:
+                first = next(iter(self._rows))
+                if first > seq:
+                    break
+                row = self._rows.pop(first)
+                self._used -= len(row.body) + ROW_OVERHEAD_BYTES
+                removed += 1
+            self._dropped -= self._recent.revive_through(seq)
+            return removed
+
     def stats(self) -> QueueStats:
-        """Current depth, bytes, oldest sample time and total dropped."""
+        """Current depth, bytes, oldest sample time, total dropped, lowest seq held."""
         with self._lock:
             oldest = next(iter(self._rows.values()), None)
             return QueueStats(
@@ -222,6 +246,7 @@ class MemoryQueue:
                 bytes=self._used,
                 oldest_ts=None if oldest is None else oldest.ts,
                 dropped_total=self._dropped,
+                held_from=self._next_seq if oldest is None else oldest.seq,
             )
 
     def close(self) -> None:

@@ -150,17 +150,33 @@ class SqliteQueue:
             except (sqlite3.Error, OSError) as exc:
                 self._events.failed("ack", exc)
 
+    def ack_through(self, seq: int) -> int:
+        """Remove every sample up to and including ``seq`` in one transaction; return how
+        many (0 when the store fails: they are removed by the next watermark)."""
+        with self._lock:
+            try:  # never retried on a new store: its seqs are other samples
+                return self._guarded(lambda: self._ack_through(int(seq)), retry=False)
+            except (sqlite3.Error, OSError) as exc:
+                self._events.failed("ack", exc)
+                return 0
+
     def stats(self) -> QueueStats:
-        """Current depth, bytes, oldest sample time and total dropped (no table scan)."""
+        """Current depth, bytes, oldest sample time, total dropped and the lowest seq held
+        (no table scan)."""
         with self._lock:
             oldest: float | None = None
+            held = self._next_seq
             try:
-                row = self._conn.execute("SELECT ts FROM samples ORDER BY seq LIMIT 1").fetchone()
-                oldest = None if row is None else float(row[0])
+                row = self._conn.execute(
+                    "SELECT ts, seq FROM samples ORDER BY seq LIMIT 1").fetchone()
+                if row is not None:
+                    oldest, held = float(row[0]), int(row[1])
             except sqlite3.Error as exc:
                 self._events.failed("stats", exc)
+                held = 0  # unknown: claim to hold everything (never wrongly "gone")
             return QueueStats(
-                depth=self._depth, bytes=self._bytes, oldest_ts=oldest, dropped_total=self._dropped
+                depth=self._depth, bytes=self._bytes, oldest_ts=oldest,
+                dropped_total=self._dropped, held_from=held,
             )
 
     def close(self) -> None:
@@ -311,6 +327,21 @@ class SqliteQueue:
         self._dropped -= revived
         self._depth -= len(gone)
         self._bytes -= sum(size for _, size in gone) + len(gone) * ROW_OVERHEAD_BYTES
+
+    def _ack_through(self, seq: int) -> int:
+        with _transaction(self._conn):
+            count, size = self._conn.execute(
+                "SELECT count(*), coalesce(sum(length(body)), 0) FROM samples WHERE seq <= ?",
+                (seq,),
+            ).fetchone()
+            self._conn.execute("DELETE FROM samples WHERE seq <= ?", (seq,))
+            revived = self._recent.revive_through(seq)
+            if count or revived:
+                self._save_counters(self._next_seq, self._dropped - revived)
+        self._dropped -= revived
+        self._depth -= count
+        self._bytes -= size + count * ROW_OVERHEAD_BYTES
+        return int(count)
 
     def _save_counters(self, next_seq: int, dropped: int) -> None:
         self._conn.execute(
