@@ -55,6 +55,7 @@ class BlackholeProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
 
     @property
     def is_cut(self) -> bool:
@@ -77,6 +78,17 @@ class BlackholeProxy:
             start, _ = self.stats.cuts[-1]
             self.stats.cuts[-1] = (start, time.monotonic())
             self._open.set()
+
+    def reset_one(self) -> bool:
+        """Abort the oldest open connection, both sides (a TCP RST): one client loses its
+        link while the others go on. False when none is open."""
+        while self._pairs:
+            client, server = self._pairs.pop(0)
+            if not client.transport.is_closing():
+                client.transport.abort()
+                server.transport.abort()
+                return True
+        return False
 
     async def close(self) -> None:
         """Stop listening and abort every connection (teardown only)."""
@@ -112,6 +124,7 @@ class BlackholeProxy:
                 return  # broker down: the client sees its connection closed
             self.stats.upstream_connected += 1
             self._writers.add(s_writer)
+            self._pairs.append((c_writer, s_writer))
             pumps = {
                 asyncio.ensure_future(self._pump(c_reader, s_writer, up=True)),
                 asyncio.ensure_future(self._pump(s_reader, c_writer, up=False)),

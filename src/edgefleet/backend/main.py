@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from edgefleet.errors import ConfigError
 from edgefleet.transport.base import OnMessage, Transport
 from edgefleet.transport.ipc import IpcTransport, resolve_transport
 from edgefleet.transport.mqtt import MqttClient, MqttConfig
+from edgefleet.transport.pool import TransportPool
+from edgefleet.wire.base import SHARE_GROUP
+from edgefleet.wire.policy import backend_connection_id
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +38,10 @@ def preflight(s: BackendSettings) -> str:
             if getattr(s, name) is None:
                 raise ConfigError(f"EDGE_BACKEND_{name.upper()} is not set")
         assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - checked above
-        check_cert_file(s.cert_file, "EDGE_BACKEND_CERT_FILE")
         check_cert_file(s.ca_file, "EDGE_BACKEND_CA_FILE")
-        check_private_key(s.key_file, "EDGE_BACKEND_KEY_FILE")
+        for k in range(1 if s.connections > 1 else 0, s.connections + 1):
+            check_cert_file(connection_file(s.cert_file, k), "EDGE_BACKEND_CERT_FILE")
+            check_private_key(connection_file(s.key_file, k), "EDGE_BACKEND_KEY_FILE")
     if s.tls_key_file is not None:
         check_private_key(s.tls_key_file, "EDGE_BACKEND_TLS_KEY_FILE")
     try:
@@ -61,19 +66,38 @@ def transport_factory(
                 on_connect=on_connect,
                 on_client=watch_backend_configuration,
             )
-        assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked
-        cfg = MqttConfig(
-            endpoint=s.endpoint, port=s.port, cert_file=s.cert_file, key_file=s.key_file,
-            ca_file=s.ca_file, client_id=s.client_id, aws_limits=s.aws_limits,
-            session_expiry_s=s.session_expiry_s, on_connect=on_connect,
-            max_reconnect_ms=int(s.reconnect_max_s * 1000),
-            # Backpressure: unacknowledged messages (the inbox) never exceed this; the
-            # broker holds the rest until we acknowledge (MQTT5 receive maximum).
-            receive_maximum=min(s.inbox_max, MQTT_RECEIVE_MAXIMUM),
-        )
-        return MqttClient(cfg, on_message_acked=on_message)
+        if s.connections == 1:
+            return _mqtt_member(s, 0, on_message, on_connect, None)
+        return TransportPool(s.connections, partial(_mqtt_member, s), on_message, on_connect,
+                             group=SHARE_GROUP)
 
     return make
+
+
+def _mqtt_member(
+    s: BackendSettings, k: int, on_message: OnMessage, on_connect: Callable[[], None],
+    on_disconnect: Callable[[], None] | None,
+) -> MqttClient:
+    """Connection ``k`` of the backend (0: the only one), with its client id and files."""
+    assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked
+    cfg = MqttConfig(
+        endpoint=s.endpoint, port=s.port, cert_file=connection_file(s.cert_file, k),
+        key_file=connection_file(s.key_file, k), ca_file=s.ca_file,
+        client_id=s.client_id if k == 0 else backend_connection_id(s.client_id, k),
+        aws_limits=s.aws_limits, session_expiry_s=s.session_expiry_s, on_connect=on_connect,
+        on_disconnect=on_disconnect, max_reconnect_ms=int(s.reconnect_max_s * 1000),
+        # Backpressure: unacknowledged messages (the inbox) never exceed this; the
+        # broker holds the rest until we acknowledge (MQTT5 receive maximum).
+        receive_maximum=min(s.inbox_max, MQTT_RECEIVE_MAXIMUM),
+    )
+    return MqttClient(cfg, on_message_acked=on_message)
+
+
+def connection_file(path: Path, k: int) -> Path:
+    """``path`` for connection ``k``: ``{n}`` in it becomes ``k`` (Mosquitto pins each
+    client id to a certificate's CN, so each connection has its own there; on AWS they
+    share one certificate and ``path`` has no ``{n}``)."""
+    return Path(str(path).replace("{n}", str(k))) if k else path
 
 
 async def _serve_http(app: Any, s: BackendSettings, stop: asyncio.Event) -> None:

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgefleet.backend.web.access import WebAccess, is_loopback
 from edgefleet.wire.messages import THING_NAME_PATTERN
+from edgefleet.wire.policy import MAX_BACKEND_CONNECTIONS
 
 
 class BackendSettings(BaseSettings):
@@ -22,6 +23,9 @@ class BackendSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGE_BACKEND_", extra="forbid")
 
     client_id: str = Field(default="backend", pattern=THING_NAME_PATTERN)
+    # K connections sharing the fleet's subscriptions ($share/edgefleet/...); client ids
+    # <client_id>-1 .. -K; "{n}" in cert_file/key_file becomes k (docs/production.md)
+    connections: int = Field(default=1, ge=1, le=MAX_BACKEND_CONNECTIONS)
     endpoint: str = "localhost"
     port: int = Field(default=8883, ge=1, le=65535)
     cert_file: Path | None = None

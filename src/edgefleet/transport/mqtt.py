@@ -52,6 +52,7 @@ class MqttConfig:
     session_expiry_s: int = 0
     receive_maximum: int | None = None
     on_connect: Callable[[], None] | None = field(default=None, compare=False)
+    on_disconnect: Callable[[], None] | None = field(default=None, compare=False)
 
 
 def _describe(exc: object) -> str:
@@ -184,6 +185,8 @@ class MqttClient:
 
     def _cb_disconnect(self, data: Any) -> None:
         self._loop.call_soon_threadsafe(self.connected.clear)
+        if self.cfg.on_disconnect is not None:
+            self._loop.call_soon_threadsafe(self.cfg.on_disconnect)
         reason = _describe(data.exception)
         level = logging.INFO if "USER_REQUESTED" in reason else logging.WARNING
         log.log(level, "mqtt disconnected", extra=kv(client_id=self.cfg.client_id, reason=reason))
