@@ -72,6 +72,9 @@ async def test_k_connections_share_the_load_and_a_dropped_link_loses_nothing(
             assert got >= total * 0.10, f"backend-{k} carried {got} of {total}"
         assert proxy.stats.accepted >= K + 1  # the dropped member came back
         assert backend.ingest.counters().lost_samples == 0
+        text = backend.view.metrics_text()
+        for k, got in enumerate(pool.received, 1):
+            assert f'edgefleet_connection_messages_total{{connection="{k}"}} {got}' in text
     finally:
         backend.stop()
         await asyncio.wait_for(task, 15)

@@ -234,6 +234,7 @@ async def test_the_backend_acknowledges_only_what_it_stored(
     await until(lambda: len(acks_of(r.t.published)) == 2)
     assert acks_of(r.t.published)[1] == ("dev-a", ("test-stream", 3))
     assert "dev-old" not in {d for d, _ in acks_of(r.t.published)}
+    assert "edgefleet_watermarks_published_total 2" in r.b.view.metrics_text()
 
 
 async def test_acknowledgements_can_be_turned_off(start: Start) -> None:

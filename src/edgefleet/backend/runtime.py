@@ -40,6 +40,7 @@ from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
 from edgefleet.notify import AlertDispatcher, BudgetSettings, Outbox
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
+from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ class Backend:
             store=self.store, ingest=self.ingest, fleet=self.fleet, alerts=self.alerts,
             dispatcher=self.dispatcher, hub=self.hub, writer=self.writer,
             quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
-            connected=self.transport.connected))
+            connected=self.transport.connected, acker=self.acker,
+            received=self.transport.received if isinstance(self.transport, TransportPool) else ()))
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: AckHandle | None = None) -> None:

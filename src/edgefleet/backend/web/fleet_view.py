@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from edgefleet.wire.base import split_key
 if TYPE_CHECKING:
     from edgefleet.backend.alerts.centre import AlertCenter
     from edgefleet.backend.alerts.feed import FeedMonitor
+    from edgefleet.backend.ingest.acks import Acker
     from edgefleet.backend.ingest.handler import Ingest
     from edgefleet.backend.ingest.inbox import Inbox
     from edgefleet.backend.store.fleet_state import FleetState
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from edgefleet.backend.store.writer import BatchWriter
     from edgefleet.backend.web.hub import Hub
     from edgefleet.notify import AlertDispatcher
+
+Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+"""One Prometheus metric family: name, type, help, labelled values."""
 
 SPARK_POINTS = 30
 SPARK_KEY = "cpu.percent"
@@ -50,6 +54,8 @@ class FleetParts:
     feed: FeedMonitor
     inbox: Inbox
     connected: asyncio.Event  # set while the broker link is up
+    acker: Acker | None = None  # commit watermarks to devices (None: turned off)
+    received: Sequence[int] = ()  # messages per broker connection (K > 1 only)
 
 
 class FleetViewModel:
@@ -221,7 +227,26 @@ class FleetViewModel:
              [({}, float(len(b.inbox)))]),
             ("edgefleet_inbox_full_waits_total", "counter",
              "times the broker link waited for room in the inbox", [({}, float(b.inbox.waits))]),
+            *self._delivery_metrics(),
         ]
+
+    def _delivery_metrics(self) -> list[Family]:
+        b, out = self.b, list[Family]()
+        if b.acker is not None:
+            out += [
+                ("edgefleet_watermarks_published_total", "counter",
+                 "commit watermarks sent to devices", [({}, float(b.acker.published_total))]),
+                ("edgefleet_watermarks_failed_total", "counter",
+                 "watermark publishes that failed (retried)", [({}, float(b.acker.failed_total))]),
+                ("edgefleet_watermarks_pending", "gauge", "watermarks waiting to be published",
+                 [({}, float(b.acker.pending))]),
+            ]
+        if b.received:
+            out.append(("edgefleet_connection_messages_total", "counter",
+                        "messages received per broker connection (shared subscription)",
+                        [({"connection": str(k)}, float(n))
+                         for k, n in enumerate(b.received, 1)]))
+        return out
 
 
 def _labelled(label: str, counts: Mapping[str, int]) -> list[tuple[dict[str, str], float]]:
