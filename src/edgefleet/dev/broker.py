@@ -43,19 +43,25 @@ def find_mosquitto() -> str:
     raise BrokerError(INSTALL_HINT)
 
 
-def render_config(*, port: int, host: str, pki: Path, acl: Path, log_file: Path) -> str:
+def render_config(
+    *, port: int, host: str, pki: Path, acl: Path, log_file: Path, forgetful: bool = False,
+) -> str:
     """The mosquitto.conf text for one mTLS listener.
 
     Persistence is on, so that persistent sessions (the backend's) and their queued QoS 1
-    messages survive a broker restart, as they do on AWS IoT Core.
+    messages survive a broker restart, as they do on AWS IoT Core. ``forgetful``: nothing is
+    written to disk, and nothing is queued for a disconnected client (one message at most,
+    dropped when the next arrives): a broker that acknowledges a publish and then loses it.
     """
+    keep = ["persistence true", f"persistence_location {log_file.parent}/",
+            "autosave_interval 60", "max_queued_messages 1000000"]
+    if forgetful:
+        keep = ["persistence false", "max_queued_messages 1"]
     lines = [
         "per_listener_settings false",
         "allow_anonymous false",
         f"acl_file {acl}",
-        "persistence true",
-        f"persistence_location {log_file.parent}/",
-        "autosave_interval 60",
+        *keep,
         f"log_dest file {log_file}",
         "log_type error",
         "log_type warning",
@@ -64,7 +70,6 @@ def render_config(*, port: int, host: str, pki: Path, acl: Path, log_file: Path)
         # AWS IoT Core allows 100 unacknowledged QoS 1 messages per client; the backend acks
         # after storing each batch, so a larger window here only changes throughput.
         "max_inflight_messages 1000",
-        "max_queued_messages 1000000",
         # Above AWS's 128 KiB on purpose: oversized messages must reach the backend's own
         # check in tests (AWS IoT Core would refuse them at the edge).
         "message_size_limit 262144",
@@ -98,10 +103,13 @@ class Mosquitto:
         port: int = 0,
         host: str = "127.0.0.1",
         readers: tuple[str, ...] = (),
+        forgetful: bool = False,
     ) -> None:
-        """``readers``: identities that may read every device's topics besides ``backend``."""
+        """``readers``: identities that may read every device's topics besides ``backend``;
+        ``forgetful``: keep nothing for offline clients and nothing across restarts."""
         self.workdir = workdir
         self.readers = readers
+        self.forgetful = forgetful
         self.host = host
         self.port = port or free_port(host)
         self.pki = workdir / "pki"
@@ -118,7 +126,8 @@ class Mosquitto:
         acl.write_text(mosquitto_acl(readers=self.readers))
         self.conf.write_text(
             render_config(
-                port=self.port, host=self.host, pki=self.pki, acl=acl, log_file=self.log_file
+                port=self.port, host=self.host, pki=self.pki, acl=acl, log_file=self.log_file,
+                forgetful=self.forgetful,
             )
         )
 
