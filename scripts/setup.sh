@@ -12,6 +12,10 @@ if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && [ ! -x /usr/bin/chromium ]; then want
 if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
     want+=(faketime)
 fi
+# PostgreSQL: the shared store of several backends (tests start their own cluster)
+if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    want+=(postgresql)
+fi
 if [ ${#want[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${want[*]}; run: sudo apt-get update && sudo apt-get install -y ${want[*]}" >&2
@@ -24,6 +28,10 @@ fi
 # Mosquitto's package starts a system broker on port 1883; the project starts its own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
     systemctl stop mosquitto || true
+fi
+# ... and PostgreSQL's a system cluster on port 5432; the tests start their own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+    systemctl stop postgresql || true
 fi
 
 PY=${PYTHON:-python3}
