@@ -113,6 +113,30 @@ async def test_changes_between_two_frames_reach_every_client_as_one_shared_frame
     assert hub.frames_sent == 2  # counted per broadcast, whatever the number of clients
 
 
+async def test_a_client_joining_between_frames_is_not_sent_events_its_snapshot_holds(
+    started: Callable[..., tuple[Hub, Recorder]],
+) -> None:
+    hub, _ = started()
+    early = Peer(hub, "early")
+    await early.client()
+    hub.alert({"device": "dev-a", "kind": "firing"})  # before the late client's snapshot
+    hub.touch({"dev-a"})
+    late = Peer(hub, "late")  # registers (and would take its snapshot) in this same cycle
+    assert (await late.client()).seen == hub.alerts_total == 1
+    hub.alert({"device": "dev-b", "kind": "firing"})  # after it
+    [seen_early] = await early.wait_frames(1)
+    [seen_late] = await late.wait_frames(1)
+    assert [a["device"] for a in seen_early["alerts"]] == ["dev-a", "dev-b"]
+    assert [a["device"] for a in seen_late["alerts"]] == ["dev-b"]  # dev-a: in its snapshot
+    assert seen_late["devices"] == seen_early["devices"] == ["dev-a"]
+    assert hub.frames_sent == 1
+
+    hub.alert({"device": "dev-c", "kind": "resolved"})  # from now on one frame for both
+    await early.wait_frames(2)
+    await late.wait_frames(2)
+    assert late.frames[1] is early.frames[1]
+
+
 async def test_without_clients_changes_are_consumed_and_no_frame_is_built(
     started: Callable[..., tuple[Hub, Recorder]],
 ) -> None:

@@ -11,8 +11,9 @@ SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _max_family(metrics: Mapping[str, float], family: str) -> float | None:
+    """The highest value of ``family`` and ``family[*]`` (both are valid keys, docs/protocol.md)."""
     prefix = family + "["
-    values = [v for k, v in metrics.items() if k.startswith(prefix)]
+    values = [v for k, v in metrics.items() if k == family or k.startswith(prefix)]
     return max(values) if values else None
 
 
