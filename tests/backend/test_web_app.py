@@ -337,9 +337,20 @@ async def test_ws_sends_a_snapshot_then_an_update_when_a_device_changes(serve: S
 
 async def test_clients_connecting_between_two_frames_share_one_snapshot(serve: Serve) -> None:
     served = await serve()
-    await with_devices(served)
+    t = await with_devices(served)
+    hub = served.backend.hub
     async with served.client.websocket("/ws") as one, served.client.websocket("/ws") as two:
-        assert await one.receive() == await two.receive()
+        first = await one.receive()
+        # made once: a snapshot made for the second client would count 2 ws_clients
+        assert await two.receive() == first
+        assert json.loads(first)["summary"]["ws_clients"] == 1
+        served.send("dev-new", 0, t, cpu_percent=1.0)
+        await until(lambda: served.backend.fleet.device("dev-new") is not None)
+        generation = hub.generation
+        await until(lambda: hub.generation > generation)  # the hub consumed the change
+        async with served.client.websocket("/ws") as three:
+            fresh = json.loads(await three.receive())
+        assert "dev-new" in {r["id"] for r in fresh["devices"]}  # not the old snapshot
 
 
 async def test_a_client_too_slow_is_closed_1013_and_may_come_back(serve: Serve) -> None:
