@@ -3,14 +3,13 @@ the real parts of a backend on a temporary database, driven message by message t
 ``runtime.py`` drives them, with the test's own clock. What it proves: device rows show the
 newest sample of the current stream, the summary counts what happened, rows are ranked
 problems first (``problem_rank``, the stale tier included), an identity conflict and pending
-alerts are shown, /healthz says why it is degraded, and /metrics is valid Prometheus text
+alerts are shown, health() names why it is degraded, and metrics_text() is valid Prometheus text
 with the right figures.
 
-``Rig`` is shared with tests/backend/test_web_app.py."""
+tests/backend/test_web_app.py uses ``RULES``, ``payload``, ``status`` and ``parse_prometheus``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_service import FakeTransport
 
 from edgefleet.backend.alerts.rules import load_rules
 from edgefleet.backend.runtime import Backend
@@ -26,7 +26,6 @@ from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.store.writer import Message
 from edgefleet.backend.web.fleet_view import FleetParts, FleetViewModel
 from edgefleet.backend.web.shapes import problem_rank
-from edgefleet.transport.base import AckHandle, OnMessage
 from edgefleet.wire.messages import metrics_topic, status_topic
 
 RULES = """\
@@ -43,29 +42,6 @@ rules:
 """
 HEALTH = {"queue_depth": 3, "queue_bytes": 100, "oldest_age_s": 1.5, "dropped_total": 7,
           "publish_errors_total": 0, "rss_bytes": 31_000_000, "agent_version": "9.9.9"}
-
-
-class IdleTransport:
-    """The broker link of a backend that is built but never run: nothing arrives through it,
-    the test hands messages to the parts itself (``Rig.receive``)."""
-
-    manual_ack = True
-
-    def __init__(self, on_message: OnMessage, on_connect: Callable[[], None]) -> None:
-        self.connected = asyncio.Event()
-        self.connected.set()
-
-    def start(self) -> None: ...
-
-    async def stop(self, wait_s: float = 0.0) -> None: ...
-
-    async def publish(self, topic: str, payload: bytes) -> int:
-        return 0
-
-    async def subscribe(self, filters: list[str]) -> list[int]:
-        return [1 for _ in filters]
-
-    def ack(self, handle: AckHandle | None) -> None: ...
 
 
 def payload(device: str, seq: int, ts: float, metrics: dict[str, float], *,
@@ -143,7 +119,8 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
 
     async def make(**settings: Any) -> Rig:
         s = BackendSettings(db_path=tmp_path / "fleet.db", **settings)
-        backend = Backend(s, load_rules(rules), IdleTransport)
+        backend = Backend(s, load_rules(rules), FakeTransport)  # built, never run: the
+        backend.transport.connected.set()  # test hands messages to the parts (Rig.receive)
         made.append(backend)
         return Rig(backend)
 
