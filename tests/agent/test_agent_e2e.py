@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -145,9 +146,23 @@ async def test_refused_publish_is_logged_loudly_and_not_retried_in_a_tight_loop(
     # dev-1's settings with dev-2's certificate: every metrics publish gets PUBACK 135.
     cert, key, _ = broker.identity("dev-2")
     agent = AgentProc(broker, tmp_path, cert_file=cert, key_file=key, interval_s=0.05).start()
-    await asyncio.sleep(4)
+    seen = await _refusals_seen(agent, 2, within_s=30)  # the retry after the first pause
     agent.stop()
     refusals = [ln for ln in agent.log_text().splitlines() if "REFUSED" in ln]
-    assert len(refusals) == 1, refusals  # first pause is 5 s
+    assert len(refusals) == 2, refusals  # one per pause, not one per publish
     assert "reason_code=135" in refusals[0]
+    assert "pause_s=5.0" in refusals[0] and "pause_s=10.0" in refusals[1]  # growing
+    # The first pause is 5 s: a lower bound (timers never fire early), with room for polling.
+    assert seen[1] - seen[0] >= 4.5, seen
     assert len(_still_queued(agent.queue_path)) >= 20  # nothing was thrown away
+
+
+async def _refusals_seen(agent: AgentProc, n: int, within_s: float) -> list[float]:
+    """When (monotonic) each of the first ``n`` REFUSED lines showed up in the agent's log."""
+    seen: list[float] = []
+    async with asyncio.timeout(within_s):
+        while len(seen) < n:
+            count = agent.log_text().count("REFUSED")
+            seen += [time.monotonic()] * (count - len(seen))
+            await asyncio.sleep(0.05)
+    return seen

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+import pytest
+
+from edgefleet.agent import publisher
 from edgefleet.agent.batch import sample_body
 from edgefleet.agent.contracts import QueuedSample, QueueStats
 from edgefleet.agent.publisher import Limits, Publisher
@@ -50,6 +53,7 @@ class StandIn:
         self.connected.set()
         self.sent: list[tuple[str, int]] = []  # (stream, seq)
         self.fail: list[Exception] = []
+        self.attempts: list[tuple[float, str]] = []  # (loop time, "sent" or "failed")
 
     def start(self) -> None:
         pass
@@ -58,8 +62,11 @@ class StandIn:
         pass
 
     async def publish(self, topic: str, payload: bytes) -> int:
+        now = asyncio.get_running_loop().time()
         if self.fail:
+            self.attempts.append((now, "failed"))
             raise self.fail.pop(0)
+        self.attempts.append((now, "sent"))
         msg = decode(topic, payload)
         assert msg.__class__.__name__ == "MetricsMessage"
         self.sent += [(msg.stream, s.seq) for s in msg.samples]  # type: ignore[union-attr]
@@ -97,17 +104,32 @@ async def test_samples_leave_the_queue_only_after_a_good_ack_and_errors_resend()
     assert pub.stats.errors == 1
 
 
-async def test_a_refused_publish_keeps_the_samples_and_pauses() -> None:
+async def test_a_refused_publish_keeps_the_samples_and_pauses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused twice, then accepted: the samples stay queued until the accepted publish, and
+    each retry waits out a pause that doubles, even though new samples keep waking the
+    publisher (as the agent's sampler does): no loop hammering the broker."""
+    monkeypatch.setattr(publisher, "_REFUSED_PAUSE_S", (0.4, 10.0))
     queue, transport = SwappableQueue(), StandIn()
-    transport.fail = [PermanentPublishError(135, "not authorised")]
+    transport.fail = [PermanentPublishError(135, "not authorised")] * 2
     queue.put(1.0, sample_body({"cpu.percent": 1.0}, []))
     pub = _publisher(queue, transport)
     task = asyncio.create_task(pub.run())
-    await asyncio.sleep(0.5)
-    assert queue.stats().depth == 1 and transport.sent == []  # paused, not looping
-    assert pub.stats.refused == 1
+    for refusals in (1, 2):
+        await _until(lambda n=refusals: len(transport.attempts) == n)  # type: ignore[misc]
+        queue.put(1.0 + refusals, sample_body({"cpu.percent": 1.0}, []))  # a new sample...
+        pub.wake.set()  # ...wakes the publisher: it must still wait out its pause
+    await _until(lambda: queue.stats().depth == 0)  # the accepted retry: a later event
     pub.stop()
     await task
+    assert [outcome for _, outcome in transport.attempts] == ["failed", "failed", "sent"]
+    assert transport.sent == [(queue.stream, 0), (queue.stream, 1), (queue.stream, 2)]
+    assert pub.stats.refused == 2
+    (first, _), (second, _), (third, _) = transport.attempts
+    # Lower bounds only (asyncio timers never fire early): without the pause, the wake
+    # would have sent at once.
+    assert second - first >= 0.4 and third - second >= 0.8
 
 
 async def test_a_replaced_store_is_sent_from_its_first_sample() -> None:

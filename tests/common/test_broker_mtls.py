@@ -59,10 +59,11 @@ async def test_publishing_under_another_devices_topic_is_refused(
     with pytest.raises(PermanentPublishError) as err:
         await dev1.publish(metrics_topic("dev-2"), b"spoof")
     assert err.value.reason_code == NOT_AUTHORIZED
-    # The same connection keeps working, and only the legitimate message arrives.
+    # The same connection keeps working, and only the legitimate message arrives. The broker
+    # handled (and refused) the spoof before "mine", and delivers to the backend in that
+    # order: once "mine" is there, the spoof would have been there first.
     await dev1.publish(metrics_topic("dev-1"), b"mine")
     await _received(got, 1, 5)
-    await asyncio.sleep(0.3)
     assert got == [("dt/edgefleet/dev-1/metrics", b"mine")]
 
 
@@ -76,9 +77,14 @@ async def test_device_cannot_read_other_devices(mqtt_client: ClientFactory) -> N
     await asyncio.wait_for(dev2.connected.wait(), 10)
     await dev1.subscribe([METRICS_FILTER])
     await dev2.publish(metrics_topic("dev-2"), b"private")
-    await _received(got, 1, 5)
-    await asyncio.sleep(0.3)
+    await _received(got, 1, 5)  # the broker has routed it
+    # A round trip on dev-1's own connection after that: anything the broker queued for
+    # dev-1 reaches it before this PUBACK (one connection, in order; the SDK calls
+    # on_message on its thread before it completes the publish).
+    assert await dev1.publish(metrics_topic("dev-1"), b"marker") == 0
     assert snooped == []
+    await _received(got, 2, 5)
+    assert got[1] == ("dt/edgefleet/dev-1/metrics", b"marker")
 
 
 async def test_broker_restart_keeps_port_and_client_reconnects(

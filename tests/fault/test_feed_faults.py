@@ -19,12 +19,15 @@ from typing import Any
 import pytest
 from system import AgentSpec, MakeSystem, System, SystemSpec, make_system  # noqa: F401 - fixture
 
+from conftest import ClientFactory
+from devices import Device
 from edgefleet.dev.broker import Mosquitto
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 FEED_KEY = "feed_lost|edgefleet-backend|"
 OFFLINE_WINDOW_S = 2 + 5  # stale window + the offline rule's `for`
+MARKER = "marker-1"  # sends once after the feed is back, then falls silent: a clock
 BACKEND = {"stale_min_s": 2, "feed_silence_min_s": 3, "feed_alert_after_s": 3,
            "reconnect_max_s": 2}
 
@@ -40,6 +43,7 @@ def _spec(**kw: Any) -> SystemSpec:
     # System.finish stops every agent (their offline status alerts after 5 s): its own
     # alert check ignores those; the tests check "no offline alert" before the load stops.
     base["allowed_extra_alert_keys"] = (FEED_KEY, *(f"offline|{n}|" for n in names))
+    base["unchecked_devices"] = (MARKER,)
     return SystemSpec(**base)
 
 
@@ -58,16 +62,33 @@ async def _wait_feed(system: System, state: str, timeout: float = 60) -> dict[st
     raise AssertionError(f"feed never {state}: {body}")
 
 
+async def _a_full_window_later(system: System, mqtt_client: ClientFactory) -> None:
+    """Return once a full offline window has passed since the call, shown by an event: a
+    device that announces itself (interval 0.5 s, so the same window as the agents), sends
+    one sample and falls silent is declared offline, with an alert, only a window later."""
+    marker = await Device.connect(mqtt_client, MARKER)
+    await marker.online(time.time(), interval_s=0.5)
+    await marker.sample(time.time(), cpu_percent=1.0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, alerts = await system.get("/api/alerts")
+        if any(a["key"] == f"offline|{MARKER}|" for a in alerts["firing"]):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{MARKER} was never declared offline")
+
+
 def _check_feed_alerts(system: System, alerts: dict[str, Any], ids: list[str]) -> None:
-    """One feed_lost firing then resolved, delivered once each; no offline alert at all
-    (``alerts`` and the Slack ``ids`` as they were before the load stopped: stopping the
-    agents at the end sends their offline status, which legitimately alerts)."""
+    """One feed_lost firing then resolved, delivered once each; no offline alert but the
+    marker's (``alerts`` and the Slack ``ids`` as they were before the load stopped: stopping
+    the agents at the end sends their offline status, which legitimately alerts)."""
     recent = list(reversed(alerts["recent"]))  # oldest first
     feed = [(a["kind"], a["severity"]) for a in recent if a["key"] == FEED_KEY]
     assert feed == [("firing", "critical"), ("resolved", "critical")], recent
-    offline = [a for a in recent if a["rule"] == "offline"]
+    offline = [a for a in recent if a["rule"] == "offline" and a["device"] != MARKER]
     assert offline == [], offline
-    assert not [i for i in ids if i.startswith("offline|")], ids
+    assert [a["device"] for a in recent if a["rule"] == "offline"] == [MARKER], recent
+    assert not [i for i in ids if i.startswith("offline|") and MARKER not in i], ids
     feed_ids = [i for i in ids if i.startswith(FEED_KEY)]
     assert Counter(i.split("|")[3] for i in feed_ids) == {"firing": 1, "resolved": 1}, ids
     texts = [m["text"] for m in system.slack.messages]
@@ -75,7 +96,7 @@ def _check_feed_alerts(system: System, alerts: dict[str, Any], ids: list[str]) -
 
 
 async def test_broker_stopped_for_twice_the_offline_window(
-    make_system: MakeSystem, broker: Mosquitto
+    make_system: MakeSystem, broker: Mosquitto, mqtt_client: ClientFactory
 ) -> None:
     """10 agents; Mosquitto stops for 2 x the offline window, then comes back: zero
     device-offline notifications, one feed-lost notification firing then resolved, no
@@ -97,7 +118,7 @@ async def test_broker_stopped_for_twice_the_offline_window(
     assert all(d["online"] for d in during["devices"]), during  # nobody declared offline
     assert during["summary"]["feed"]["state"] == "lost"
     assert back["feed"]["connected"] is True
-    await asyncio.sleep(OFFLINE_WINDOW_S + 1)  # a full window after the return: still quiet
+    await _a_full_window_later(system, mqtt_client)  # a full window after the return: quiet
     _, alerts = await system.get("/api/alerts")
     ids = system.slack.event_ids()
     await system.finish()
@@ -106,7 +127,7 @@ async def test_broker_stopped_for_twice_the_offline_window(
 
 
 async def test_backend_link_black_holed_while_broker_and_devices_are_fine(
-    make_system: MakeSystem,
+    make_system: MakeSystem, mqtt_client: ClientFactory
 ) -> None:
     """Only the backend's own connection goes through the black hole; it is cut for 2 x the
     offline window (the backend hears nothing, the devices publish on), then heals. The
@@ -130,7 +151,7 @@ async def test_backend_link_black_holed_while_broker_and_devices_are_fine(
     system.figures.extra["feed_back_s"] = round(time.monotonic() - cut, 1)
     await system.wait_flowing(timeout=90, what="heal")
     assert all(d["online"] for d in during["devices"]), during
-    await asyncio.sleep(OFFLINE_WINDOW_S + 1)
+    await _a_full_window_later(system, mqtt_client)
     _, alerts = await system.get("/api/alerts")
     ids = system.slack.event_ids()
     await system.finish()

@@ -252,17 +252,18 @@ def _foreign_host(host: str | None) -> ResponseReturnValue:
 
 def _add_websocket(app: Quart, view: FleetView, token: str | None) -> None:
     """``/ws``: a snapshot on connect, then the hub's coalesced frames (docs/api.md)."""
-    cached: dict[str, Any] = {"generation": -1, "frame": ""}
+    cached: dict[str, Any] = {"generation": -1, "frame": "", "seen": 0}
 
-    def snapshot() -> str:
+    def snapshot() -> tuple[str, int]:
         """The full state, serialised once and shared by every client that connects before
-        the hub next consumes changes (a storm of reconnects costs one snapshot, not N)."""
+        the hub next consumes changes (a storm of reconnects costs one snapshot, not N),
+        and the number of alert events it holds (``Hub.alerts_total`` when it was made)."""
         if cached["generation"] != view.hub.generation:
             doc = {"type": "snapshot", "devices": view.device_rows(),
                    "summary": view.summary(), "alerts": view.alerts()}
-            cached.update(generation=view.hub.generation,
+            cached.update(generation=view.hub.generation, seen=view.hub.alerts_total,
                           frame=json.dumps(doc, separators=(",", ":")))
-        return str(cached["frame"])
+        return str(cached["frame"]), int(cached["seen"])
 
     @app.websocket("/ws")
     async def ws() -> None:
@@ -272,8 +273,9 @@ def _add_websocket(app: Quart, view: FleetView, token: str | None) -> None:
             return
         await websocket.accept()
         client = view.hub.register(peer=str(websocket.remote_addr))
+        frame, client.seen = snapshot()  # events it holds are left out of the next frame
         try:
-            await websocket.send(snapshot())
+            await websocket.send(frame)
             while True:
                 frame = await client.queue.get()
                 await websocket.send(frame)

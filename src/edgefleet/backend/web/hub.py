@@ -2,6 +2,11 @@
 
 A client whose queue is full cannot keep up: it is disconnected (close 1013) and never slows
 the producer or the other clients (shared/FACTS.md, Web).
+
+Alert events are numbered as they arrive (``alerts_total``). A client that connects between
+two frames gets a snapshot that already holds the events so far (``Client.seen``); the next
+frame it is sent leaves those out, so the page never lists one event twice. Only such a
+client costs a second serialisation of that frame.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Client:
     peer: str = ""
     dropped: bool = False
     sent: int = field(default=0)
+    seen: int = 0  # alert events already in this client's snapshot (``Hub.alerts_total``)
 
 
 class Hub:
@@ -41,14 +47,17 @@ class Hub:
         self.frames_sent = 0
         self.slow_disconnects = 0
         self.generation = 0
+        self.alerts_total = 0  # alert events queued since start; numbers them
         self._dirty: set[str] = set()
         self._alerts: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
 
     def register(self, peer: str = "") -> Client:
-        """Add the calling task as a client."""
+        """Add the calling task as a client whose snapshot holds every alert event so far
+        (set ``Client.seen`` to the snapshot's own count when it was made earlier)."""
         client = Client(
-            queue=asyncio.Queue(self.queue_frames), task=asyncio.current_task(), peer=peer
+            queue=asyncio.Queue(self.queue_frames), task=asyncio.current_task(), peer=peer,
+            seen=self.alerts_total,
         )
         self.clients.add(client)
         return client
@@ -64,16 +73,20 @@ class Hub:
     def alert(self, event: dict[str, Any]) -> None:
         """Queue an alert event for the next frame."""
         self._alerts.append(event)
+        self.alerts_total += 1
         self._changed.set()
 
     def broadcast(self, frame: str) -> None:
         """Put one serialised frame into every client's queue; drop clients that are full."""
         for client in list(self.clients):
-            try:
-                client.queue.put_nowait(frame)
-            except asyncio.QueueFull:
-                self._drop(client)
+            self._put(client, frame)
         self.frames_sent += 1
+
+    def _put(self, client: Client, frame: str) -> None:
+        try:
+            client.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._drop(client)
 
     def _drop(self, client: Client) -> None:
         client.dropped = True
@@ -96,7 +109,17 @@ class Hub:
             self.generation += 1  # every cycle that consumed changes, sent or not
             dirty, self._dirty = self._dirty, set()
             alerts, self._alerts = self._alerts, []
-            if not self.clients:
-                continue
-            frame = json.dumps(build(dirty, alerts), separators=(",", ":"))
-            self.broadcast(frame)
+            if self.clients:
+                self._send(build(dirty, alerts), alerts)
+
+    def _send(self, doc: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
+        """Broadcast ``doc``; a client whose snapshot already holds some of ``alerts`` gets
+        the same frame without those."""
+        first = self.alerts_total - len(alerts)  # events before this frame's
+        frames = {0: json.dumps(doc, separators=(",", ":"))}
+        for client in list(self.clients):
+            skip = min(max(client.seen - first, 0), len(alerts))
+            if skip not in frames:
+                frames[skip] = json.dumps({**doc, "alerts": alerts[skip:]}, separators=(",", ":"))
+            self._put(client, frames[skip])
+        self.frames_sent += 1

@@ -12,7 +12,8 @@ SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _max_family(metrics: Mapping[str, float], family: str) -> float | None:
-    values = [v for k, v in metrics.items() if (parts := split_key(k))[0] == family and parts[1]]
+    """The highest value of ``family`` and ``family[*]`` (both are valid keys, docs/protocol.md)."""
+    values = [v for k, v in metrics.items() if split_key(k)[0] == family]
     return max(values) if values else None
 
 
