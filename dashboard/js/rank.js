@@ -6,10 +6,9 @@
 export const RANK = Object.freeze({
   critical: 0,
   offline: 1,
-  stale: 2,
-  alerting: 3, // any other firing alert (warning, info)
-  high: 4,
-  ok: 5,
+  alerting: 2, // any other firing alert (warning, info)
+  high: 3,
+  ok: 4,
 });
 
 const HIGH = { cpu: 85, memory: 85, disk: 85, temp: 80 };
@@ -19,11 +18,10 @@ export function highUsage(row) {
   return Object.entries(HIGH).some(([k, limit]) => typeof row[k] === "number" && row[k] >= limit);
 }
 
-/** The row's problem rank: critical alert, offline, stale, other alert, high usage, ok. */
+/** The row's problem rank: critical alert, offline, other alert, high usage, ok. */
 export function rank(row) {
   if (row.severity === "critical") return RANK.critical;
-  if (row.status === "offline") return RANK.offline;
-  if (row.status === "stale") return RANK.stale;
+  if (row.status !== "online") return RANK.offline;
   if (row.severity) return RANK.alerting;
   if (highUsage(row)) return RANK.high;
   return RANK.ok;

@@ -2,7 +2,7 @@
 the real parts of a backend on a temporary database, driven message by message the way
 ``runtime.py`` drives them, with the test's own clock. What it proves: device rows show the
 newest sample of the current stream, the summary counts what happened, rows are ranked
-problems first (``problem_rank``, the stale tier included), an identity conflict and pending
+problems first (``problem_rank``), an identity conflict and pending
 alerts are shown, health() names why it is degraded, and metrics_text() is valid Prometheus text
 with the right figures.
 
@@ -215,15 +215,15 @@ async def test_rows_are_ranked_problems_first_then_by_name(make_rig: MakeRig) ->
     await rig.sample("burning", 0, t, metrics={"temp_celsius[cpu]": 99.0})  # critical
     rows = rig.view.device_rows()
     assert [(r["id"], problem_rank(r)[0]) for r in rows] == [
-        ("burning", 0), ("gone", 1), ("full", 3), ("busy", 4), ("warm", 4),
-        ("also-calm", 5), ("calm", 5)]
+        ("burning", 0), ("gone", 1), ("full", 2), ("busy", 3), ("warm", 3),
+        ("also-calm", 4), ("calm", 4)]
     assert [(r["severity"], r["firing"]) for r in rows[:3]] == [
         ("critical", 1), ("warning", 1), ("warning", 1)]
 
 
-def test_problem_rank_puts_stale_between_offline_and_other_alerts() -> None:
-    """The tiers the page sorts by (rank.js); a stale row is not produced by this backend's
-    fleet state (it marks a silent device offline), but rows with it must sort the same."""
+def test_problem_rank_tiers() -> None:
+    """The tiers the page sorts by (rank.js): critical, offline (a silent device is marked
+    offline), other alerts, high usage, the rest; by id within a tier."""
 
     def row(name: str, **kw: Any) -> dict[str, Any]:
         return {"id": name, "online": True, "status": "online", "severity": None, "cpu": 5.0,
@@ -234,7 +234,7 @@ def test_problem_rank_puts_stale_between_offline_and_other_alerts() -> None:
         row("b-hot", temp=80.0),
         row("c-disk", disk=85.0),
         row("d-info", severity="info"),
-        row("e-stale", online=False, status="stale"),
+        row("e-offline", online=False, status="offline"),
         row("f-offline", online=False, status="offline"),
         row("g-critical", severity="critical", online=False, status="offline"),
         row("h-warm", temp=79.9, cpu=84.9),
@@ -242,8 +242,8 @@ def test_problem_rank_puts_stale_between_offline_and_other_alerts() -> None:
     ]
     ranked = sorted(rows, key=problem_rank)
     assert [(r["id"], problem_rank(r)[0]) for r in ranked] == [
-        ("g-critical", 0), ("f-offline", 1), ("e-stale", 2), ("d-info", 3), ("b-hot", 4),
-        ("c-disk", 4), ("a-ok", 5), ("h-warm", 5), ("i-unknown", 5)]
+        ("g-critical", 0), ("e-offline", 1), ("f-offline", 1), ("d-info", 2), ("b-hot", 3),
+        ("c-disk", 3), ("a-ok", 4), ("h-warm", 4), ("i-unknown", 4)]
 
 
 async def test_two_agents_under_one_name_flag_the_row(make_rig: MakeRig) -> None:

@@ -108,13 +108,13 @@ def _row(id_: str, status: str = "online", severity: str | None = None,
 
 
 # ids run against the rank (the rest first, critical last), so a row ranked differently by
-# the two sides lands elsewhere in the order; "a-stale" sorts before the offline rows
+# the two sides lands elsewhere in the order
 RANK_ROWS = [
     _row("a-ok", cpu=10), _row("a-ok-edge", cpu=84.9, memory=84.9, disk=84.9, temp=79.9),
     _row("b-hot-disk", disk=95), _row("b-hot-mem", memory=85), _row("b-hot-temp", temp=80),
     _row("b-hot-cpu", cpu=85), _row("c-info", severity="info"), _row("c-warn", severity="warning"),
-    _row("c-warn-hot", severity="warning", cpu=99), _row("d-stale", "stale"),
-    _row("a-stale", "stale"), _row("e-off-b", "offline"), _row("e-off-a", "offline", "warning"),
+    _row("c-warn-hot", severity="warning", cpu=99),
+    _row("e-off-b", "offline"), _row("e-off-a", "offline", "warning"),
     _row("e-off-hot", "offline", cpu=99), _row("f-crit", severity="critical"),
     _row("f-crit-off", "offline", "critical"),
 ]

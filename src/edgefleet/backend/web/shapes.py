@@ -64,7 +64,7 @@ def device_row(
 
 
 def problem_rank(row: Mapping[str, Any]) -> tuple[int, str]:
-    """Sort key: critical alerts, offline, stale, other alerts, high usage or temperature
+    """Sort key: critical alerts, offline, other alerts, high usage or temperature
     (>= 85 %, >= 80 °C), then the rest; by id. The dashboard's rank.js sorts the same way
     (tests/browser/test_dashboard_js.py compares the two on the same rows)."""
     usage = max((row.get(k) or 0.0) for k in ("cpu", "memory", "disk"))
@@ -72,13 +72,13 @@ def problem_rank(row: Mapping[str, Any]) -> tuple[int, str]:
     if row["severity"] == "critical":
         rank = 0
     elif not row["online"]:
-        rank = 2 if row.get("status") == "stale" else 1
+        rank = 1
     elif row["severity"] is not None:
-        rank = 3
+        rank = 2
     elif usage >= 85 or hot:
-        rank = 4
+        rank = 3
     else:
-        rank = 5
+        rank = 4
     return rank, str(row["id"])
 
 
