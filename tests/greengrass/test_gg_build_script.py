@@ -166,3 +166,17 @@ def test_builds_both_components_with_no_network(tmp_path: Path) -> None:
     version = package_version()
     for name in (AGENT, BACKEND):
         assert (tmp_path / name / "artifacts" / name / version / f"edgefleet-{version}-py3-none-any.whl").is_file()
+
+
+def test_root_command_builds_both_and_publish_needs_gdk(tmp_path: Path) -> None:
+    build_once()  # the wheelhouse cache is warm: this build needs no index
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}  # no gdk on it
+    cmd = ["bash", str(ROOT / "scripts" / "gg-build.sh"), "--arch", "host", "--python", HOST_PYTHON,
+           "--out", str(tmp_path), "--publish"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+    version = package_version()
+    for name in (AGENT, BACKEND):
+        assert (tmp_path / name / "recipes" / "recipe.yaml").is_file(), done.stderr
+        assert (tmp_path / name / "artifacts" / name / version / "install.sh").is_file()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("gg-build: --publish needs GDK on PATH")
