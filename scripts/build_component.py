@@ -227,7 +227,8 @@ def _wheelhouse(component: Component, pins: str, arch: Arch, opts: Options) -> P
     missing = wheelhouse.sources(house)
     if missing:
         print(f"{component.name}: {arch.machine}: no wheel for {', '.join(missing)}: shipped as "
-              "source; the device needs a toolchain to install (docs/greengrass.md)")
+              f"source; the device needs a toolchain, or put {arch.machine} wheels of them into "
+              f"{house} (docs/greengrass.md)")
     return house
 
 
