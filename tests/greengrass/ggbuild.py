@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import atexit
 import functools
+import http.server
 import json
 import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import tomllib
 import zipfile
 from dataclasses import dataclass
@@ -224,9 +225,10 @@ class Nucleus:
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         # A device without a package index: this machine's pip configuration (its mirrors,
-        # find-links and constraints) is not the device's, and the index is a closed port.
+        # find-links and constraints) is not the device's, and the index refuses everything.
         env["PIP_CONFIG_FILE"] = os.devnull
-        env["PIP_INDEX_URL"] = f"http://127.0.0.1:{closed_port()}/simple"
+        env["PIP_INDEX_URL"] = refusing_index().url
+        env |= {"PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}  # a step that tries it fails fast
         for key, value in self.lifecycle().get("Setenv", {}).items():
             env[key] = interpolate(str(value), config, self.system())
         return env
@@ -235,12 +237,33 @@ class Nucleus:
         return interpolate(self.lifecycle()[step]["Script"], config, self.system())
 
 
-def closed_port() -> int:
-    """A loopback TCP port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+class RefusingIndex:
+    """A package index stand-in on loopback that answers every request 503 and records it.
+
+    pip falls back to ``--find-links`` silently when its index fails, so an unreachable index
+    alone would not show an Install that tried one; this one counts the attempts."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.path)
+                self.send_error(503, "no package index here")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+
+
+@functools.cache
+def refusing_index() -> RefusingIndex:
+    """The session's :class:`RefusingIndex` (lifecycle steps point ``PIP_INDEX_URL`` at it)."""
+    return RefusingIndex()
 
 
 @functools.cache

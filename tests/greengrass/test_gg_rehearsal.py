@@ -1,9 +1,9 @@
 """Lifecycle rehearsal: the BUILT recipes' Install and Run steps run for real, with the recipe
 variables substituted as the nucleus does, in a temporary Greengrass root.
 
-Install runs with the package index unreachable: no network at all where ``unshare -n`` is
-allowed, and always with this machine's pip configuration dropped and ``PIP_INDEX_URL`` on a
-closed loopback port. It makes the venv from the manifest's artifacts only (the wheel, the
+Install runs with the package index unreachable: this machine's pip configuration is dropped
+and ``PIP_INDEX_URL`` is a loopback stand-in that refuses (503) and records every request; it
+must record none. It makes the venv from the manifest's artifacts only (the wheel, the
 runtime pins, the wheelhouse of this architecture). Run starts the component; without a
 nucleus the agent uses transport mqtt against the test broker, given through the recipe's
 configuration, the way a deployment would.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ggbuild import AGENT, BACKEND, Nucleus, build_once, netns_prefix, python3_dir
+from ggbuild import AGENT, BACKEND, Nucleus, build_once, python3_dir, refusing_index
 
 from agentproc import Received
 from conftest import ClientFactory
@@ -50,7 +50,7 @@ class Installed:
         config = n.config()
         timeout = int(n.lifecycle()["Install"]["Timeout"])
         return subprocess.run(
-            [*netns_prefix(), "sh", "-c", n.script("Install", config)], cwd=n.work,
+            ["sh", "-c", n.script("Install", config)], cwd=n.work,
             env=n.env(config, self.bin_dir), capture_output=True, text=True, timeout=timeout,
             check=False,
         )
@@ -88,6 +88,7 @@ def _install(tmp_path_factory: pytest.TempPathFactory, name: str) -> Installed:
     installed.install_s = time.monotonic() - started
     assert done.returncode == 0, f"Install failed:\n{done.stdout}\n{done.stderr}"
     assert "no package index" in done.stdout, done.stdout
+    assert refusing_index().requests == [], "Install asked the package index"
     return installed
 
 
