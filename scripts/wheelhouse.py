@@ -214,11 +214,10 @@ def wheelhouse(arch: Arch, pins: Sequence[str], pythons: Sequence[str], cache: P
         (tmp / "files").mkdir()
         _download(tmp / "files", arch, pins, pythons)
         (tmp / "files" / COMPLETE).write_text("")
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete one from an interrupted build
-        try:
+        try:  # one rename: a folder under its final name is always complete
             (tmp / "files").rename(folder)
         except OSError:
-            if not (folder / COMPLETE).is_file():  # another build finished it meanwhile?
+            if not (folder / COMPLETE).is_file():  # not a parallel build that finished first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
