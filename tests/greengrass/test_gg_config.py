@@ -11,6 +11,7 @@ from fakeipc import FakeIpcClient
 
 from edgefleet.agent.greengrass import check_agent_configuration, watch_agent_configuration
 from edgefleet.backend.greengrass import check_backend_configuration, watch_backend_configuration
+from edgefleet.common.greengrass import watch_configuration
 from edgefleet.transport.ipc import IpcTransport
 
 
@@ -72,6 +73,28 @@ def test_watch_answers_each_deployment() -> None:
     assert (ok.status, ok.deployment_id) == ("ACCEPTED", "dep-ok")
     assert (bad.status, bad.deployment_id) == ("REJECTED", "dep-bad")
     assert bad.message.startswith("intervalS: Input should be greater than or equal to 0.05")
+
+
+def test_a_check_that_raises_rejects_with_a_reason_and_the_next_one_is_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def flaky(config: Any) -> str | None:
+        calls.append(dict(config))
+        if len(calls) == 1:
+            raise ValueError("rules file unreadable\nsecond line")
+        return None
+
+    client = FakeIpcClient()
+    watch_configuration(client, flaky)
+    client.propose({"intervalS": 30}, deployment_id="dep-1")
+    client.propose({"intervalS": 30}, deployment_id="dep-2")
+    failed, ok = client.reports
+    assert (failed.status, failed.deployment_id) == ("REJECTED", "dep-1")
+    assert failed.message == "the component could not check this configuration (ValueError: rules file unreadable)"
+    assert (ok.status, ok.deployment_id) == ("ACCEPTED", "dep-2")
+    assert any(r.levelname == "ERROR" and "configuration check failed" in r.getMessage() for r in caplog.records)
 
 
 def test_watch_backend_uses_the_backend_model() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -238,8 +239,12 @@ async def test_agent_under_greengrass_uses_ipc_and_validates_its_configuration(
     agent.queue.close()
 
 
-async def test_the_agent_runs_over_ipc_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real Agent under Greengrass: status online, metrics, status offline, all via IPC."""
+async def test_the_agent_runs_over_ipc_end_to_end(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real Agent under Greengrass: status online, metrics, status offline, all via IPC.
+    IPC has no Last Will, so the clean stop's ``offline`` is the only one a backend gets."""
+    caplog.set_level(logging.INFO, logger="edgefleet")
     client = FakeIpcClient()
     monkeypatch.setattr(
         agent_main, "IpcTransport", functools.partial(IpcTransport, client_factory=lambda: client)
@@ -257,3 +262,5 @@ async def test_the_agent_runs_over_ipc_end_to_end(monkeypatch: pytest.MonkeyPatc
     assert states[0] == "online" and states[-1] == "offline"
     assert {qos for _, qos, _ in client.published} == {"1"}
     assert client.validation is not None  # it answers configuration validation
+    [start] = [r for r in caplog.records if r.getMessage() == "agent starting"]
+    assert start.fields["endpoint"] == "greengrass-ipc"  # not the unused mqtt endpoint:port

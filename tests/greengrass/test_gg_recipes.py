@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ggbuild import (
     Built,
     Nucleus,
     build_once,
+    canonical,
     load_json,
     lower_keys,
     package_version,
@@ -91,7 +93,7 @@ def test_built_recipe_passes_gdk_schema_and_size(built: Built, name: str) -> Non
 def test_every_recipe_variable_is_one_greengrass_defines(built: Built, name: str) -> None:
     recipe = built.recipe(name)
     defaults = _defaults(recipe)
-    lifecycle_text = strings(recipe["Manifests"][0]["Lifecycle"])
+    lifecycle_text = strings(recipe["Lifecycle"])
     found = 0
     for text in lifecycle_text:
         for namespace, key in SAME_COMPONENT.findall(text):
@@ -106,7 +108,7 @@ def test_every_recipe_variable_is_one_greengrass_defines(built: Built, name: str
         assert all(SAME_COMPONENT.fullmatch(v) or CROSS_COMPONENT.fullmatch(v) for v in loose)
     assert found > 10
     # Outside the lifecycle nothing is interpolated, except {iot:thingName} in access control.
-    outside = {k: v for k, v in recipe.items() if k != "Manifests"}
+    outside = {k: v for k, v in recipe.items() if k not in ("Manifests", "Lifecycle")}
     variables = {v for s in strings(outside) for v in re.findall(r"\{[^{}]*\}", s)}
     assert variables <= {"{iot:thingName}"}
     assert not re.search(r"\{[A-Z][A-Z0-9_]*\}", built.recipe_file(name).read_text())
@@ -114,13 +116,40 @@ def test_every_recipe_variable_is_one_greengrass_defines(built: Built, name: str
 
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_artifact_uris_name_the_built_files(built: Built, name: str) -> None:
-    [manifest] = built.recipe(name)["Manifests"]
-    uris = [a["URI"] for a in manifest["Artifacts"]]
     prefix = f"s3://BUCKET_NAME/{name}/{built.version}/"
-    assert all(uri.startswith(prefix) for uri in uris)
-    files = sorted(p.name for p in built.artifacts(name).iterdir())
-    assert sorted(uri.removeprefix(prefix) for uri in uris) == files
-    assert f"edgefleet-{built.version}-py3-none-any.whl" in files
+    shared = {f"edgefleet-{built.version}-py3-none-any.whl", "constraints.txt", "install.sh"}
+    named = set()
+    for manifest in built.recipe(name)["Manifests"]:
+        uris = [a["URI"] for a in manifest["Artifacts"]]
+        assert all(uri.startswith(prefix) for uri in uris)
+        files = {uri.removeprefix(prefix) for uri in uris}
+        arch = manifest["Name"].removeprefix("linux-")
+        assert files == {*shared, f"wheelhouse-{arch}.zip"}  # only its own architecture's
+        [archive] = [a for a in manifest["Artifacts"] if a["URI"].endswith(".zip")]
+        assert archive["Unarchive"] == "ZIP"
+        named |= files
+    assert named == {p.name for p in built.artifacts(name).iterdir()}
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_only_runtime_pins_are_shipped_and_the_wheelhouse_holds_exactly_them(
+    built: Built, name: str
+) -> None:
+    shipped = built.artifacts(name) / "constraints.txt"
+    pins = {canonical(line.split("==")[0]): line.split("==")[1]
+            for line in shipped.read_text().splitlines() if line and not line.startswith("#")}
+    for dev_only in ("pytest", "mypy", "ansible-core", "moto", "playwright", "boto3"):
+        assert dev_only not in pins
+    assert {"pydantic", "awsiotsdk", "awscrt", "cryptography"} <= set(pins)
+    if name == AGENT:
+        assert "psutil" in pins and "quart" not in pins and "aiohttp" not in pins
+    else:
+        assert "quart" in pins and "psutil" not in pins
+    [archive] = built.artifacts(name).glob("wheelhouse-*.zip")
+    with zipfile.ZipFile(archive) as zipped:
+        wheels = [n for n in zipped.namelist() if n.endswith(".whl")]
+    found = {canonical(w.split("-")[0]): w.split("-")[1] for w in wheels}
+    assert found == pins  # every pin has its wheel, nothing else is in there
 
 
 def _access(recipe: dict[str, Any]) -> list[dict[str, Any]]:
@@ -147,17 +176,19 @@ def test_nucleus_dependency_platform_and_timeouts(built: Built, name: str) -> No
     nucleus = recipe["ComponentDependencies"]["aws.greengrass.Nucleus"]
     assert nucleus["DependencyType"] == "SOFT"
     assert re.fullmatch(r">=\d+\.\d+\.\d+ <\d+\.\d+\.\d+", nucleus["VersionRequirement"])
-    [manifest] = recipe["Manifests"]
-    assert manifest["Platform"] == {"os": "linux"}
-    assert int(manifest["Lifecycle"]["Install"]["Timeout"]) >= 300
-    assert "exec " in manifest["Lifecycle"]["Run"]["Script"]
+    for manifest in recipe["Manifests"]:
+        assert manifest["Platform"]["os"] == "linux"
+        assert manifest["Platform"]["architecture"] in {"amd64", "aarch64", "arm"}
+        assert manifest["Selections"] == ["all"] and "Lifecycle" not in manifest
+    assert int(recipe["Lifecycle"]["Install"]["Timeout"]) >= 300
+    assert "exec " in recipe["Lifecycle"]["Run"]["Script"]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_setenv_maps_every_configuration_key_to_its_setting(built: Built, name: str) -> None:
     model, keys, prefix = MODELS[name]
     recipe = built.recipe(name)
-    setenv = recipe["Manifests"][0]["Lifecycle"]["Setenv"]
+    setenv = recipe["Lifecycle"]["Setenv"]
     mapped = {}
     for env_name, value in setenv.items():
         field = env_name.removeprefix(prefix).lower()
@@ -192,8 +223,9 @@ def test_run_step_passes_settings_and_drops_empty_ones(
     """The built Run script, interpolated as the nucleus does, with a stand-in executable."""
     nucleus = Nucleus(tmp_path / "gg", name, built.version, built.recipe(name))
     nucleus.deploy(built.artifacts(name))
-    fake = nucleus.work / f"venv-{built.version}" / "bin" / "edgefleet"
+    fake = nucleus.work / f"venv-{built.version}-0" / "bin" / "edgefleet"
     fake.parent.mkdir(parents=True)
+    (nucleus.work / "venv").symlink_to(fake.parent.parent.name)
     fake.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env"\necho "$@" > "{tmp_path}/args"\n')
     fake.chmod(0o755)
     config = nucleus.config(logLevel="DEBUG")

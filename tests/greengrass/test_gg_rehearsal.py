@@ -1,9 +1,12 @@
 """Lifecycle rehearsal: the BUILT recipes' Install and Run steps run for real, with the recipe
 variables substituted as the nucleus does, in a temporary Greengrass root.
 
-Install makes the venv from the built wheel (pip's cache is reused; installs happen once per
-module). Run starts the component; without a nucleus the agent uses transport mqtt against the
-test broker, given through the recipe's configuration, the way a deployment would.
+Install runs with the package index unreachable: this machine's pip configuration is dropped
+and ``PIP_INDEX_URL`` is a loopback stand-in that refuses (503) and records every request; it
+must record none. It makes the venv from the manifest's artifacts only (the wheel, the
+runtime pins, the wheelhouse of this architecture). Run starts the component; without a
+nucleus the agent uses transport mqtt against the test broker, given through the recipe's
+configuration, the way a deployment would.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ggbuild import AGENT, BACKEND, Nucleus, build_once, python3_dir
+from ggbuild import AGENT, BACKEND, Nucleus, build_once, python3_dir, refusing_index
 
 from agentproc import Received
 from conftest import ClientFactory
@@ -41,13 +44,15 @@ class Installed:
     bin_dir: Path
     install_s: float
 
-    def install(self) -> subprocess.CompletedProcess[str]:
-        n = self.nucleus
+    def install(self, nucleus: Nucleus | None = None) -> subprocess.CompletedProcess[str]:
+        """The Install step (of ``nucleus``: another version in the same root), offline."""
+        n = nucleus or self.nucleus
         config = n.config()
         timeout = int(n.lifecycle()["Install"]["Timeout"])
         return subprocess.run(
-            ["sh", "-c", n.script("Install", config)], cwd=n.work, env=n.env(config, self.bin_dir),
-            capture_output=True, text=True, timeout=timeout, check=False,
+            ["sh", "-c", n.script("Install", config)], cwd=n.work,
+            env=n.env(config, self.bin_dir), capture_output=True, text=True, timeout=timeout,
+            check=False,
         )
 
     @contextlib.contextmanager
@@ -82,6 +87,8 @@ def _install(tmp_path_factory: pytest.TempPathFactory, name: str) -> Installed:
     done = installed.install()
     installed.install_s = time.monotonic() - started
     assert done.returncode == 0, f"Install failed:\n{done.stdout}\n{done.stderr}"
+    assert "no package index" in done.stdout, done.stdout
+    assert refusing_index().requests == [], "Install asked the package index"
     return installed
 
 
@@ -109,15 +116,21 @@ def backend_installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return _install(tmp_path_factory, BACKEND)
 
 
+def _venv(n: Nucleus) -> str:
+    """Where the Run step's ``{work:path}/venv`` points."""
+    return str((n.work / "venv").readlink())
+
+
 def _assert_venv_from_the_artifact(installed: Installed) -> None:
     n = installed.nucleus
-    python = n.work / f"venv-{n.version}" / "bin" / "python"
+    python = n.work / "venv" / "bin" / "python"
     where = subprocess.run(
         [str(python), "-c", "import edgefleet; print(edgefleet.__file__, edgefleet.__version__)"],
         capture_output=True, text=True, timeout=60, check=False,
         env={"PATH": os.environ.get("PATH", "")},
     ).stdout.split()
-    assert where[0].startswith(str(n.work / f"venv-{n.version}")), where
+    assert where[0].startswith(str(n.work / "venv") + "/"), where  # the symlink the Run step uses
+    assert _venv(n).startswith(f"venv-{n.version}-")
     assert where[1] == n.version
     again = installed.install()  # the nucleus runs Install at every start: a no-op now
     assert again.returncode == 0 and "is up to date" in again.stdout, again.stderr
@@ -154,6 +167,67 @@ async def test_agent_recipe_installs_runs_and_publishes(
         assert proc.wait(10) == 0, _tail(log)
     assert (n.work / "queue.db").exists()  # the durable queue lives in {work:path}
     assert got.health[-1]["agent_version"] == n.version
+
+
+def _second_version(installed: Installed, version: str) -> Nucleus:
+    """The same component, a new version's artifacts, in the same Greengrass root."""
+    n = installed.nucleus
+    second = Nucleus(n.root, n.name, version, n.recipe, n.thing)
+    second.deploy(build_once().artifacts(n.name))
+    return second
+
+
+async def test_failed_reinstall_leaves_the_running_venv_in_place(
+    agent_installed: Installed, broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path
+) -> None:
+    n = agent_installed.nucleus
+    before = _venv(n)
+    got = Received()
+    subscriber = mqtt_client("backend", on_message=got.on_message)
+    await asyncio.wait_for(subscriber.connected.wait(), 10)
+    await subscriber.subscribe([METRICS_FILTER])
+    cert, key, ca = broker.identity(n.thing)
+    settings = {
+        "transport": "mqtt", "endpoint": "127.0.0.1", "port": broker.port,
+        "certFile": str(cert), "keyFile": str(key), "caFile": str(ca), "intervalS": 0.2,
+    }
+    broken = _second_version(agent_installed, "0.1.1")
+    wheel = next(broken.artifacts.glob("edgefleet-*.whl"))
+    wheel.write_bytes(wheel.read_bytes()[: wheel.stat().st_size // 2])  # a corrupted wheel
+    log = tmp_path / "agent-run.log"
+    with agent_installed.run(log, **settings) as proc:
+        await got.wait_for(lambda: len(got.unique_seqs(n.thing)) >= 2, 40)
+        failed = await asyncio.to_thread(agent_installed.install, broken)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert f"install failed; the venv in use stays {before}" in failed.stderr
+        assert _venv(n) == before
+        assert sorted(p.name for p in n.work.glob("venv-*")) == [before]  # nothing half-built
+        seen = len(got.unique_seqs(n.thing))
+        await got.wait_for(lambda: len(got.unique_seqs(n.thing)) >= seen + 3, 20)
+        assert proc.poll() is None, _tail(log)
+
+
+def test_reinstall_switches_only_when_done_and_a_rollback_switches_back(
+    agent_installed: Installed,
+) -> None:
+    n = agent_installed.nucleus
+    before = _venv(n)
+    second = _second_version(agent_installed, "0.1.2")
+    pins = second.artifacts / "constraints.txt"
+    pins.write_text(pins.read_text() + "# a new build of the same pins\n")
+    done = agent_installed.install(second)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = _venv(n)
+    assert after != before and f"venv -> {after} (previous: {before})" in done.stdout
+    assert sorted(p.name for p in n.work.glob("venv-*")) == sorted([before, after])
+    back = agent_installed.install()  # ROLLBACK: the previous version's Install runs again
+    assert back.returncode == 0 and f"switched venv back to {before}" in back.stdout, back.stderr
+    assert _venv(n) == before
+    version = subprocess.run(
+        [str(n.work / "venv" / "bin" / "edgefleet"), "--version"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert version.stdout.split() == ["edgefleet", n.version]
 
 
 def _healthz(url: str) -> int:

@@ -202,8 +202,9 @@ class Agent:
         """Sample, queue and publish until :meth:`stop`."""
         log.info(
             "agent starting",
-            extra=kv(thing=self.thing, endpoint=f"{self.s.endpoint}:{self.s.port}",
-                     interval_s=self.s.interval_s, queue=self.s.queue,
+            extra=kv(thing=self.thing, interval_s=self.s.interval_s, queue=self.s.queue,
+                     endpoint="greengrass-ipc" if resolve_transport(self.s.transport) == "ipc"
+                     else f"{self.s.endpoint}:{self.s.port}",
                      backlog=self.queue.stats().depth, version=__version__),
         )
         self.publisher.transport.start()

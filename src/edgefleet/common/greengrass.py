@@ -168,6 +168,17 @@ class ConfigClient(Protocol):
 Check = Callable[[Mapping[str, Any]], str | None]
 
 
+def _checked(check: Check, configuration: Mapping[str, Any]) -> str | None:
+    """``check``'s verdict; a check that fails itself rejects (the nucleus would otherwise wait
+    for an answer until its timeout and fail the deployment without saying why)."""
+    try:
+        return check(configuration)
+    except Exception as exc:  # any failure of the check must become an answer
+        log.exception("the configuration check failed", extra=kv(error=str(exc)))
+        first = (str(exc).splitlines() or [""])[0][:200]
+        return f"the component could not check this configuration ({type(exc).__name__}: {first})"
+
+
 def answer(client: ConfigClient, check: Check, event: Any) -> None:
     """Validate the proposal in one ``ValidateConfigurationUpdateEvents`` and report back."""
     from awsiot.greengrasscoreipc.model import (
@@ -178,7 +189,7 @@ def answer(client: ConfigClient, check: Check, event: Any) -> None:
     update = getattr(event, "validate_configuration_update_event", None)
     if update is None:
         return
-    reason = check(update.configuration or {})
+    reason = _checked(check, update.configuration or {})
     ok = reason is None
     status = ConfigurationValidityStatus.ACCEPTED if ok else ConfigurationValidityStatus.REJECTED
     report = ConfigurationValidityReport(
