@@ -16,6 +16,10 @@ fi
 if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     want+=(postgresql)
 fi
+# Prometheus: the per-device exposition is tested against a real one (tests only)
+if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && ! command -v prometheus >/dev/null 2>&1; then
+    want+=(prometheus)
+fi
 if [ ${#want[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${want[*]}; run: sudo apt-get update && sudo apt-get install -y ${want[*]}" >&2
@@ -29,10 +33,13 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
     systemctl stop mosquitto || true
 fi
-# ... and PostgreSQL's a system cluster on port 5432; the tests start their own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
-    systemctl stop postgresql || true
-fi
+# ... and PostgreSQL's a system cluster on 5432, Prometheus's a server on 9090 (and its
+# node exporter on 9100); the tests start their own.
+for unit in postgresql prometheus prometheus-node-exporter; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
+        systemctl stop "$unit" || true
+    fi
+done
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

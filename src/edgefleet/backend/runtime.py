@@ -110,7 +110,7 @@ class Backend:
             store=self.store, ingest=self.ingest, fleet=self.fleet, alerts=self.alerts,
             dispatcher=self.dispatcher, hub=self.hub, writer=self.writer,
             quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
-            connected=self.transport.connected, acker=self.acker,
+            connected=self.transport.connected, acker=self.acker, groups=rules.groups,
             received=self.transport.received if isinstance(self.transport, TransportPool) else ()))
 
     # --- broker side ----------------------------------------------------------------------

@@ -50,6 +50,7 @@ class FleetView(Protocol):
     def sequences(self) -> dict[str, Any]: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
     def metrics_text(self) -> str: ...
+    def device_exposition(self) -> str: ...
 
 
 def dashboard_dir() -> Path:
@@ -172,6 +173,10 @@ def create_app(
     async def metrics() -> ResponseReturnValue:
         return Response(view.metrics_text(), content_type="text/plain; version=0.0.4")
 
+    @app.get("/metrics/devices")
+    async def device_metrics() -> ResponseReturnValue:
+        return Response(view.device_exposition(), content_type="text/plain; version=0.0.4")
+
     @app.get("/api/auth")
     async def auth() -> ResponseReturnValue:
         return jsonify(required=token is not None)
@@ -204,7 +209,8 @@ def create_app(
 
 
 def _add_guards(app: Quart, token: str | None, access: WebAccess) -> None:
-    """Security headers; Host on every request; token on /api and /metrics; Origin on /ws."""
+    """Security headers; Host on every request; token on /api and /metrics[/devices];
+    Origin on /ws."""
 
     @app.after_request
     async def _headers(resp: Response) -> Response:
@@ -221,7 +227,7 @@ def _add_guards(app: Quart, token: str | None, access: WebAccess) -> None:
         if request.path != "/healthz" and not access.host_ok(host):
             return _foreign_host(host)
         guarded = request.path.startswith("/api/") and request.path != "/api/auth"
-        guarded = guarded or request.path == "/metrics"
+        guarded = guarded or request.path in ("/metrics", "/metrics/devices")
         if guarded and not _authorised(token, _bearer()):
             return jsonify(error="unauthorized"), 401
         return None

@@ -10,10 +10,11 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.web.exposition import DeviceSeries, groups_of, render
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
 from edgefleet.wire.base import split_key
 
@@ -56,6 +57,7 @@ class FleetParts:
     connected: asyncio.Event  # set while the broker link is up
     acker: Acker | None = None  # commit watermarks to devices (None: turned off)
     received: Sequence[int] = ()  # messages per broker connection (K > 1 only)
+    groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # rules-file groups
 
 
 class FleetViewModel:
@@ -96,6 +98,16 @@ class FleetViewModel:
         sev = self.b.alerts.severities()
         rows = [self._row(r.device, sev) for r in self.b.fleet.devices()]
         return sorted((r for r in rows if r is not None), key=problem_rank)
+
+    def device_exposition(self) -> str:
+        """Every device's newest metrics as Prometheus text (``/metrics/devices``)."""
+        series = (
+            DeviceSeries(row.device, row.status == "online", row.agent_version,
+                         row.last_sample_ts, self._latest.get(row.device, (0.0, {}))[1],
+                         groups_of(row.device, self.b.groups))
+            for row in self.b.fleet.devices()
+        )
+        return render(series, time.time())
 
     def summary(self) -> dict[str, Any]:
         now = time.time()
