@@ -43,6 +43,11 @@ class Refresher(Generic[T]):
         with self._lock:
             return self._outcome
 
+    def latest(self) -> T | Exception | None:
+        """The latest finished outcome, without starting a run."""
+        with self._lock:
+            return self._outcome
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no run is in flight; True if so within ``timeout_s`` (for tests, --once)."""
         return self._idle.wait(timeout_s)

@@ -178,10 +178,10 @@ class SystemdCollector:
         """Figures of the latest refresh; starts the next one when due."""
         if self.refresher is None:
             return {}
-        outcome = self.refresher.poll()
-        if isinstance(outcome, SystemdUnavailableError):
-            self._unavailable(str(outcome))
+        if isinstance(gone := self.refresher.latest(), SystemdUnavailableError):
+            self._unavailable(str(gone))  # checked before poll(): no further systemctl run
             return {}
+        outcome = self.refresher.poll()
         if isinstance(outcome, Exception):
             raise outcome
         if outcome is not None and outcome is not self._seen:

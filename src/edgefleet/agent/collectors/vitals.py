@@ -49,11 +49,11 @@ def boot_step(saved: str | None, boot_id: str) -> tuple[str, int, bool]:
 def clock_metrics(tx: rd.Timex) -> dict[str, float]:
     """Synchronised flag, maximum error and pending offset of the kernel clock."""
     synced = tx.state != TIME_ERROR and not tx.status & STA_UNSYNC
-    scale = 1e-9 if tx.status & STA_NANO else 1e-6
+    per_second = 1e9 if tx.status & STA_NANO else 1e6
     return {
         "vitals.clock_synced": float(synced),
-        "vitals.clock_max_error_seconds": max(0.0, tx.maxerror_us * 1e-6),
-        "vitals.clock_offset_seconds": tx.offset * scale,
+        "vitals.clock_max_error_seconds": max(0.0, tx.maxerror_us / 1e6),
+        "vitals.clock_offset_seconds": tx.offset / per_second,
     }
 
 
