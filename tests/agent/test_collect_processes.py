@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +18,10 @@ from edgefleet.agent.collectors.processes import (
     RestartState,
     Usage,
     cpu_share,
+    parse_proc_stat,
     parse_spec,
+    read_usage_proc,
+    read_usage_psutil,
     step_restarts,
 )
 
@@ -151,3 +156,17 @@ def test_real_processes_restart_seen(marker: str, spawn: list[subprocess.Popen[b
     metrics = collector.collect()
     assert metrics["process.restarts[svc]"] == 1.0
     assert 0.0 <= metrics["process.cpu_percent[svc]"] <= 100.0
+
+
+def test_proc_stat_parsing_with_an_awkward_name() -> None:
+    data = (Path(__file__).parent / "fixtures" / "proc_pid_stat.txt").read_bytes()
+    assert parse_proc_stat(data, ticks_per_s=100, page_bytes=4096) == Usage(16.25, 2048 * 4096)
+
+
+def test_fast_reader_agrees_with_psutil() -> None:
+    fast, slow = read_usage_proc(os.getpid()), read_usage_psutil(os.getpid())
+    assert fast is not None
+    assert slow is not None
+    assert fast.rss > 1_000_000
+    assert fast.cpu_s <= slow.cpu_s + 1e-9  # read first: a process only gains CPU time
+    assert read_usage_proc(2**22 + 12345) is None  # no such process

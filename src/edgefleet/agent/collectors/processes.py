@@ -14,10 +14,12 @@ on the next round (to see the program it ``exec``-ed into); afterwards only the 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -85,8 +87,8 @@ def read_identity(pid: int) -> Identity | None:
         return None
 
 
-def read_usage(pid: int) -> Usage | None:
-    """CPU times and RSS of ``pid``; ``None`` when it is gone or not readable."""
+def read_usage_psutil(pid: int) -> Usage | None:
+    """CPU times and RSS of ``pid`` through psutil; ``None`` when it is gone or not readable."""
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -96,10 +98,38 @@ def read_usage(pid: int) -> Usage | None:
         return None
 
 
+def parse_proc_stat(data: bytes, ticks_per_s: int, page_bytes: int) -> Usage:
+    """CPU seconds (utime + stime) and RSS from the content of ``/proc/<pid>/stat``."""
+    fields = data.rsplit(b")", 1)[1].split()  # the name, in parens, may hold spaces and ')'
+    # After the name: state is field 3 of proc(5)'s stat; utime 14, stime 15, rss 24 (pages).
+    return Usage((int(fields[11]) + int(fields[12])) / ticks_per_s, int(fields[21]) * page_bytes)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_usage_proc(pid: int) -> Usage | None:
+    """CPU times and RSS from one read of ``/proc/<pid>/stat`` (a fraction of psutil's cost)."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        return parse_proc_stat(data, _TICKS, _PAGE)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+read_usage = read_usage_proc if Path("/proc/self/stat").exists() else read_usage_psutil
+
+
 @dataclass(slots=True)
 class _Known:
     identity: Identity | None
     sightings: int
+    labels: tuple[str, ...]  # the specs this process matches
 
 
 class ProcessScanner:
@@ -124,14 +154,19 @@ class ProcessScanner:
             entry = known.get(pid)
             if entry is None or entry.sightings < 2:
                 count = 1 if entry is None else entry.sightings + 1
-                entry = known[pid] = _Known(self._identify(pid), count)
-            if entry.identity is None:
-                continue
-            for spec in self._specs:
-                if spec.matches(entry.identity.name, entry.identity.cmdline):
-                    out[spec.label].append((pid, entry.identity))
+                entry = known[pid] = self._look(pid, count)
+            for label in entry.labels:
+                if entry.identity is not None:
+                    out[label].append((pid, entry.identity))
         self._known = known
         return out
+
+    def _look(self, pid: int, sightings: int) -> _Known:
+        ident = self._identify(pid)
+        if ident is None:
+            return _Known(None, sightings, ())
+        labels = tuple(s.label for s in self._specs if s.matches(ident.name, ident.cmdline))
+        return _Known(ident, sightings, labels)
 
 
 @dataclass(frozen=True, slots=True)
