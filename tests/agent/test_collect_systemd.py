@@ -1,4 +1,9 @@
-"""The systemd collector: parsing captured systemctl output, a fake runner, and this machine."""
+"""The systemd collector: parsing systemctl output, a fake runner, and this machine.
+
+The fixtures were captured from systemd 252 (Debian bookworm) booted in systemd-nspawn, with a
+unit that fails at start (broken), a transient one that failed (nightly-backup, from
+``systemd-run``), one restarting forever (flappy, ``Restart=always``) and one running (steady).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from edgefleet.agent.collectors.systemd import (
 from edgefleet.common.logs import RateLimitedLog
 
 FIXTURES = Path(__file__).parent / "fixtures"
-UNITS = ["nginx.service", "backup.service", "nope.service", "backup.timer", "mosquitto"]
+UNITS = ["steady.service", "broken.service", "nope.service", "systemd-tmpfiles-clean.timer",
+         "flappy"]
 
 
 def fixture(name: str) -> str:
@@ -30,39 +36,45 @@ def fixture(name: str) -> str:
 
 
 def test_parse_failed_units_plain_and_with_bullets() -> None:
-    assert parse_failed(fixture("systemctl_failed_plain.txt")) == [
-        "backup.service", "systemd-networkd-wait-online.service", "var-lib-data.mount",
-    ]
-    assert parse_failed(fixture("systemctl_failed_bullets.txt")) == [
-        "backup.service", "var-lib-data.mount",
-    ]
+    failed = ["broken.service", "nightly-backup.service"]
+    assert parse_failed(fixture("systemctl_failed_plain.txt")) == failed
+    assert parse_failed(fixture("systemctl_failed_bullets.txt")) == failed
     assert parse_failed(fixture("systemctl_failed_none.txt")) == []
 
 
 def test_listed_units_states() -> None:
     blocks = parse_show(fixture("systemctl_show.txt"))
     assert [b["Id"] for b in blocks] == [
-        "nginx.service", "backup.service", "nope.service", "backup.timer", "mosquitto.service",
+        "steady.service", "broken.service", "nope.service", "systemd-tmpfiles-clean.timer",
+        "flappy.service",
     ]
-    metrics = systemd_metrics(["backup.service"], UNITS, blocks)
+    metrics = systemd_metrics(["broken.service"], UNITS, blocks)
     assert metrics == {
         "systemd.failed_units": 1.0,
-        "systemd.unit_failed[backup.service]": 1.0,
-        "systemd.unit_active[nginx.service]": 1.0,
-        "systemd.unit_state[nginx.service]": 1.0,
-        "systemd.unit_restarts[nginx.service]": 0.0,
-        "systemd.unit_active[backup.service]": 0.0,
-        "systemd.unit_state[backup.service]": 4.0,
-        "systemd.unit_restarts[backup.service]": 3.0,
+        "systemd.unit_failed[broken.service]": 1.0,
+        "systemd.unit_active[steady.service]": 1.0,
+        "systemd.unit_state[steady.service]": 1.0,
+        "systemd.unit_restarts[steady.service]": 0.0,
+        "systemd.unit_active[broken.service]": 0.0,
+        "systemd.unit_state[broken.service]": 4.0,
+        "systemd.unit_restarts[broken.service]": 0.0,
         "systemd.unit_active[nope.service]": 0.0,
         "systemd.unit_state[nope.service]": 0.0,  # not found
         "systemd.unit_restarts[nope.service]": 0.0,
-        "systemd.unit_active[backup.timer]": 1.0,
-        "systemd.unit_state[backup.timer]": 1.0,  # a timer has no NRestarts
-        "systemd.unit_active[mosquitto]": 0.0,  # keyed by the name as the user wrote it
-        "systemd.unit_state[mosquitto]": 5.0,
-        "systemd.unit_restarts[mosquitto]": 1.0,
+        "systemd.unit_active[systemd-tmpfiles-clean.timer]": 1.0,
+        "systemd.unit_state[systemd-tmpfiles-clean.timer]": 1.0,  # a timer has no NRestarts
+        "systemd.unit_active[flappy]": 0.0,  # keyed by the name as the user wrote it
+        "systemd.unit_state[flappy]": 5.0,  # activating (auto-restart)
+        "systemd.unit_restarts[flappy]": 8.0,
     }
+
+
+def test_show_blocks_matched_by_id_when_the_count_differs() -> None:
+    blocks = parse_show(fixture("systemctl_show.txt"))[:2]
+    metrics = systemd_metrics([], ["broken.service", "steady.service", "gone.service"], blocks)
+    assert metrics["systemd.unit_state[broken.service]"] == 4.0
+    assert metrics["systemd.unit_state[steady.service]"] == 1.0
+    assert metrics["systemd.unit_state[gone.service]"] == 0.0
 
 
 def test_failed_names_are_bounded_and_recoveries_reported() -> None:
@@ -97,8 +109,8 @@ def test_collector_with_a_runner() -> None:
     run = FakeSystemctl(fixture("systemctl_failed_plain.txt"), fixture("systemctl_show.txt"))
     collector = SystemdCollector(units=UNITS, run=run, booted=lambda: True)
     metrics = settled(collector)
-    assert metrics["systemd.failed_units"] == 3.0
-    assert metrics["systemd.unit_state[mosquitto]"] == 5.0
+    assert metrics["systemd.failed_units"] == 2.0
+    assert metrics["systemd.unit_state[flappy]"] == 5.0
     assert run.calls == [
         ["list-units", "--failed", "--plain", "--no-legend", "--no-pager"],
         ["show", "-p", "Id,LoadState,ActiveState,SubState,NRestarts", "--", *UNITS],
@@ -114,12 +126,12 @@ def test_collector_with_a_runner() -> None:
 def test_recovered_unit_goes_to_zero() -> None:
     run = FakeSystemctl(fixture("systemctl_failed_bullets.txt"))
     collector = SystemdCollector(run=run, booted=lambda: True, interval_s=0.0)
-    assert settled(collector)["systemd.unit_failed[var-lib-data.mount]"] == 1.0
+    assert settled(collector)["systemd.unit_failed[nightly-backup.service]"] == 1.0
     run.failed = ""
     collector.collect()  # starts the next refresh
     metrics = settled(collector)
     assert metrics["systemd.failed_units"] == 0.0
-    assert metrics["systemd.unit_failed[var-lib-data.mount]"] == 0.0
+    assert metrics["systemd.unit_failed[nightly-backup.service]"] == 0.0
 
 
 def test_systemctl_error_fails_the_collector() -> None:
