@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -186,3 +187,17 @@ def test_unreadable_file_is_skipped(tmp_path: Path) -> None:
     assert metrics["textfile.a"] == 1.0
     assert "textfile.b" not in metrics
     assert metrics["textfile.status.errors"] == 1.0
+
+
+def test_only_newline_ends_a_line() -> None:
+    parsed = parse_exposition('a{x="p\u2028q\x1cr"} 1\r\nb 2\n')
+    assert parsed.bad == []
+    assert [(s.line, s.labels) for s in parsed.samples] == [(1, (("x", "p\u2028q\x1cr"),)), (2, ())]
+
+
+def test_a_fifo_never_blocks_the_collector(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.prom")  # skipped when listing (not a regular file)...
+    write(tmp_path / "a.prom", "a 1\n")
+    assert TextfileCollector(folder=tmp_path).collect()["textfile.a"] == 1.0
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_limited(tmp_path / "pipe.prom", 100)  # ...and refused if it is swapped in later

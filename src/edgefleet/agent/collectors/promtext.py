@@ -116,7 +116,7 @@ def parse_line(text: str, line: int) -> PromSample | None:
 def parse_exposition(text: str) -> Parsed:
     """Every sample of ``text`` and every bad line (number and reason)."""
     parsed = Parsed()
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # only \n ends a line here
         try:
             sample = parse_line(raw, number)
         except (BadLineError, IndexError) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,15 @@ def list_prom_files(folder: Path) -> list[tuple[Path, Stamp]]:
 
 
 def read_limited(path: Path, max_bytes: int) -> str:
-    """The file's text (bad UTF-8 replaced); ``ValueError`` when it is over ``max_bytes``."""
-    with path.open("rb") as fh:
+    """The file's text (bad UTF-8 replaced); ``ValueError`` when it is over ``max_bytes``.
+
+    Opened without blocking and checked to be a regular file, so a FIFO swapped in after
+    the folder was listed cannot hang the agent.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file; skipped")
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"larger than {max_bytes} bytes; skipped")
