@@ -50,6 +50,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the group if the leader still runs (an error midway), wait for it, close pipes."""
+    if proc.returncode is None and proc.poll() is None:
+        _kill_group(proc)
+    proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def _drain(
     proc: subprocess.Popen[bytes], deadline: float, max_bytes: int, max_stderr: int
 ) -> tuple[bytes, bytes, bool, bool]:
@@ -112,11 +122,6 @@ def run_bounded(
         if timed_out or truncated:
             _kill_group(proc)
     finally:
-        if proc.returncode is None and proc.poll() is None:
-            _kill_group(proc)
-        proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        _reap(proc)
     code = None if (timed_out or truncated) else proc.returncode
     return CommandResult(code, out, err, timed_out, truncated)
