@@ -44,6 +44,9 @@ def _log_to(
     path: Path, monkeypatch: pytest.MonkeyPatch, journal_stream: str | None, fmt: str = "text"
 ) -> str:
     """Log an error (with a traceback) and an info line through setup_logging into ``path``."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # the original handlers and level come back
+    monkeypatch.setattr(root, "level", root.level)
     with path.open("r+" if path.exists() else "w") as stream:
         stream.truncate()
         monkeypatch.setattr(sys, "stderr", stream)
@@ -60,7 +63,6 @@ def _log_to(
         log.warning("slow")
         log.info("mqtt connected")
         log.debug("detail")
-    logging.getLogger().handlers.clear()
     return path.read_text()
 
 
