@@ -16,6 +16,12 @@ from edgefleet.sim.model import MetricModel, make_profile
 from edgefleet.wire.metric_families import BY_COLLECTOR, FAMILIES
 
 HARDWARE_ONLY = {"temp.celsius"}  # only where the hardware has sensors (not on this VM)
+# Sent only where systemd runs, on a Raspberry Pi, or when configured (issue 21 collectors;
+# tests/agent/test_collect_registry.py checks the configured ones).
+HARDWARE_ONLY |= {f for c in ("systemd", "processes", "textfile", "exec") for f in BY_COLLECTOR[c]}
+HARDWARE_ONLY |= {"vitals.reboots", "vitals.rebooted"} | {
+    f for f in BY_COLLECTOR["vitals"] if f.endswith(("_now", "_seen"))
+}
 AGENT_DOC = Path(__file__).parents[2] / "docs" / "agent.md"
 
 

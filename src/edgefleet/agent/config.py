@@ -22,9 +22,13 @@ from edgefleet.errors import ConfigError
 
 HANDOVER_ENV = "EDGEFLEET_AGENT_RESOLVED"
 
-_PATHS = ("cert_file", "key_file", "ca_file", "queue_path")
-_LISTS = ("collectors", "disabled_collectors")
-_FLOATS = ("interval_s", "max_publishes_per_s", "reconnect_max_s", "cert_check_s")
+_PATHS: tuple[str, ...] = ("cert_file", "key_file", "ca_file", "queue_path")
+_LISTS: tuple[str, ...] = ("collectors", "disabled_collectors")
+_FLOATS: tuple[str, ...] = ("interval_s", "max_publishes_per_s", "reconnect_max_s", "cert_check_s")
+# --- collectors (issue 21) ---
+_PATHS += ("textfile_dir",)
+_LISTS += ("systemd_units", "processes")
+_FLOATS += ("systemd_interval_s", "exec_timeout_s", "exec_interval_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,15 @@ class AgentConfig:
     keep_alive_s: int
     reconnect_max_s: float
     cert_check_s: float
+    # --- collectors (issue 21) ---
+    systemd_units: tuple[str, ...]
+    systemd_interval_s: float
+    processes: tuple[str, ...]
+    textfile_dir: Path | None
+    exec_command: str | None
+    exec_timeout_s: float
+    exec_interval_s: float
+    custom_max_keys: int
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AgentConfig:

@@ -5,16 +5,21 @@ The names are a public interface (recipes, Ansible, users); see ``docs/agent.md`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edgefleet.agent.collectors.options import MAX_PROCESSES, MAX_UNITS, split_command
+from edgefleet.agent.collectors.processes import parse_spec
+from edgefleet.errors import ConfigError
 from edgefleet.wire.base import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
 from edgefleet.wire.policy import BACKEND_IDENTITY
 
 CommaList = Annotated[list[str], NoDecode]
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,256}")
 
 
 class AgentSettings(BaseSettings):
@@ -47,6 +52,53 @@ class AgentSettings(BaseSettings):
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
     reconnect_max_s: float = Field(default=60.0, ge=1, le=600)
     cert_check_s: float = Field(default=5.0, gt=0)
+
+    # --- collectors (issue 21) ---
+    systemd_units: CommaList = Field(default_factory=list)
+    systemd_interval_s: float = Field(default=30.0, ge=1, le=3600)
+    processes: CommaList = Field(default_factory=list)
+    textfile_dir: Path | None = None
+    exec_command: str | None = None
+    exec_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    exec_interval_s: float = Field(default=0.0, ge=0, le=86400)
+    custom_max_keys: int = Field(default=200, ge=1, le=1000)
+
+    @field_validator("systemd_units", "processes", mode="before")
+    @classmethod
+    def _split_collector_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("systemd_units")
+    @classmethod
+    def _unit_names(cls, value: list[str]) -> list[str]:
+        value = list(dict.fromkeys(value))
+        for unit in value:
+            if unit.startswith("-") or not _UNIT_NAME.fullmatch(unit):
+                raise ValueError(f"{unit!r} is not a systemd unit name")
+        if len(value) > MAX_UNITS:
+            raise ValueError(f"at most {MAX_UNITS} units (got {len(value)})")
+        return value
+
+    @field_validator("processes")
+    @classmethod
+    def _process_specs(cls, value: list[str]) -> list[str]:
+        value = list(dict.fromkeys(value))
+        labels = [parse_spec(spec).label for spec in value]
+        if len(set(labels)) < len(labels):
+            raise ValueError("two process specs have the same name/label")
+        if len(value) > MAX_PROCESSES:
+            raise ValueError(f"at most {MAX_PROCESSES} process specs (got {len(value)})")
+        return value
+
+    @field_validator("exec_command")
+    @classmethod
+    def _exec_command(cls, value: str | None) -> str | None:
+        try:
+            return value if split_command(value) else None
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("thing_name")
     @classmethod

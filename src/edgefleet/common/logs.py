@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -74,9 +75,44 @@ class TextFormatter(logging.Formatter):
         return base
 
 
+# syslog priorities (sd-daemon(3)) of the logging levels, for lines that reach the journal
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level: 2 critical, 3 error, 4 warning, 6 info, 7 debug."""
+    return next((prio for level, prio in _PRIORITIES if levelno >= level), 7)
+
+
+class JournalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that starts every line with ``<N>``, the record's syslog priority.
+
+    systemd's journal reads that prefix from a service's stderr (``journalctl -p err``).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return prefix + super().format(record).replace("\n", "\n" + prefix)
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journal stream systemd named in ``JOURNAL_STREAM``."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Route all logging to stderr with the chosen format (``text`` or ``json``)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Route all logging to stderr with the chosen format (``text`` or ``json``).
+
+    Under systemd, when stderr is the journal, lines carry their syslog priority.
+    """
+    handler: logging.StreamHandler = (  # type: ignore[type-arg]
+        JournalHandler(sys.stderr) if stderr_is_journal() else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,8 +1,10 @@
 """The agent's metric collectors: one module each, one line each in :data:`REGISTRY`.
 
-Every module splits a thin psutil reader (injectable, so tests pass fakes) from pure maths
-tested on literal inputs. :func:`collect_all` runs them all; a failing one never stops the
-others and is named in the returned ``failed`` list.
+Every module splits a thin reader (psutil, a file, a command; injectable, so tests pass fakes)
+from pure parsing and maths tested on literal inputs. A registry entry builds its collector
+from :class:`CollectorOptions` (the ``systemd``, ``processes``, ``textfile``, ``exec`` and
+``vitals`` settings); the others ignore them. :func:`collect_all` runs them all; a failing one
+never stops the others and is named in the returned ``failed`` list.
 """
 
 from __future__ import annotations
@@ -12,37 +14,90 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, MutableMapping
+from typing import Protocol
 
 from edgefleet.agent.collectors.cpu import CpuCollector
 from edgefleet.agent.collectors.disk import DiskCollector
 from edgefleet.agent.collectors.diskio import DiskIoCollector
+from edgefleet.agent.collectors.exec_cmd import ExecCollector
 from edgefleet.agent.collectors.load import LoadCollector
 from edgefleet.agent.collectors.memory import MemoryCollector
 from edgefleet.agent.collectors.net import NetCollector
+from edgefleet.agent.collectors.options import CollectorOptions
+from edgefleet.agent.collectors.processes import ProcessesCollector
 from edgefleet.agent.collectors.procs import ProcsCollector
 from edgefleet.agent.collectors.swap import SwapCollector
+from edgefleet.agent.collectors.systemd import SystemdCollector
 from edgefleet.agent.collectors.temp import TempCollector
+from edgefleet.agent.collectors.textfile import TextfileCollector
 from edgefleet.agent.collectors.uptime import UptimeCollector
+from edgefleet.agent.collectors.vitals import VitalsCollector
 from edgefleet.agent.contracts import Collector
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import ConfigError
 from edgefleet.wire.base import METRIC_KEY_PATTERN
 
-__all__ = ["REGISTRY", "build_collectors", "collect_all"]
+__all__ = ["REGISTRY", "CollectorOptions", "build_collectors", "collect_all"]
 
 log = logging.getLogger(__name__)
+_DEFAULTS = CollectorOptions()
 
-REGISTRY: dict[str, Callable[[], Collector]] = {
-    "cpu": CpuCollector,
-    "load": LoadCollector,
-    "memory": MemoryCollector,
-    "swap": SwapCollector,
-    "disk": DiskCollector,
-    "diskio": DiskIoCollector,
-    "net": NetCollector,
-    "temp": TempCollector,
-    "uptime": UptimeCollector,
-    "procs": ProcsCollector,
+
+class Factory(Protocol):
+    """Builds one collector from the options (those it does not use are ignored)."""
+
+    def __call__(self, options: CollectorOptions = ..., /) -> Collector:
+        """A new collector."""
+        ...
+
+
+def _plain(cls: Callable[[], Collector]) -> Factory:
+    def make(options: CollectorOptions = _DEFAULTS, /) -> Collector:
+        del options
+        return cls()
+
+    return make
+
+
+def _systemd(o: CollectorOptions = _DEFAULTS, /) -> Collector:
+    return SystemdCollector(units=o.systemd_units, interval_s=o.systemd_interval_s)
+
+
+def _processes(o: CollectorOptions = _DEFAULTS, /) -> Collector:
+    return ProcessesCollector(specs=o.processes)
+
+
+def _textfile(o: CollectorOptions = _DEFAULTS, /) -> Collector:
+    return TextfileCollector(folder=o.textfile_dir, max_keys=o.custom_max_keys)
+
+
+def _exec(o: CollectorOptions = _DEFAULTS, /) -> Collector:
+    return ExecCollector(
+        argv=o.exec_argv, timeout_s=o.exec_timeout_s, interval_s=o.exec_interval_s,
+        max_keys=o.custom_max_keys,
+    )  # fmt: skip
+
+
+def _vitals(o: CollectorOptions = _DEFAULTS, /) -> Collector:
+    return VitalsCollector(state_dir=o.state_dir)
+
+
+REGISTRY: dict[str, Factory] = {
+    "cpu": _plain(CpuCollector),
+    "load": _plain(LoadCollector),
+    "memory": _plain(MemoryCollector),
+    "swap": _plain(SwapCollector),
+    "disk": _plain(DiskCollector),
+    "diskio": _plain(DiskIoCollector),
+    "net": _plain(NetCollector),
+    "temp": _plain(TempCollector),
+    "uptime": _plain(UptimeCollector),
+    "procs": _plain(ProcsCollector),
+    "systemd": _systemd,
+    "processes": _processes,
+    "textfile": _textfile,
+    "exec": _exec,
+    "vitals": _vitals,
 }
 
 _KEY_RE = re.compile(METRIC_KEY_PATTERN)
@@ -59,9 +114,17 @@ def _check_names(names: Iterable[str], setting: str) -> list[str]:
 
 
 def build_collectors(
-    enabled: Iterable[str] | None = None, disabled: Iterable[str] = ()
+    enabled: Iterable[str] | None = None,
+    disabled: Iterable[str] = (),
+    options: CollectorOptions | None = None,
 ) -> list[Collector]:
-    """Instantiate the enabled collectors (all when ``None``) minus the disabled ones."""
+    """Instantiate the enabled collectors (all when ``None``) minus the disabled ones.
+
+    ``options`` configures the systemd, processes, textfile, exec and vitals collectors; the
+    agent passes ``CollectorOptions.from_config(config)``. Without them those collectors run
+    with their defaults (no units listed, no processes, no folder, no command, no state).
+    """
+    opts = _DEFAULTS if options is None else options
     wanted = _check_names(REGISTRY if enabled is None else enabled, "enabled collectors")
     skipped = set(_check_names(disabled, "disabled collectors"))
     collectors: list[Collector] = []
@@ -69,7 +132,7 @@ def build_collectors(
         if name in skipped:
             continue
         try:
-            collectors.append(REGISTRY[name]())
+            collectors.append(REGISTRY[name](opts))
         except Exception as exc:
             raise ConfigError(f"collector {name!r} cannot start ({exc}); disable it") from exc
     return collectors

@@ -1,0 +1,258 @@
+"""Processes the user names: running or not, how many, CPU, memory, restarts seen.
+
+A spec is ``name`` (the process name exactly, as ``ps -o comm`` shows it, e.g. ``nginx``) or
+``label=regex`` (the regex searched in the command line, arguments joined by spaces; the
+label names the keys). Keys, per label: ``process.running`` (0/1), ``process.count``,
+``process.cpu_percent`` (share of the whole machine, 0-100), ``process.rss_bytes`` and
+``process.restarts`` (restarts seen since the agent started: a matching process disappeared
+and a new one appeared later, in the same round or after a gap).
+
+Cost: a process's name and command line are read when its PID first appears and once more
+on the next round (to see the program it ``exec``-ed into); afterwards only the PID list
+(``/proc``) and, for matching processes, their CPU times and RSS are read each round.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from edgefleet.agent.collectors.base import Clock, metric_key, percent
+
+MAX_USAGE_READS = 256  # per spec and round; count and restarts still cover every match
+Ident = tuple[int, float]  # pid, create time
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What to look for: an exact process name, or a regex on the command line."""
+
+    label: str
+    name: str | None = None
+    pattern: re.Pattern[str] | None = None
+
+    def matches(self, name: str, cmdline: str) -> bool:
+        """True when a process with this name and command line is one of ours."""
+        if self.pattern is not None:
+            return self.pattern.search(cmdline) is not None
+        return name == self.name
+
+
+def parse_spec(text: str) -> ProcessSpec:
+    """``name`` or ``label=regex``; ``ValueError`` with a one-line reason when malformed."""
+    label, sep, pattern = text.partition("=")
+    label = label.strip()
+    if not label or len(label) > 64 or any(c in label for c in "[]\n\r\t"):
+        raise ValueError(f"process spec {text!r}: the name/label must be 1-64 chars, no brackets")
+    if not sep:
+        return ProcessSpec(label, name=label)
+    if not pattern:
+        raise ValueError(f"process spec {text!r}: empty pattern after '='")
+    try:
+        return ProcessSpec(label, pattern=re.compile(pattern))
+    except re.error as exc:
+        raise ValueError(f"process spec {text!r}: bad regex ({exc})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What matching needs: the process's name, command line and start time."""
+
+    name: str
+    cmdline: str
+    create_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """CPU seconds (user + system) and resident memory of one process."""
+
+    cpu_s: float
+    rss: int
+
+
+def read_identity(pid: int) -> Identity | None:
+    """Name, command line and start time of ``pid``; ``None`` when it is gone or hidden."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return Identity(proc.name(), " ".join(proc.cmdline()), proc.create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
+def read_usage_psutil(pid: int) -> Usage | None:
+    """CPU times and RSS of ``pid`` through psutil; ``None`` when it is gone or not readable."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            return Usage(times.user + times.system, proc.memory_info().rss)
+    except (psutil.Error, OSError):
+        return None
+
+
+def parse_proc_stat(data: bytes, ticks_per_s: int, page_bytes: int) -> Usage:
+    """CPU seconds (utime + stime) and RSS from the content of ``/proc/<pid>/stat``."""
+    fields = data.rsplit(b")", 1)[1].split()  # the name, in parens, may hold spaces and ')'
+    # After the name: state is field 3 of proc(5)'s stat; utime 14, stime 15, rss 24 (pages).
+    return Usage((int(fields[11]) + int(fields[12])) / ticks_per_s, int(fields[21]) * page_bytes)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_usage_proc(pid: int) -> Usage | None:
+    """CPU times and RSS from one read of ``/proc/<pid>/stat`` (a fraction of psutil's cost)."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        return parse_proc_stat(data, _TICKS, _PAGE)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+read_usage = read_usage_proc if Path("/proc/self/stat").exists() else read_usage_psutil
+
+
+@dataclass(slots=True)
+class _Known:
+    identity: Identity | None
+    sightings: int
+    labels: tuple[str, ...]  # the specs this process matches
+
+
+class ProcessScanner:
+    """Which processes match which spec, reading each new PID's identity at most twice."""
+
+    def __init__(
+        self,
+        specs: Sequence[ProcessSpec],
+        *,
+        pids: Callable[[], Iterable[int]] = psutil.pids,
+        identify: Callable[[int], Identity | None] = read_identity,
+    ) -> None:
+        self._specs, self._pids, self._identify = list(specs), pids, identify
+        self._known: dict[int, _Known] = {}
+
+    def scan(self) -> dict[str, list[tuple[int, Identity]]]:
+        """Per spec label, the matching ``(pid, identity)`` pairs in PID order."""
+        current = sorted(self._pids())
+        known = {pid: self._known[pid] for pid in current if pid in self._known}
+        out: dict[str, list[tuple[int, Identity]]] = {s.label: [] for s in self._specs}
+        for pid in current:
+            entry = known.get(pid)
+            if entry is None or entry.sightings < 2:
+                count = 1 if entry is None else entry.sightings + 1
+                entry = known[pid] = self._look(pid, count)
+            for label in entry.labels:
+                if entry.identity is not None:
+                    out[label].append((pid, entry.identity))
+        self._known = known
+        return out
+
+    def _look(self, pid: int, sightings: int) -> _Known:
+        ident = self._identify(pid)
+        if ident is None:
+            return _Known(None, sightings, ())
+        labels = tuple(s.label for s in self._specs if s.matches(ident.name, ident.cmdline))
+        return _Known(ident, sightings, labels)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartState:
+    """Per spec: the processes seen last round, those lost and not yet replaced, the total."""
+
+    idents: frozenset[Ident] | None = None
+    lost: int = 0
+    restarts: int = 0
+
+
+def step_restarts(state: RestartState, current: frozenset[Ident]) -> RestartState:
+    """Count a restart for each new process that replaces one that disappeared."""
+    if state.idents is None:
+        return RestartState(current, 0, state.restarts)
+    gone = len(state.idents - current)
+    new = len(current - state.idents)
+    lost = state.lost + gone
+    replaced = min(lost, new)
+    return RestartState(current, lost - replaced, state.restarts + replaced)
+
+
+def cpu_share(
+    before: Mapping[Ident, float], after: Mapping[Ident, float], elapsed_s: float, cpus: int
+) -> float | None:
+    """CPU used by processes present in both readings, as a share of the whole machine."""
+    if elapsed_s <= 0 or cpus <= 0:
+        return None
+    used = sum(max(0.0, cpu - before[i]) for i, cpu in after.items() if i in before)
+    return percent(used, elapsed_s * cpus)
+
+
+class ProcessesCollector:
+    """``process.{running,count,cpu_percent,rss_bytes,restarts}[label]`` for each spec."""
+
+    name = "processes"
+
+    def __init__(
+        self,
+        *,
+        specs: Sequence[str] = (),
+        pids: Callable[[], Iterable[int]] = psutil.pids,
+        identify: Callable[[int], Identity | None] = read_identity,
+        usage: Callable[[int], Usage | None] = read_usage,
+        clock: Clock = time.monotonic,
+        cpus: int | None = None,
+    ) -> None:
+        self._specs = [parse_spec(s) for s in specs]
+        self._scanner = ProcessScanner(self._specs, pids=pids, identify=identify)
+        self._usage, self._clock = usage, clock
+        self._cpus = cpus if cpus is not None else (psutil.cpu_count() or 1)
+        self._restarts = {s.label: RestartState() for s in self._specs}
+        self._cpu: dict[str, dict[Ident, float]] = {}
+        self._last_t: float | None = None
+
+    def collect(self) -> dict[str, float]:
+        """Current figures of every spec (nothing when no spec is configured)."""
+        if not self._specs:
+            return {}
+        matched = self._scanner.scan()
+        now = self._clock()
+        elapsed = 0.0 if self._last_t is None else now - self._last_t
+        self._last_t = now
+        out: dict[str, float] = {}
+        for label, procs in matched.items():
+            out.update(self._one(label, procs, elapsed))
+        return out
+
+    def _one(
+        self, label: str, procs: list[tuple[int, Identity]], elapsed: float
+    ) -> dict[str, float]:
+        idents = frozenset((pid, ident.create_time) for pid, ident in procs)
+        state = self._restarts[label] = step_restarts(self._restarts[label], idents)
+        cpu: dict[Ident, float] = {}
+        rss = 0
+        for pid, ident in procs[:MAX_USAGE_READS]:
+            use = self._usage(pid)
+            if use is not None:
+                cpu[(pid, ident.create_time)] = use.cpu_s
+                rss += use.rss
+        values: dict[str, float | None] = {
+            "process.running": float(bool(procs)),
+            "process.count": float(len(procs)),
+            "process.rss_bytes": float(rss),
+            "process.restarts": float(state.restarts),
+            "process.cpu_percent": cpu_share(self._cpu.get(label, {}), cpu, elapsed, self._cpus),
+        }
+        self._cpu[label] = cpu
+        return {metric_key(k, label): v for k, v in values.items() if v is not None}

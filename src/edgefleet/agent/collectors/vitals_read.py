@@ -1,0 +1,108 @@
+"""Readers for the ``vitals`` collector: boot id and its saved state, clock, mounts, Pi flags.
+
+Each returns raw text or numbers; :mod:`vitals` parses them. None starts a process per round.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.agent.collectors.command import run_bounded
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+MOUNTS = Path("/proc/self/mounts")
+THROTTLED = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+STATE_NAME = "vitals-boot.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class Timex:
+    """The fields of the kernel's ``struct timex`` that tell whether the clock is synchronised."""
+
+    state: int  # adjtimex's return value: 5 (TIME_ERROR) when not synchronised
+    status: int
+    offset: int  # microseconds, nanoseconds with STA_NANO
+    maxerror_us: int
+
+
+class _CTimex(ctypes.Structure):
+    # struct timex of <sys/timex.h> (glibc, the ``long`` layout of the plain adjtimex symbol).
+    _fields_ = [
+        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+        ("constant", ctypes.c_long), ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long), ("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long),
+        ("tick", ctypes.c_long), ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int), ("stabil", ctypes.c_long), ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long), ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int), ("padding", ctypes.c_int * 16),
+    ]  # fmt: skip
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def read_timex() -> Timex:
+    """The kernel clock's state via ``adjtimex`` with no change requested (unprivileged)."""
+    libc = _libc()
+    buf = _CTimex()
+    state = libc.adjtimex(ctypes.byref(buf))
+    if state < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"adjtimex: {os.strerror(err)}")
+    return Timex(state, buf.status, buf.offset, buf.maxerror)
+
+
+def read_boot_id() -> str:
+    """This boot's random id (changes with every boot)."""
+    return BOOT_ID.read_text(encoding="ascii").strip()
+
+
+def read_saved_boot(folder: Path) -> str | None:
+    """The saved ``boot_id reboots`` line, or ``None`` when there is none yet."""
+    try:
+        return (folder / STATE_NAME).read_text(encoding="utf-8")[:200]
+    except FileNotFoundError:
+        return None
+
+
+def save_boot(folder: Path, text: str) -> None:
+    """Write the state file atomically (a temporary file renamed over it)."""
+    tmp = folder / f".{STATE_NAME}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(folder / STATE_NAME)
+
+
+def read_mounts_text() -> str:
+    """The mount table of this process's namespace."""
+    return MOUNTS.read_text(encoding="utf-8", errors="replace")
+
+
+def read_throttled_file() -> str | None:
+    """The firmware's throttled flags (hex) where the kernel exposes them, else ``None``."""
+    try:
+        return THROTTLED.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+def vcgencmd_available() -> bool:
+    """True when ``vcgencmd`` (Raspberry Pi firmware tool) is installed."""
+    return shutil.which("vcgencmd") is not None
+
+
+def read_throttled_vcgencmd() -> str:
+    """``throttled=0x...`` from ``vcgencmd get_throttled`` (2 s deadline)."""
+    result = run_bounded(["vcgencmd", "get_throttled"], timeout_s=2.0, max_bytes=4096)
+    error = result.error("vcgencmd get_throttled")
+    if error is not None:
+        raise RuntimeError(error)
+    return result.stdout.decode("ascii", "replace").strip()
