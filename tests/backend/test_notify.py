@@ -406,7 +406,7 @@ async def test_without_slack_alerts_go_to_the_log(
     async with fast(outbox_path, None) as d:
         d.submit([alert("a"), alert("b", kind="resolved")])
         await eventually(lambda: d.stats().sent_alerts == 2)
-    records = [r for r in caplog.records if r.name == "edgefleet.notify.dispatcher"]
+    records = [r for r in caplog.records if r.name == "edgefleet.notify.delivery"]
     by_device = {r.__dict__["fields"]["device"]: r for r in records}
     assert by_device["a"].levelno == logging.WARNING and by_device["b"].levelno == logging.INFO
     assert by_device["a"].__dict__["fields"]["event_id"] == alert("a").event_id

@@ -69,7 +69,8 @@ class Backend:
             self.store, now=now, ingest=self.ingest,
             stale_after_intervals=s.stale_after_intervals, stale_min_s=s.stale_min_s,
         )
-        self.outbox = Outbox(s.db_path.with_name(s.db_path.stem + "-outbox.db"))
+        self.outbox = Outbox(s.db_path)  # a table in the fleet database, written with the batch
+        self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))  # older file
         self.dispatcher = AlertDispatcher(
             outbox=self.outbox, notifier=_notifier(s),
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
@@ -85,7 +86,7 @@ class Backend:
             silence_min_s=s.feed_silence_min_s, alert_after_s=s.feed_alert_after_s,
         )
         firing = self.alerts.firing.get(FEED_KEY)  # fired before a restart: resolve it later
-        self._feed_alert: float | None = None if firing is None else float(firing["started_at"])
+        self._feed_alert: float | None = None if firing is None else firing.started_at
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
@@ -248,7 +249,7 @@ class Backend:
             task.cancel()
         save = self.alerts.take_save()
         if save is not None:
-            save()
+            self.store.add_samples([], also=save)
         await self.dispatcher.stop()
         self.outbox.close()
         self.quarantine.close()
