@@ -38,7 +38,7 @@ from edgefleet.backend.alerts.engine import (
     prune,
 )
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
-from edgefleet.backend.alerts.rules import RuleSet
+from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.tx import StoreTx

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Literal
 
-from edgefleet.backend.alerts.rules import OFFLINE_RULE, Params, Rule, RuleSet
+from edgefleet.backend.alerts.ruleset import OFFLINE_RULE, Params, Rule, RuleSet
 from edgefleet.backend.alerts.state import (
     IDLE,
     AlertState,

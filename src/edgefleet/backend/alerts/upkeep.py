@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from edgefleet.backend.alerts.rules import OFFLINE_RULE, RuleSet
+from edgefleet.backend.alerts.ruleset import OFFLINE_RULE, RuleSet
 from edgefleet.backend.alerts.state import (
     AlertState,
     Condition,
