@@ -3,8 +3,6 @@ and one summary, while the alert history, the firing state and other devices are
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any

@@ -37,7 +37,7 @@ from edgefleet.backend.web.fleet_view import FleetParts, FleetViewModel
 from edgefleet.backend.web.hub import Hub
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
-from edgefleet.notify import AlertDispatcher, BudgetSettings, Outbox
+from edgefleet.notify import AlertDispatcher, BudgetSettings, Notifier, Outbox
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
@@ -72,7 +72,7 @@ class Backend:
         self.outbox = Outbox(s.db_path)  # a table in the fleet database, written with the batch
         self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))  # older file
         self.dispatcher = AlertDispatcher(
-            outbox=self.outbox, notifier=_notifier(s),
+            outbox=self.outbox, notifier=build_notifier(s),
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
             budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
                                   s.alert_budget_per_rule),
@@ -272,7 +272,8 @@ def _slack_kind(s: BackendSettings) -> str:
     return "bot" if s.slack_bot_token else "log only"
 
 
-def _notifier(s: BackendSettings) -> Any:
+def build_notifier(s: BackendSettings) -> Notifier | None:
+    """The Slack notifier the settings ask for (None: alerts go to the log)."""
     if not (s.slack_webhook_url or s.slack_bot_token):
         return None
     from edgefleet.notify.slack import SlackNotifier
