@@ -7,7 +7,8 @@ hands it a callable), BEFORE the messages that caused them are acknowledged to t
 crash before the commit loses both and the broker redelivers: the engine, back at the saved
 state, makes the same event with the same id. A crash after it finds both on disk, and the
 redelivered samples are recognised as seen. No alert is lost and none is sent twice. Events
-stay in :attr:`AlertCenter.outgoing` until a save carrying them committed.
+stay in :attr:`AlertCenter.outgoing`, and the devices of a save stay due for saving, until a
+save carrying them committed: a save that rolled back is made again by the next one.
 
 Persistence (in the store's ``state`` table, see docs/alerts.md and ``persist.py``): one
 document per device, ``alerts.device/<device>`` = ``{"v": 2, "alerts": [pending and firing
@@ -98,7 +99,8 @@ class AlertCenter:
         self.offline: dict[str, float] = {}
         self.expired_total = 0
         self.outgoing: dict[str, Alert] = {}  # event id -> alert, until saved with the state
-        self._outgoing_lock = threading.Lock()  # the commit hook runs in a worker thread
+        self._unsaved: dict[int, tuple[set[str], bool]] = {}  # generation -> devices, recent
+        self._lock = threading.Lock()  # for both: the commit hook runs in a worker thread
         self._dirty: set[str] = set(loaded.devices) if loaded.migrated or dropped else set()
         self._must_save = bool(self._dirty)
         self._generation = 0
@@ -179,7 +181,7 @@ class AlertCenter:
 
     def _send(self, alerts: Iterable[Alert]) -> None:
         """Queue alerts for the outbox: they go to disk with the next save."""
-        with self._outgoing_lock:
+        with self._lock:
             for alert in alerts:
                 self.outgoing[alert.event_id] = alert
                 self._must_save = True
@@ -188,9 +190,14 @@ class AlertCenter:
         """A callable that saves a snapshot and adds the waiting outbox entries through the
         store's open batch transaction (in a worker thread, before acknowledging), or None
         when nothing needs saving yet: always after events, else every few seconds. Only
-        the devices whose alert state changed since the last save are in it."""
+        the devices whose alert state changed since the last committed save are in it."""
+        with self._lock:
+            for devices, with_recent in self._unsaved.values():  # rolled back (or in flight)
+                self._dirty |= devices
+                self._must_save |= with_recent
+            outgoing = list(self.outgoing.values())
         due = self._dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S
-        if not (self._must_save or due or self.outgoing):  # outgoing: a save that failed
+        if not (self._must_save or due or outgoing):
             return None
         snapshot = {
             device: DeviceSnapshot(self.state.active(device),
@@ -203,9 +210,9 @@ class AlertCenter:
         recent = None
         if self._must_save:
             recent = json.dumps([public_alert(a) for a in self.recent], allow_nan=False)
-        with self._outgoing_lock:
-            outgoing = list(self.outgoing.values())
         self._generation += 1
+        with self._lock:
+            self._unsaved[self._generation] = (set(self._dirty), recent is not None)
         self._dirty = set()
         self._must_save = False
         self._saved_at = time.monotonic()
@@ -219,15 +226,18 @@ class AlertCenter:
         self.persist.save(tx, generation, snapshot, recent)
         if outgoing:
             self.dispatcher.stage(tx.conn, outgoing)
-            tx.after_commit(partial(self._sent, outgoing))
+        tx.after_commit(partial(self._saved, generation, outgoing))
 
-    def _sent(self, alerts: list[Alert]) -> None:
-        """After the commit: these are in the outbox; let the dispatcher look."""
-        with self._outgoing_lock:
-            for alert in alerts:
+    def _saved(self, generation: int, outgoing: list[Alert]) -> None:
+        """After the commit: the snapshot is on disk, the alerts are in the outbox."""
+        with self._lock:
+            for older in [g for g in self._unsaved if g <= generation]:
+                del self._unsaved[older]  # this snapshot took in every older one
+            for alert in outgoing:
                 if self.outgoing.get(alert.event_id) is alert:
                     del self.outgoing[alert.event_id]
-        self.dispatcher.wake()
+        if outgoing:
+            self.dispatcher.wake()
 
     def severities(self) -> dict[str, list[str]]:
         """Device -> severities of its firing alerts."""
