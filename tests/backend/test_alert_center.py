@@ -3,9 +3,8 @@ migration from the old single blob, and pending alerts in ``GET /api/alerts``.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from edgefleet.backend.alerts.persist import DEVICE_PREFIX, DEVICES, OLD_FIRING,
 from edgefleet.backend.alerts.rules import RuleSet, parse_rules
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.tx import StoreTx
 from edgefleet.notify import AlertDispatcher, Outbox
 
 RULES = parse_rules("""
@@ -38,15 +38,30 @@ T0 = 1_800_000_000.0
 
 
 class CountingStore(FleetStore):
-    """A real store that remembers the names written with ``put_state``."""
+    """A real store that remembers the state names written in its transactions."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.puts: list[str] = []
 
+    def run(self, job: Callable[[StoreTx], None]) -> None:
+        """Run a save in one batch transaction, as the backend's writer does."""
+        self.add_samples([], also=lambda tx: job(CountingTx(tx, self.puts)))
+
+
+class CountingTx(StoreTx):
+    """The store's transaction, counting ``put_state`` calls."""
+
+    def __init__(self, tx: StoreTx, puts: list[str]) -> None:
+        super().__init__(tx.conn)
+        self.tx, self.puts = tx, puts
+
     def put_state(self, name: str, text: str) -> None:
         self.puts.append(name)
-        super().put_state(name, text)
+        self.tx.put_state(name, text)
+
+    def after_commit(self, work: Callable[[], None]) -> None:
+        self.tx.after_commit(work)
 
 
 class CountingConds(Mapping[Any, Any]):
@@ -84,7 +99,7 @@ def store(tmp_path: Path) -> Iterator[CountingStore]:
 
 @pytest.fixture
 def dispatcher(tmp_path: Path) -> Iterator[AlertDispatcher]:
-    d = AlertDispatcher(outbox=Outbox(tmp_path / "outbox.db"), notifier=None)
+    d = AlertDispatcher(outbox=Outbox(tmp_path / "fleet.db"), notifier=None)
     yield d
     d.outbox.close()
 
@@ -96,7 +111,8 @@ def center(store: FleetStore, dispatcher: AlertDispatcher, rules: RuleSet = RULE
 def save(c: AlertCenter) -> None:
     job = c.take_save()
     assert job is not None
-    job()
+    assert isinstance(c.store, CountingStore)
+    c.store.run(job)
 
 
 def test_a_batch_walks_a_devices_conditions_once_not_per_sample() -> None:
@@ -177,7 +193,7 @@ def test_only_changed_devices_are_saved(store: CountingStore, dispatcher: AlertD
     c._saved_at = -1e9
     job = c.take_save()
     assert job is not None
-    job()
+    store.run(job)
     assert store.puts == []  # nothing that matters after a restart changed
     # one firing disk resolves: only that device's document is written, once
     c.on_samples([sample("bad", T0 + 20, **{"disk.used_percent[/m0]": 10.0})], T0 + 20)
@@ -207,7 +223,7 @@ def test_restart_restores_firing_and_pending(
 def test_old_single_blob_is_migrated(store: CountingStore, dispatcher: AlertDispatcher) -> None:
     old, events = evaluate(RULES, AlertState(), "a", T0, {"disk.used_percent[/]": 99.0,
                                                           "cpu.percent": 95.0}, T0)
-    firing = {e.key: dataclasses.asdict(e) for e in events}
+    firing = {e.key: e.to_dict() for e in events}
     store.put_state(OLD_STATE, old.to_json())
     store.put_state(OLD_FIRING, json.dumps(firing))
     c = center(store, dispatcher)
@@ -272,8 +288,8 @@ def test_an_older_save_finishing_last_does_not_overwrite_a_newer_one(
     c.on_samples([sample("a", T0 + 10, **{"disk.used_percent[/]": 10.0})], T0 + 10)
     newer = c.take_save()
     assert older is not None and newer is not None
-    newer()  # the ingest and tick loops save from worker threads: order is not guaranteed
-    older()
+    store.run(newer)  # the ingest and tick loops save from worker threads: order is not
+    store.run(older)  # guaranteed
     again = center(store, dispatcher)
     assert again.firing == {} and again.public()["pending"] == []
-    assert [e["kind"] for e in again.recent] == ["resolved", "firing"]
+    assert [e.kind for e in again.recent] == ["resolved", "firing"]

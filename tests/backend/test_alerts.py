@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.backend.alerts.engine import (
-    AlertEvent,
     AlertState,
     AlertStateError,
     LiveAlertState,
@@ -23,6 +22,7 @@ from edgefleet.backend.alerts.engine import (
 )
 from edgefleet.backend.alerts.rules import RuleSet, default_rules_path, load_rules, parse_rules
 from edgefleet.backend.alerts.state import conditions_from_rows, device_rows
+from edgefleet.notify.model import Alert
 
 RULES = parse_rules("""
 version: 1
@@ -70,10 +70,10 @@ def run(
     rules: RuleSet = RULES,
     state: AlertState | None = None,
     now: float | None = None,
-) -> tuple[AlertState, list[AlertEvent]]:
+) -> tuple[AlertState, list[Alert]]:
     """Evaluate samples in order; ``now`` defaults to each sample's own ts (live data)."""
     state = AlertState() if state is None else state
-    events: list[AlertEvent] = []
+    events: list[Alert] = []
     for ts, metrics in samples:
         state, new = evaluate(rules, state, device, ts, metrics, ts if now is None else now)
         events.extend(new)
@@ -88,7 +88,7 @@ def every_10s(*values: float, start: float = 0) -> list[tuple[float, float]]:
     return [(start + 10 * i, v) for i, v in enumerate(values)]
 
 
-def brief(events: Iterable[AlertEvent]) -> list[tuple[str, float, float]]:
+def brief(events: Iterable[Alert]) -> list[tuple[str, float, float]]:
     return [(e.kind, e.at, e.started_at) for e in events]
 
 
@@ -193,7 +193,7 @@ def test_rules_apply_to_each_instance() -> None:
     assert [(e.kind, e.instance, e.at, e.severity) for e in events] == [
         ("firing", "/", 0, "critical"), ("firing", "/data", 10, "critical"),
         ("resolved", "/", 20, "critical")]
-    assert [a.key for a in firing(state)] == ["disk|d1|/data"]
+    assert [key for key, _ in firing(state)] == ["disk|d1|/data"]
 
 
 def test_instance_glob_narrows_a_rule() -> None:
@@ -258,7 +258,10 @@ class TestStateJson:
         state, events = run(cpu(*every_10s(*[95] * 7)))
         state, _ = evaluate_offline(RULES, state, "d2", True, 5, 10)
         restored = AlertState.from_json(state.to_json())
-        assert firing(restored) == firing(state)
+        def kept(s: AlertState) -> list[tuple[str, tuple[object, ...]]]:
+            return [(key, tuple(cond[:5])) for key, cond in firing(s)]  # v1 keeps no ``seen``
+
+        assert kept(restored) == kept(state)
         assert len(firing(restored)) == 2
         assert restored.to_json() == state.to_json()
         _, again = run(cpu((70, 99), (80, 85)), state=restored)
@@ -291,7 +294,7 @@ rules:
   - {name: disk, metric: disk.used_percent, op: ">", threshold: 90}
 """)
     pruned, dropped = prune(fewer, state)
-    assert [a.key for a in dropped] == ["cpu|d1|"]
+    assert dropped == ["cpu|d1|"]
     assert pruned.get("cpu", "d1") is None
     assert pruned.get("disk", "d1", "/") is not None
     assert prune(RULES, state)[1] == []
@@ -331,7 +334,7 @@ rules:
         for event in events:
             assert last_kind.get(event.key, "resolved") != event.kind
             last_kind[event.key] = event.kind
-    assert {a.key for a in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}
+    assert {key for key, _ in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}
 
 
 def test_a_fleet_keeps_one_condition_per_rule_device_and_instance() -> None:
@@ -405,7 +408,7 @@ rules:
         for event in events:
             assert last_kind.get(event.key, "resolved") != event.kind
             last_kind[event.key] = event.kind
-    assert {a.key for a in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}
+    assert {key for key, _ in firing(state)} == {k for k, v in last_kind.items() if v == "firing"}
 
 
 @settings(max_examples=200, deadline=None)
@@ -429,8 +432,8 @@ rules:
   - {name: any, metric: disk.used_percent, op: ">=", threshold: 50, for: 0}
 """)
     one, live = AlertState(), LiveAlertState()
-    by_one: list[AlertEvent] = []
-    by_batch: list[AlertEvent] = []
+    by_one: list[Alert] = []
+    by_batch: list[Alert] = []
     ts = 1000.0
     for batch in batches:
         samples = []

@@ -243,15 +243,8 @@ def test_notifier_configuration() -> None:
         SlackNotifier(token="xoxb-1", webhook_url="https://hooks.example/x")
     with pytest.raises(ConfigError, match="channel"):
         SlackNotifier(token="xoxb-1")
-    assert SlackNotifier.from_env({}) is None
-    notifier = SlackNotifier.from_env(
-        {
-            "EDGE_BACKEND_SLACK_BOT_TOKEN": "xoxb-secret",
-            "EDGE_BACKEND_SLACK_CHANNEL": "#a",
-            "EDGE_BACKEND_SLACK_API_URL": "http://127.0.0.1:9/api",
-        }
-    )
-    assert notifier is not None and notifier.api_url == "http://127.0.0.1:9/api/"
+    notifier = SlackNotifier(token="xoxb-secret", channel="#a", api_url="http://127.0.0.1:9/api")
+    assert notifier.api_url == "http://127.0.0.1:9/api/"
     assert "xoxb-secret" not in repr(notifier)
 
 
@@ -407,7 +400,7 @@ async def test_without_slack_alerts_go_to_the_log(
     async with fast(outbox_path, None) as d:
         d.submit([alert("a"), alert("b", kind="resolved")])
         await eventually(lambda: d.stats().sent_alerts == 2)
-    records = [r for r in caplog.records if r.name == "edgefleet.notify.dispatcher"]
+    records = [r for r in caplog.records if r.name == "edgefleet.notify.delivery"]
     by_device = {r.__dict__["fields"]["device"]: r for r in records}
     assert by_device["a"].levelno == logging.WARNING and by_device["b"].levelno == logging.INFO
     assert by_device["a"].__dict__["fields"]["event_id"] == alert("a").event_id
@@ -432,3 +425,20 @@ async def test_reminders_are_sent_once_per_interval(slack: FakeSlack, outbox_pat
     }
     assert "still firing" in str(slack.messages).lower()
     d.outbox.close()
+
+
+def test_the_backend_builds_its_notifier_from_its_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgefleet.backend.runtime import build_notifier
+    from edgefleet.backend.settings import BackendSettings
+
+    assert build_notifier(BackendSettings()) is None  # no Slack settings: alerts go to the log
+    monkeypatch.setenv("EDGE_BACKEND_SLACK_BOT_TOKEN", "xoxb-secret")
+    monkeypatch.setenv("EDGE_BACKEND_SLACK_CHANNEL", "#ops")
+    monkeypatch.setenv("EDGE_BACKEND_SLACK_API_URL", "http://127.0.0.1:9/api")
+    notifier = build_notifier(BackendSettings())
+    assert isinstance(notifier, SlackNotifier)
+    assert (notifier.mode, notifier.channel, notifier.api_url) == (
+        "bot", "#ops", "http://127.0.0.1:9/api/")
+    assert "xoxb-secret" not in repr(notifier)

@@ -3,8 +3,6 @@ and one summary, while the alert history, the firing state and other devices are
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -145,14 +143,16 @@ async def test_a_flood_from_one_device_is_summarised_not_posted(
 ) -> None:
     now = [T0]
     notifier = SlackNotifier(webhook_url=slack.webhook_url)
-    dispatcher = AlertDispatcher(outbox=Outbox(tmp_path / "o.db"), notifier=notifier,
-                                 group_window_s=10, clock=lambda: now[0])
     store = FleetStore(tmp_path / "fleet.db")
+    dispatcher = AlertDispatcher(outbox=Outbox(store.path), notifier=notifier,
+                                 group_window_s=10, clock=lambda: now[0])
     center = AlertCenter(RULES, store, dispatcher)
     events = 0
     for i in range(10):  # 10 messages x 100 new names x 2 rules = 2,000 alert events
         events += len(center.on_samples([flood_sample(T0 + i * 0.1, i * 100)], T0 + i * 0.1))
+        store.add_samples([], also=center.take_save())  # each batch saved with its outbox rows
     events += len(center.on_samples([AcceptedSample("ok-1", 1, T0, {"cpu.percent": 99.0})], T0))
+    store.add_samples([], also=center.take_save())
     assert events == 2001 and len(center.firing) == 2001  # history is whole
     now[0] = T0 + 10
     while dispatcher.outbox.depth():
@@ -192,28 +192,3 @@ async def test_one_summary_per_window(slack: FakeSlack, tmp_path: Path) -> None:
     assert len(summaries) == 2  # at the first flood, then once the window has passed
     assert d.stats().suppressed_alerts == 120 - 2  # one post per 10 min window
     d.outbox.close()
-
-
-def test_an_old_outbox_file_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "o.db"
-    db = sqlite3.connect(path)
-    db.executescript("""
-CREATE TABLE outbox (event_id TEXT PRIMARY KEY, group_key TEXT NOT NULL, alert TEXT NOT NULL,
-  state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
-  enqueued_at REAL NOT NULL, due_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT, done_at REAL);
-""")
-    sent = alert("old")
-    db.execute("INSERT INTO outbox VALUES (?, ?, ?, 'sent', ?, ?, 0, NULL, ?)",
-               (sent.event_id, sent.group_key, json.dumps(sent.to_dict()), T0, T0, T0))
-    db.commit()
-    db.close()
-    box = Outbox(path)
-    assert box.state_of(sent.event_id) == "sent"  # kept through the migration
-    a, b = alert("a"), alert("b")
-    box.enqueue([a, b], now=T0)
-    box.mark_suppressed([b.event_id], T0)
-    assert box.counts() == {"pending": 1, "sent": 1, "suppressed": 1}
-    assert box.suppressed() == ([("b", "r", 1)], T0)
-    assert box.mark_summarised(T0) == 1 and box.suppressed() == ([], None)
-    box.close()

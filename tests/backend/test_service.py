@@ -265,9 +265,9 @@ async def test_lost_link_raises_one_feed_alert_and_no_device_goes_offline(
     r.t.connected.clear()  # the backend's own link drops; the devices are fine
     await until(lambda: FEED_KEY in r.b.alerts.firing)
     alert = r.b.alerts.firing[FEED_KEY]
-    assert (alert["rule"], alert["device"], alert["severity"], alert["kind"]) == (
+    assert (alert.rule, alert.device, alert.severity, alert.kind) == (
         "feed_lost", "edgefleet-backend", "critical", "firing")
-    assert alert["summary"] == "edgefleet lost its feed: device states unknown"
+    assert alert.summary == "edgefleet lost its feed: device states unknown"
     summary = r.b.view.summary()
     assert summary["feed"]["state"] == "lost" and summary["feed"]["connected"] is False
     ok, body = r.b.view.health()
@@ -283,7 +283,7 @@ async def test_lost_link_raises_one_feed_alert_and_no_device_goes_offline(
 
     r.t.connected.set()  # back: resolved, and one stale window from now for everyone
     await until(lambda: FEED_KEY not in r.b.alerts.firing)
-    kinds = [(a["key"], a["kind"]) for a in r.b.alerts.recent]
+    kinds = [(a.key, a.kind) for a in r.b.alerts.recent]
     assert kinds == [(FEED_KEY, "resolved"), (FEED_KEY, "firing")]
     assert r.b.view.summary()["feed"]["state"] == "ok"
     assert "edgefleet_feed_up 1" in r.b.view.metrics_text()
@@ -352,13 +352,13 @@ async def test_feed_alert_firing_at_a_restart_is_resolved_once_the_feed_is_back(
     await until(lambda: r.b.feed.ok and r.t.acked != [])
     r.t.connected.clear()
     await until(lambda: FEED_KEY in r.b.alerts.firing)
-    started_at = r.b.alerts.firing[FEED_KEY]["started_at"]
+    started_at = r.b.alerts.firing[FEED_KEY].started_at
     await r.stop()  # SIGTERM while the feed is lost: the alert is saved as firing
 
     r = await start(feed_alert_after_s=0.0)
     await until(lambda: FEED_KEY not in r.b.alerts.firing)
     resolved = r.b.alerts.recent[0]
-    assert (resolved["key"], resolved["kind"], resolved["started_at"]) == (
+    assert (resolved.key, resolved.kind, resolved.started_at) == (
         FEED_KEY, "resolved", started_at)
     assert r.b.view.summary()["feed"]["state"] == "ok"
 

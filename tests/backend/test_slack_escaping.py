@@ -149,14 +149,15 @@ rules:
      summary: "Disk {instance} {value:.0f}% full on {device}"}
 """)
     notifier = SlackNotifier(token=slack.token, channel="#alerts", api_url=slack.api_url)
-    d = AlertDispatcher(outbox=Outbox(tmp_path / "o.db"), notifier=notifier, group_window_s=0,
-                        budget=BudgetSettings(per_device=0, per_rule=0))
     store = FleetStore(tmp_path / "fleet.db")
+    d = AlertDispatcher(outbox=Outbox(store.path), notifier=notifier, group_window_s=0,
+                        budget=BudgetSettings(per_device=0, per_rule=0))
     center = AlertCenter(rules, store, d)
     names = {f"disk.used_percent[{name}]": 99.0 for name in HOSTILE}
     center.on_samples([AcceptedSample("dev-1", 0, T0, names)], T0)
     center.on_samples([AcceptedSample("dev-1", 1, T0 + 10, {"disk.used_percent[<!here>]": 1.0})],
                       T0 + 10)
+    store.add_samples([], also=center.take_save())  # the alerts reach the outbox with the state
     async with d:
         await slack.wait_for_messages(2)
     await notifier.aclose()

@@ -160,7 +160,7 @@ def read_queue(path: Path) -> QueueState:
 
 
 def event_id(alert: dict[str, Any]) -> str:
-    """The backend's deterministic event id (edgefleet.backend.alerts.engine.AlertEvent)."""
+    """The backend's deterministic event id (edgefleet.notify.model.event_id)."""
     return f"{alert['key']}|{alert['kind']}|{float(alert['started_at']):.3f}"
 
 

@@ -21,6 +21,9 @@ Settings (environment):
   ``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT``) and cached while the container lives;
 - ``EDGEFLEET_SLACK_TIMEOUT_S``: HTTP timeout in seconds (default 10).
 
+They are read once per invocation into :class:`LambdaSettings` (the only place that reads the
+environment); :func:`post_alerts` and :func:`webhook_url` take the settings as an argument.
+
 A delivery failure raises (:class:`RetryLaterError` or :class:`DeliveryRefusedError`), so
 Lambda retries an asynchronous invocation twice and then sends the event to the function's
 dead-letter queue (see infra/edgefleet.yaml). Delivery is at least once: a retry can
@@ -36,7 +39,8 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.common.logs import kv
@@ -53,19 +57,60 @@ _ALERT_DEFAULTS: dict[str, Any] = {"instance": None, "labels": {}, "summary": ""
 _cached_urls: dict[str, str] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class LambdaSettings:
+    """The Lambda's settings; :meth:`from_env` reads the documented variables."""
+
+    webhook_url: str = ""
+    webhook_param: str = ""  # an SSM parameter name, used when ``webhook_url`` is empty
+    timeout_s: float = 10.0
+    extension_port: int = 2773
+    session_token: str = ""  # the Lambda's own, for the Parameters and Secrets extension
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LambdaSettings:
+        """Read ``EDGEFLEET_SLACK_*`` and the extension's variables; a bad value raises
+        :class:`DeliveryRefusedError` naming the variable (retrying cannot fix it)."""
+        return cls(
+            webhook_url=env.get(WEBHOOK_ENV, ""),
+            webhook_param=env.get(PARAM_ENV, ""),
+            timeout_s=_number(env, TIMEOUT_ENV, 10.0),
+            extension_port=int(_number(env, EXTENSION_PORT_ENV, 2773)),
+            session_token=env.get("AWS_SESSION_TOKEN", ""),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e6:
+        detail = f"{name} must be a positive number (got {text!r})"
+        raise DeliveryRefusedError("bad_setting", detail)
+    return value
+
+
 def handler(event: Mapping[str, Any], context: object = None) -> dict[str, int]:
     """Lambda entry point: post every alert in ``event``; return counts."""
     alerts, skipped = alerts_from_event(event)
+    messages = post_alerts(alerts, LambdaSettings.from_env(os.environ)) if alerts else 0
+    log.info("alerts posted", extra=kv(alerts=len(alerts), messages=messages, skipped=skipped))
+    return {"alerts": len(alerts), "messages": messages, "skipped": skipped}
+
+
+def post_alerts(alerts: Sequence[Alert], settings: LambdaSettings) -> int:
+    """Post ``alerts``, one Slack message per ``Alert.group_key``; return how many messages."""
     groups: dict[str, list[Alert]] = {}
     for alert in alerts:
         groups.setdefault(alert.group_key, []).append(alert)
     if groups:
-        url, timeout = webhook_url(), float(os.environ.get(TIMEOUT_ENV, "10"))
+        url = webhook_url(settings)
         for batch in groups.values():
             text, blocks = format_group(batch)
-            post_json(url, {"text": text, "blocks": blocks}, timeout=timeout)
-    log.info("alerts posted", extra=kv(alerts=len(alerts), messages=len(groups), skipped=skipped))
-    return {"alerts": len(alerts), "messages": len(groups), "skipped": skipped}
+            post_json(url, {"text": text, "blocks": blocks}, timeout=settings.timeout_s)
+    return len(groups)
 
 
 def alerts_from_event(event: Mapping[str, Any]) -> tuple[list[Alert], int]:
@@ -114,25 +159,23 @@ def _alert(item: Any) -> Alert:
     return Alert.from_dict(doc)
 
 
-def webhook_url() -> str:
-    """The webhook URL from the environment, or from SSM through the Lambda extension."""
-    url = os.environ.get(WEBHOOK_ENV, "")
-    if url:
-        return url
-    name = os.environ.get(PARAM_ENV, "")
+def webhook_url(settings: LambdaSettings) -> str:
+    """The webhook URL of the settings, or from SSM through the Lambda extension."""
+    if settings.webhook_url:
+        return settings.webhook_url
+    name = settings.webhook_param
     if not name:
         raise DeliveryRefusedError("no_webhook", f"set {WEBHOOK_ENV} or {PARAM_ENV}")
     if name not in _cached_urls:
-        _cached_urls[name] = _ssm_parameter(name)
+        _cached_urls[name] = _ssm_parameter(name, settings)
     return _cached_urls[name]
 
 
-def _ssm_parameter(name: str) -> str:
-    port = int(os.environ.get(EXTENSION_PORT_ENV, "2773"))
+def _ssm_parameter(name: str, settings: LambdaSettings) -> str:
     query = urllib.parse.urlencode({"name": name, "withDecryption": "true"})
     request = urllib.request.Request(
-        f"http://localhost:{port}/systemsmanager/parameters/get?{query}",
-        headers={"X-Aws-Parameters-Secrets-Token": os.environ.get("AWS_SESSION_TOKEN", "")},
+        f"http://localhost:{settings.extension_port}/systemsmanager/parameters/get?{query}",
+        headers={"X-Aws-Parameters-Secrets-Token": settings.session_token},
     )
     body = _send(request, timeout=5.0, what="ssm")
     try:

@@ -38,7 +38,7 @@ from edgefleet.backend.web.fleet_view import FleetParts, FleetViewModel
 from edgefleet.backend.web.hub import Hub
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
-from edgefleet.notify import AlertDispatcher, BudgetSettings, Outbox
+from edgefleet.notify import AlertDispatcher, BudgetSettings, Notifier, Outbox
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
@@ -77,9 +77,10 @@ class Backend:
             self.store.devices(), now=now, lost=self.ingest.lost,
             stale_after_intervals=s.stale_after_intervals, stale_min_s=s.stale_min_s,
         )
-        self.outbox = Outbox(s.db_path.with_name(s.db_path.stem + "-outbox.db"))
+        self.outbox = Outbox(s.db_path)  # a table in the fleet database, written with the batch
+        self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))  # older file
         self.dispatcher = AlertDispatcher(
-            outbox=self.outbox, notifier=_notifier(s),
+            outbox=self.outbox, notifier=build_notifier(s),
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
             budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
                                   s.alert_budget_per_rule),
@@ -94,7 +95,7 @@ class Backend:
             silence_min_s=s.feed_silence_min_s, alert_after_s=s.feed_alert_after_s,
         )
         firing = self.alerts.firing.get(FEED_KEY)  # fired before a restart: resolve it later
-        self._feed_alert: float | None = None if firing is None else float(firing["started_at"])
+        self._feed_alert: float | None = None if firing is None else firing.started_at
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
@@ -291,7 +292,7 @@ class Backend:
             task.cancel()
         save = self.alerts.take_save()
         if save is not None:
-            save()
+            self.store.add_samples([], also=save)
         await self.dispatcher.stop()
         self.outbox.close()
         self.quarantine.close()
@@ -308,7 +309,8 @@ def _slack_kind(s: BackendSettings) -> str:
     return "bot" if s.slack_bot_token else "log only"
 
 
-def _notifier(s: BackendSettings) -> Any:
+def build_notifier(s: BackendSettings) -> Notifier | None:
+    """The Slack notifier the settings ask for (None: alerts go to the log)."""
     if not (s.slack_webhook_url or s.slack_bot_token):
         return None
     from edgefleet.notify.slack import SlackNotifier

@@ -2,10 +2,11 @@
 
     model       Alert, the Notifier protocol, NotifyError > RetryLaterError / DeliveryRefusedError
     format      format_group(alerts) -> (fallback text, blocks); standard library only
-    outbox      Outbox: SQLite (WAL) store, exactly once per event id
+    outbox      Outbox: the outbox table in the fleet database, exactly once per event id
     slack       SlackNotifier: slack_sdk async webhook or bot-token client (needs aiohttp)
     budget      NotifyBudget, BudgetSettings: per-device and per-rule limits per window
-    dispatcher  AlertDispatcher: the asyncio loop grouping, budgeting, sending and retrying
+    delivery    Delivery: one round of grouping, budgeting, sending and retrying
+    dispatcher  AlertDispatcher: the asyncio loop running the rounds
 
 ``SlackNotifier`` is imported lazily so that ``format`` and ``model`` stay usable where
 aiohttp is not installed (an AWS Lambda).
@@ -16,7 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.notify.budget import BudgetSettings, NotifyBudget
-from edgefleet.notify.dispatcher import AlertDispatcher, DispatcherStats
+from edgefleet.notify.delivery import DispatcherStats
+from edgefleet.notify.dispatcher import AlertDispatcher
 from edgefleet.notify.format import format_group
 from edgefleet.notify.model import (
     Alert,

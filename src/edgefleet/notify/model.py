@@ -1,6 +1,10 @@
 """The notify package's contracts: the :class:`Alert` value, the :class:`Notifier` protocol and
 the errors a notifier raises.
 
+:class:`Alert` is THE alert of edgefleet: the rule engine emits it, the alert centre keeps
+the firing ones and the recent ones, the outbox stores it, Slack and the Lambda format it.
+The severity order (:data:`SEVERITIES`, :func:`severity_rank`) is defined here and only here.
+
     NotifyError          a message could not be delivered (``reason`` is a counter label)
     +-- RetryLaterError       transient: connection error, timeout, 5xx, 429; keep it and retry
     +-- DeliveryRefusedError  permanent: bad token, unknown channel, other 4xx; retrying cannot help
@@ -21,13 +25,37 @@ Severity = Literal["info", "warning", "critical"]
 
 KINDS: tuple[Kind, ...] = ("firing", "resolved")
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+"""Every severity, least severe first."""
+SEVERITY_RANK: dict[str, int] = {name: len(SEVERITIES) - 1 - i for i, name in enumerate(SEVERITIES)}
+"""Worst first: ``critical`` 0, ``warning`` 1, ``info`` 2."""
 REPEAT_SEP = "#repeat-"
 """Separator between an alert's event id and its reminder number (``abc#repeat-2``)."""
 
 
+def severity_rank(severity: str) -> int:
+    """Sort key, worst first: ``critical`` 0, ``warning`` 1, ``info`` 2, anything else 3."""
+    return SEVERITY_RANK.get(severity, len(SEVERITIES))
+
+
+def alert_key(rule: str, device: str, instance: str | None) -> str:
+    """Stable id of one alert: ``rule|device|instance`` (instance empty when None)."""
+    return f"{rule}|{device}|{instance or ''}"
+
+
+def event_id(key: str, kind: str, started_at: float) -> str:
+    """The deterministic id of one transition: ``<key>|<kind>|<started_at, 3 decimals>``."""
+    return f"{key}|{kind}|{started_at:.3f}"
+
+
 @dataclass(frozen=True)
 class Alert:
-    """One alert transition as the rule engine emitted it (mirrors ``AlertEvent``)."""
+    """One alert transition (``firing`` or ``resolved``) of ``rule`` on ``device``.
+
+    ``started_at`` is when the condition began to hold, ``at`` the time of the sample (or
+    offline report) that caused the transition; ``key`` is :func:`alert_key`, ``event_id``
+    :func:`event_id` (``#repeat-<n>`` appended for the n-th reminder). Build new ones with
+    :meth:`new`, which fills in both.
+    """
 
     kind: Kind
     rule: str
@@ -50,6 +78,19 @@ class Alert:
             raise ValueError(f"alert severity must be one of {SEVERITIES}, got {self.severity!r}")
         if not self.event_id:
             raise ValueError(f"alert {self.rule!r} on {self.device!r} has no event_id")
+
+    @classmethod
+    def new(
+        cls, *, kind: str, rule: str, device: str, instance: str | None, severity: str,
+        value: float, threshold: float, labels: Mapping[str, str], summary: str,
+        started_at: float, at: float,
+    ) -> Alert:
+        """A new transition, with its ``key`` and ``event_id`` derived from the fields."""
+        key = alert_key(rule, device, instance)
+        return cls(kind=cast(Kind, kind), rule=rule, device=device, instance=instance,
+                   severity=cast(Severity, severity), value=value, threshold=threshold,
+                   labels=dict(labels), summary=summary, started_at=started_at, at=at,
+                   key=key, event_id=event_id(key, kind, started_at))
 
     @property
     def group_key(self) -> str:

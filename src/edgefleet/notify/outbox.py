@@ -1,23 +1,32 @@
-"""A durable outbox of alerts waiting for Slack, in its own SQLite file (WAL).
+"""The durable outbox of alerts waiting for Slack: a table in the backend's fleet database.
 
-Every alert is stored under its ``event_id`` with ``INSERT OR IGNORE``: an id that is
-pending, sent or failed is never stored again, so a retried ``enqueue`` of the same event
-cannot produce a second message. Rows move ``pending -> sent``, ``pending -> failed`` or
-``pending -> suppressed`` (over the notification budget; ``last_error`` becomes
-``summarised`` once a summary message covered it) and are deleted ``retention_s`` (7 days)
-after that; an event id re-submitted later than that would be sent again. A file from before
-the ``suppressed`` state is migrated when opened.
+The backend writes new entries with :meth:`Outbox.add` through the connection of its own
+open write transaction, the one that also saves what is firing (``FleetStore.add_samples``),
+so an alert's state and its outbox entry are committed together or not at all. The
+dispatcher reads and updates the table through the :class:`Outbox`'s own connection; every
+write there is one ``common.sqlitetx`` transaction. SQL is kept plain (no JSON functions, one
+``ON CONFLICT DO NOTHING``) so that another database can hold the table later.
 
-Alerts of one group (``Alert.group_key``) share a batch: an alert enqueued while its group has
+Every alert is stored under its ``event_id`` at most once: an id that is pending, sent or
+failed is never stored again, so a retried add of the same event cannot produce a second
+message. Rows move ``pending -> sent``, ``pending -> failed`` or ``pending -> suppressed``
+(over the notification budget; ``last_error`` becomes ``summarised`` once a summary message
+covered it) and are deleted ``retention_s`` (7 days) after that; an event id re-submitted
+later than that would be sent again.
+
+Alerts of one group (``Alert.group_key``) share a batch: an alert added while its group has
 pending rows takes their due time, so the dispatcher finds the whole group due at once.
 
-A new :class:`Outbox` on the same file resumes the pending rows. All methods are thread-safe
-(one connection behind a lock); one dispatcher per file.
+Older versions kept the outbox in its own file (``<db>-outbox.db``): :meth:`Outbox.import_file`
+carries its rows over (pending ones stay pending, sent ones stay sent) and renames the file
+to ``*.imported``. A new :class:`Outbox` on the same database resumes the pending rows. All
+methods are thread-safe (one connection behind a lock); one dispatcher per database.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -25,33 +34,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.common.sqlitetx import transaction
+from edgefleet.common.logs import kv
+from edgefleet.common.sqlitetx import connect_wal, transaction
+from edgefleet.errors import EdgefleetError
 from edgefleet.notify.model import Alert
+
+log = logging.getLogger(__name__)
 
 RETENTION_S = 7 * 86400.0
 SUMMARISED = "summarised"
-_COPY_OLD = (
-    "INSERT INTO outbox (event_id, group_key, alert, state, enqueued_at, due_at, attempts,"
-    " last_error, done_at) SELECT event_id, group_key, alert, state, enqueued_at, due_at,"
-    " attempts, last_error, done_at FROM outbox_old"
+IMPORTED_SUFFIX = ".imported"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS outbox (event_id TEXT PRIMARY KEY, group_key TEXT NOT NULL, "
+    "device TEXT NOT NULL, rule TEXT NOT NULL, alert TEXT NOT NULL, "
+    "state TEXT NOT NULL DEFAULT 'pending' "
+    "CHECK (state IN ('pending', 'sent', 'failed', 'suppressed')), "
+    "enqueued_at REAL NOT NULL, due_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+    "last_error TEXT, done_at REAL)",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, due_at)",
+    "CREATE INDEX IF NOT EXISTS outbox_done ON outbox (done_at) WHERE state != 'pending'",
 )
+"""The outbox table; the fleet store creates it with its own tables."""
+_INSERT = (
+    "INSERT INTO outbox (event_id, group_key, device, rule, alert, state, enqueued_at, due_at,"
+    " attempts, last_error, done_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (event_id) DO NOTHING"
+)
+_OLD_COLUMNS = ("SELECT event_id, alert, state, enqueued_at, due_at, attempts, last_error,"
+                " done_at FROM outbox ORDER BY rowid")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    event_id    TEXT PRIMARY KEY,
-    group_key   TEXT NOT NULL,
-    alert       TEXT NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'pending'
-                CHECK (state IN ('pending', 'sent', 'failed', 'suppressed')),
-    enqueued_at REAL NOT NULL,
-    due_at      REAL NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    done_at     REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, due_at);
-CREATE INDEX IF NOT EXISTS outbox_done ON outbox (done_at) WHERE state != 'pending';
-"""
+
+class OutboxImportError(EdgefleetError):
+    """An outbox file of an older version exists but cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,47 +79,56 @@ class OutboxEntry:
 
 
 class Outbox:
-    """SQLite-backed exactly-once store of alerts to notify about."""
+    """Exactly-once store of alerts to notify about, in the table ``outbox``."""
 
     def __init__(self, path: str | Path, *, retention_s: float = RETENTION_S) -> None:
         self._retention = retention_s
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
-        self._db.executescript(_SCHEMA)
-
-    def _migrate(self) -> None:
-        """Files from before the ``suppressed`` state: rebuild the table (CHECK constraint)."""
-        row = self._db.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
-        ).fetchone()
-        if row is None or "suppressed" in row[0]:
-            return
+        self._db = connect_wal(path, synchronous="FULL")  # a sent mark survives a power cut
         with transaction(self._db):
-            self._db.execute("ALTER TABLE outbox RENAME TO outbox_old")
-            self._db.execute(_SCHEMA.split(";", 1)[0])
-            self._db.execute(_COPY_OLD)
-            self._db.execute("DROP TABLE outbox_old")
+            for statement in SCHEMA:
+                self._db.execute(statement)
+
+    @staticmethod
+    def add(
+        conn: sqlite3.Connection, alerts: Iterable[Alert], *, now: float, delay: float = 0.0
+    ) -> int:
+        """Add new alerts through ``conn``, INSIDE the caller's open transaction; due at
+        ``now + delay`` or with their open group. Returns how many were new."""
+        added = 0
+        for alert in alerts:
+            row = conn.execute(
+                "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND group_key = ?",
+                (alert.group_key,),
+            ).fetchone()
+            due = now + delay if row[0] is None else float(row[0])
+            cur = conn.execute(_INSERT, (*_identity(alert), "pending", now, due, 0, None, None))
+            added += max(cur.rowcount, 0)
+        return added
 
     def enqueue(self, alerts: Iterable[Alert], *, now: float, delay: float = 0.0) -> int:
-        """Store new alerts, due at ``now + delay`` or with their open group; return how many."""
-        added = 0
-        with self._lock, self._db:
-            for alert in alerts:
-                row = self._db.execute(
-                    "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND group_key = ?",
-                    (alert.group_key,),
-                ).fetchone()
-                due = now + delay if row[0] is None else float(row[0])
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (event_id, group_key, alert, enqueued_at, due_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (alert.event_id, alert.group_key, json.dumps(alert.to_dict()), now, due),
-                )
-                added += cur.rowcount
+        """:meth:`add` in a transaction of its own; return how many were new."""
+        with self._lock, transaction(self._db):
+            return self.add(self._db, alerts, now=now, delay=delay)
+
+    def import_file(self, path: str | Path) -> int:
+        """Carry over the rows of an outbox file of an older version, every state kept (so a
+        sent alert is never sent again, a pending one still is), then rename the file to
+        ``<name>.imported``. Rows already here are left as they are, so an import cut short
+        by a crash simply runs again. Returns how many rows were new; 0 without a file."""
+        path = Path(path)
+        if not path.exists():
+            return 0
+        rows = _read_old(path)
+        with self._lock, transaction(self._db):
+            added = sum(max(self._db.execute(_INSERT, row).rowcount, 0) for row in rows)
+        for suffix in ("", "-wal", "-shm"):
+            old = path.with_name(path.name + suffix)
+            if old.exists():
+                old.rename(old.with_name(old.name + IMPORTED_SUFFIX))
+        pending = sum(1 for row in rows if row[5] == "pending")
+        log.info("old outbox file carried over into the fleet database", extra=kv(
+            file=str(path), rows=len(rows), new=added, pending=pending))
         return added
 
     def due(self, now: float, *, limit: int = 1000) -> list[OutboxEntry]:
@@ -144,9 +167,8 @@ class Outbox:
         first, and when the oldest was suppressed (None when there are none)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT json_extract(alert, '$.device'), json_extract(alert, '$.rule'),"
-                " COUNT(*), MIN(done_at) FROM outbox"
-                " WHERE state = 'suppressed' AND last_error IS NULL GROUP BY 1, 2"
+                "SELECT device, rule, COUNT(*), MIN(done_at) FROM outbox"
+                " WHERE state = 'suppressed' AND last_error IS NULL GROUP BY device, rule"
             ).fetchall()
         first = min((float(row[3]) for row in rows), default=None)
         counts = [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
@@ -154,7 +176,7 @@ class Outbox:
 
     def mark_summarised(self, until: float) -> int:
         """Suppressed entries up to ``until`` are covered by a summary; return how many."""
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             cur = self._db.execute(
                 "UPDATE outbox SET last_error = ? WHERE state = 'suppressed'"
                 " AND last_error IS NULL AND done_at <= ?",
@@ -166,15 +188,14 @@ class Outbox:
         """``(device, rule, sent_at)`` of every entry sent at or after ``since``."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT json_extract(alert, '$.device'), json_extract(alert, '$.rule'), done_at"
-                " FROM outbox WHERE state = 'sent' AND done_at >= ?",
+                "SELECT device, rule, done_at FROM outbox WHERE state = 'sent' AND done_at >= ?",
                 (since,),
             ).fetchall()
         return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
 
     def defer(self, event_ids: Sequence[str], until: float, reason: str = "") -> None:
         """Keep these entries pending until ``until`` and count one more failed attempt."""
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             self._db.executemany(
                 "UPDATE outbox SET due_at = ?, attempts = attempts + 1, last_error = ?"
                 " WHERE event_id = ? AND state = 'pending'",
@@ -183,7 +204,7 @@ class Outbox:
 
     def postpone(self, until: float) -> int:
         """Move every pending entry due before ``until`` to ``until`` (a server-wide pause)."""
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             cur = self._db.execute(
                 "UPDATE outbox SET due_at = ? WHERE state = 'pending' AND due_at < ?",
                 (until, until),
@@ -210,7 +231,7 @@ class Outbox:
 
     def prune(self, now: float) -> int:
         """Delete sent and failed rows finished more than ``retention_s`` ago; return how many."""
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             return self._prune(now)
 
     def close(self) -> None:
@@ -219,7 +240,7 @@ class Outbox:
             self._db.close()
 
     def _finish(self, event_ids: Sequence[str], state: str, reason: str | None, now: float) -> None:
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             self._db.executemany(
                 "UPDATE outbox SET state = ?, done_at = ?, last_error = COALESCE(?, last_error)"
                 " WHERE event_id = ? AND state = 'pending'",
@@ -240,3 +261,24 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry:
     return OutboxEntry(
         alert=alert, attempts=int(row[1]), enqueued_at=float(row[2]), due_at=float(row[3])
     )
+
+
+def _identity(alert: Alert) -> tuple[str, str, str, str, str]:
+    """``event_id, group_key, device, rule, alert JSON``: the first columns of a row."""
+    text = json.dumps(alert.to_dict(), separators=(",", ":"))
+    return alert.event_id, alert.group_key, alert.device, alert.rule, text
+
+
+def _read_old(path: Path) -> list[tuple[Any, ...]]:
+    """The rows of an old outbox file, as parameters of ``_INSERT``."""
+    try:
+        old = sqlite3.connect(str(path), timeout=30.0)
+        try:
+            found = old.execute(_OLD_COLUMNS).fetchall()
+        finally:
+            old.close()
+        return [(*_identity(Alert.from_dict(json.loads(row[1]))), *row[2:]) for row in found]
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+        raise OutboxImportError(
+            f"cannot carry over the old outbox file {path}: {exc}; move it away to start"
+            " without its unsent alerts") from None

@@ -9,13 +9,14 @@ dispatcher's outbox owns retries. :meth:`SlackNotifier.send` returns on delivery
 * :class:`DeliveryRefusedError` on anything else: ``invalid_auth``, ``channel_not_found``, a
   webhook 400/403/404/410 ...
 
-Neither the token nor the webhook URL ever reaches a log line or an exception message.
+Neither the token nor the webhook URL ever reaches a log line or an exception message. The
+backend builds it from its settings (``EDGE_BACKEND_SLACK_*`` in ``BackendSettings``); this
+module reads no environment itself.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +30,6 @@ from edgefleet.errors import ConfigError
 from edgefleet.notify.model import DeliveryRefusedError, NotifyError, RetryLaterError
 
 DEFAULT_API_URL = "https://slack.com/api/"
-ENV_PREFIX = "EDGE_BACKEND_SLACK_"
 RETRYABLE_API_ERRORS = frozenset(
     {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 )
@@ -66,23 +66,6 @@ class SlackNotifier:
         self._session: aiohttp.ClientSession | None = None
         self._webhook: AsyncWebhookClient | None = None
         self._web: AsyncWebClient | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SlackNotifier | None:
-        """Build from ``EDGE_BACKEND_SLACK_*`` variables; None when Slack is not configured."""
-        env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            return env.get(ENV_PREFIX + name) or None
-
-        if not get("WEBHOOK_URL") and not get("BOT_TOKEN"):
-            return None
-        return cls(
-            webhook_url=get("WEBHOOK_URL"),
-            token=get("BOT_TOKEN"),
-            channel=get("CHANNEL"),
-            api_url=get("API_URL") or DEFAULT_API_URL,
-        )
 
     def __repr__(self) -> str:
         target = self.channel if self.mode == "bot" else "(webhook)"

@@ -1,18 +1,21 @@
-"""The backend's alert centre: runs the pure engine, keeps firing/recent/pending alerts,
-persists its state and hands events to the durable outbox (exactly once per event id).
+"""The backend's alert centre: runs the pure engine, keeps firing/recent/pending alerts, and
+saves its state together with the new outbox entries (exactly once per event id).
 
-Crash safety (see docs/backend.md): events go to the outbox (SQLite, synchronous=FULL,
-idempotent by event id) BEFORE the alert state is saved and BEFORE the messages that caused
-them are acknowledged to the broker. A crash in between makes the broker redeliver; the
-engine ignores samples it has already seen per key, and a re-created event has the same id,
-which the outbox refuses. No alert is lost and none is sent twice.
+Crash safety (see docs/backend.md): an event's outbox entry and the alert state that records
+it are written in ONE transaction, the store's batch transaction (:meth:`AlertCenter.take_save`
+hands it a callable), BEFORE the messages that caused them are acknowledged to the broker. A
+crash before the commit loses both and the broker redelivers: the engine, back at the saved
+state, makes the same event with the same id. A crash after it finds both on disk, and the
+redelivered samples are recognised as seen. No alert is lost and none is sent twice. Events
+stay in :attr:`AlertCenter.outgoing`, and the devices of a save stay due for saving, until a
+save carrying them committed: a save that rolled back is made again by the next one.
 
-Persistence (in the store's ``state`` table, see docs/alerts.md): one document per device,
-``alerts.device/<device>`` = ``{"v": 2, "alerts": [pending and firing conditions], "firing":
-[firing alert docs]}``, written only when it changed; ``alerts.devices`` lists the devices
-that have one (written before a device's first document, so a crash never hides one);
-``alerts.recent`` holds the last events. The old single blobs ``alerts.state`` and
-``alerts.firing`` are read once when ``alerts.devices`` does not exist yet, then emptied.
+Persistence (in the store's ``state`` table, see docs/alerts.md and ``persist.py``): one
+document per device, ``alerts.device/<device>`` = ``{"v": 2, "alerts": [pending and firing
+conditions], "firing": [firing alerts]}``, written only when it changed; ``alerts.devices``
+lists the devices that have one; ``alerts.recent`` holds the last events. The old single
+blobs ``alerts.state`` and ``alerts.firing`` are read once when ``alerts.devices`` does not
+exist yet, then emptied.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 from edgefleet.backend.alerts.engine import (
-    AlertEvent,
     LiveAlertState,
     evaluate_changes,
     expire_removals,
@@ -36,11 +39,13 @@ from edgefleet.backend.alerts.engine import (
     prune,
 )
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
-from edgefleet.backend.alerts.rules import RuleSet
+from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.notify import Alert, AlertDispatcher
+from edgefleet.notify.model import alert_key, event_id, severity_rank
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +54,28 @@ PENDING_MAX = 200  # pending alerts listed by GET /api/alerts (worst first)
 SAVE_EVERY_S = 5.0
 EXPIRE_EVERY_S = 60.0
 REMIND_EVERY_S = 30.0  # reminders are hours apart: no need to look every tick
-_RANK = {"critical": 0, "warning": 1, "info": 2}
+PUBLIC_FIELDS = ("key", "rule", "device", "instance", "kind", "severity", "value", "threshold",
+                 "summary", "started_at", "at", "labels")
 
 
-def _public(alert: dict[str, Any]) -> dict[str, Any]:
-    keep = ("key", "rule", "device", "instance", "kind", "severity", "value", "threshold",
-            "summary", "started_at", "at", "labels")
-    return {k: alert.get(k) for k in keep}
+def public_alert(alert: Alert) -> dict[str, Any]:
+    """An alert as ``GET /api/alerts``, the WebSocket and ``alerts.recent`` show it."""
+    return {name: getattr(alert, name) for name in PUBLIC_FIELDS}
+
+
+def _recent_alert(doc: Mapping[str, Any]) -> Alert:
+    """Inverse of :func:`public_alert` (the event id is derived again)."""
+    key = alert_key(str(doc["rule"]), str(doc["device"]), doc.get("instance"))
+    ident = event_id(key, str(doc["kind"]), float(doc["started_at"]))
+    return Alert.from_dict({**doc, "key": key, "event_id": ident})
+
+
+def _load_recent(text: str | None) -> list[Alert]:
+    try:
+        return [_recent_alert(doc) for doc in json.loads(text or "[]")]
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        log.error("recent alerts are unreadable; starting without them", extra=kv(error=str(exc)))
+        return []
 
 
 class AlertCenter:
@@ -69,17 +89,18 @@ class AlertCenter:
         loaded = self.persist.load()
         pruned, dropped = prune(rules, loaded.state)
         self.state = LiveAlertState(pruned)
-        self.firing: dict[str, dict[str, Any]] = loaded.firing
+        self.firing: dict[str, Alert] = loaded.firing
         for gone in dropped:
-            self.firing.pop(gone.key, None)
-        self._by_device: dict[str, dict[str, dict[str, Any]]] = {}
-        for key, doc in self.firing.items():
-            self._by_device.setdefault(str(doc["device"]), {})[key] = doc
-        self.recent: deque[dict[str, Any]] = deque(
-            json.loads(store.get_state(RECENT) or "[]"), maxlen=RECENT_MAX
-        )
+            self.firing.pop(gone, None)
+        self._by_device: dict[str, dict[str, Alert]] = {}
+        for key, alert in self.firing.items():
+            self._by_device.setdefault(alert.device, {})[key] = alert
+        self.recent: deque[Alert] = deque(_load_recent(store.get_state(RECENT)), maxlen=RECENT_MAX)
         self.offline: dict[str, float] = {}
         self.expired_total = 0
+        self.outgoing: dict[str, Alert] = {}  # event id -> alert, until saved with the state
+        self._unsaved: dict[int, tuple[set[str], bool]] = {}  # generation -> devices, recent
+        self._lock = threading.Lock()  # for both: the commit hook runs in a worker thread
         self._dirty: set[str] = set(loaded.devices) if loaded.migrated or dropped else set()
         self._must_save = bool(self._dirty)
         self._generation = 0
@@ -119,13 +140,13 @@ class AlertCenter:
             out += self._offline(device, True, since, now)
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
-            self.dispatcher.remind((Alert.from_dict(a) for a in self.firing.values()), now)
+            self._send(self.dispatcher.reminders(self.firing.values(), now))
         if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
             self._expired_at = time.monotonic()
             self.expire(now)
         return out
 
-    def emit(self, events: list[AlertEvent]) -> list[dict[str, Any]]:
+    def emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
         return self._emit(events)
 
@@ -140,32 +161,43 @@ class AlertCenter:
             log.info("alert keys expired", extra=kv(keys=dropped, devices=len(removals)))
         return dropped
 
-    def _emit(self, events: list[AlertEvent]) -> list[dict[str, Any]]:
+    def _emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         if not events:
             return []
-        docs = [dataclasses.asdict(e) for e in events]
-        self.dispatcher.submit(Alert.from_dict(d) for d in docs)  # durable first
-        for doc in docs:
-            key, device = doc["key"], doc["device"]
+        self._send(events)
+        for alert in events:
+            key, device = alert.key, alert.device
             mine = self._by_device.setdefault(device, {})
-            if doc["kind"] == "firing":
-                self.firing[key] = mine[key] = doc
+            if alert.kind == "firing":
+                self.firing[key] = mine[key] = alert
             else:
                 self.firing.pop(key, None)
                 mine.pop(key, None)
             self._dirty.add(device)
-            self.recent.appendleft(_public(doc))
-            log.info("alert", extra=kv(kind=doc["kind"], rule=doc["rule"], device=device,
-                                       instance=doc["instance"], value=doc["value"]))
-        self._must_save = True
-        return [_public(d) for d in docs]
+            self.recent.appendleft(alert)
+            log.info("alert", extra=kv(kind=alert.kind, rule=alert.rule, device=device,
+                                       instance=alert.instance, value=alert.value))
+        return [public_alert(alert) for alert in events]
 
-    def take_save(self) -> Callable[[], None] | None:
-        """A snapshot-saving callable to run (in a worker thread) before acknowledging, or
-        None when nothing needs saving yet: always after events, else every few seconds.
-        Only the devices whose alert state changed since the last save are in it."""
+    def _send(self, alerts: Iterable[Alert]) -> None:
+        """Queue alerts for the outbox: they go to disk with the next save."""
+        with self._lock:
+            for alert in alerts:
+                self.outgoing[alert.event_id] = alert
+                self._must_save = True
+
+    def take_save(self) -> Callable[[StoreTx], None] | None:
+        """A callable that saves a snapshot and adds the waiting outbox entries through the
+        store's open batch transaction (in a worker thread, before acknowledging), or None
+        when nothing needs saving yet: always after events, else every few seconds. Only
+        the devices whose alert state changed since the last committed save are in it."""
+        with self._lock:
+            for devices, with_recent in self._unsaved.values():  # rolled back (or in flight)
+                self._dirty |= devices
+                self._must_save |= with_recent
+            outgoing = list(self.outgoing.values())
         due = self._dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S
-        if not (self._must_save or due):
+        if not (self._must_save or due or outgoing):
             return None
         snapshot = {
             device: DeviceSnapshot(self.state.active(device),
@@ -175,30 +207,55 @@ class AlertCenter:
         for device in self._dirty:
             if not self._by_device.get(device, True):
                 del self._by_device[device]
-        recent = json.dumps(list(self.recent)) if self._must_save else None
+        recent = None
+        if self._must_save:
+            recent = json.dumps([public_alert(a) for a in self.recent], allow_nan=False)
         self._generation += 1
+        with self._lock:
+            self._unsaved[self._generation] = (set(self._dirty), recent is not None)
         self._dirty = set()
         self._must_save = False
         self._saved_at = time.monotonic()
-        return partial(self.persist.save, self._generation, snapshot, recent)
+        return partial(self._save, self._generation, snapshot, recent, outgoing)
+
+    def _save(
+        self, generation: int, snapshot: dict[str, DeviceSnapshot], recent: str | None,
+        outgoing: list[Alert], tx: StoreTx,
+    ) -> None:
+        """Worker thread, inside the store's transaction."""
+        self.persist.save(tx, generation, snapshot, recent)
+        if outgoing:
+            self.dispatcher.stage(tx.conn, outgoing)
+        tx.after_commit(partial(self._saved, generation, outgoing))
+
+    def _saved(self, generation: int, outgoing: list[Alert]) -> None:
+        """After the commit: the snapshot is on disk, the alerts are in the outbox."""
+        with self._lock:
+            for older in [g for g in self._unsaved if g <= generation]:
+                del self._unsaved[older]  # this snapshot took in every older one
+            for alert in outgoing:
+                if self.outgoing.get(alert.event_id) is alert:
+                    del self.outgoing[alert.event_id]
+        if outgoing:
+            self.dispatcher.wake()
 
     def severities(self) -> dict[str, list[str]]:
         """Device -> severities of its firing alerts."""
         out: dict[str, list[str]] = {}
         for alert in self.firing.values():
-            out.setdefault(alert["device"], []).append(alert["severity"])
+            out.setdefault(alert.device, []).append(alert.severity)
         return out
 
     def public(self) -> dict[str, Any]:
         """``GET /api/alerts``: firing (worst first), pending (worst first, at most
         ``PENDING_MAX``; ``pending_total`` counts all) and recent events (newest first)."""
-        firing = sorted(self.firing.values(), key=lambda a: (_RANK.get(a["severity"], 9), a["key"]))
+        firing = sorted(self.firing.values(), key=lambda a: (severity_rank(a.severity), a.key))
         waiting = pending(self.rules, self.state)
         return {
-            "firing": [_public(a) for a in firing],
+            "firing": [public_alert(a) for a in firing],
             "pending": [dataclasses.asdict(p) for p in waiting[:PENDING_MAX]],
             "pending_total": len(waiting),
-            "recent": list(self.recent),
+            "recent": [public_alert(a) for a in self.recent],
         }
 
     def pending_public(self) -> list[dict[str, Any]]:

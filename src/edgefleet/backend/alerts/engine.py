@@ -26,10 +26,10 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Literal
 
-from edgefleet.backend.alerts.rules import OFFLINE_RULE, Params, Rule, RuleSet
+from edgefleet.backend.alerts.ruleset import OFFLINE_RULE, Params, Rule, RuleSet
 from edgefleet.backend.alerts.state import (
     IDLE,
     AlertState,
@@ -40,10 +40,8 @@ from edgefleet.backend.alerts.state import (
     LiveAlertState,
     Slot,
     StateView,
-    alert_key,
 )
 from edgefleet.backend.alerts.upkeep import (
-    FiringAlert,
     PendingAlert,
     expire,
     expire_removals,
@@ -52,6 +50,7 @@ from edgefleet.backend.alerts.upkeep import (
     pending,
     prune,
 )
+from edgefleet.notify.model import Alert, alert_key
 
 EventKind = Literal["firing", "resolved"]
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -59,47 +58,23 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 SampleIn = tuple[str, float, Mapping[str, float]]  # (device, ts, metrics)
 
-__all__ = ["AlertEvent", "AlertState", "AlertStateError", "Condition", "FiringAlert",
+__all__ = ["Alert", "AlertState", "AlertStateError", "Condition",
            "LiveAlertState", "PendingAlert", "alert_key", "evaluate", "evaluate_batch",
            "evaluate_changes", "evaluate_offline", "expire", "expire_removals", "expiry_s",
            "firing", "offline_changes", "pending", "prune"]
 
 
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """An alert started firing or resolved; ``event_id`` is unique and deterministic."""
-
-    kind: EventKind
-    rule: str
-    device: str
-    instance: str | None
-    severity: str
-    value: float
-    threshold: float
-    labels: dict[str, str]
-    summary: str
-    started_at: float  # when the condition began to hold
-    at: float  # ts of the sample (or offline report) that caused the event
-    key: str = field(init=False)
-    event_id: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        key = alert_key(self.rule, self.device, self.instance)
-        object.__setattr__(self, "key", key)
-        object.__setattr__(self, "event_id", f"{key}|{self.kind}|{self.started_at:.3f}")
-
-
 def evaluate(  # noqa: PLR0917 - the engine's documented positional signature
     rules: RuleSet, state: AlertState, device: str, ts: float, metrics: Mapping[str, float],
     now: float,
-) -> tuple[AlertState, list[AlertEvent]]:
+) -> tuple[AlertState, list[Alert]]:
     """Evaluate one sample of ``device`` taken at ``ts``; ``now`` is the backend's clock."""
     return evaluate_batch(rules, state, [(device, ts, metrics)], now)
 
 
 def evaluate_batch(
     rules: RuleSet, state: AlertState, samples: Iterable[SampleIn], now: float
-) -> tuple[AlertState, list[AlertEvent]]:
+) -> tuple[AlertState, list[Alert]]:
     """Evaluate ``(device, ts, metrics)`` samples in order, as :func:`evaluate` would one by one.
 
     Each touched device's conditions are copied once for the whole batch; ``state`` stays
@@ -112,11 +87,11 @@ def evaluate_batch(
 
 def evaluate_changes(
     rules: RuleSet, state: StateView, samples: Iterable[SampleIn], now: float
-) -> tuple[Changes, list[AlertEvent]]:
+) -> tuple[Changes, list[Alert]]:
     """The conditions that ``samples`` change, per device, and the events; reads ``state``
     only. Costs in proportion to the samples' metrics, never to the keys a device has."""
     changes: Changes = {}
-    events: list[AlertEvent] = []
+    events: list[Alert] = []
     for device, ts, metrics in samples:
         mine = changes.get(device)
         if mine is None:
@@ -127,7 +102,7 @@ def evaluate_changes(
 
 def _sample(  # noqa: PLR0917 - one sample's worth of the engine's inputs
     rules: RuleSet, base: DeviceConds, mine: dict[Slot, Condition], device: str, ts: float,
-    metrics: Mapping[str, float], now: float, events: list[AlertEvent],
+    metrics: Mapping[str, float], now: float, events: list[Alert],
 ) -> None:
     """Evaluate one sample against ``base`` overlaid with ``mine`` (the batch's changes so
     far); record new conditions in ``mine`` and collect the events."""
@@ -186,11 +161,11 @@ def _step(
 def _event(
     kind: EventKind, rule: Rule, params: Params, *, device: str, instance: str | None,
     metric: str, cond: Condition, started_at: float,
-) -> AlertEvent:
+) -> Alert:
     fields = {"rule": rule.name, "device": device, "instance": instance or "", "metric": metric,
               "value": cond.last_value, "threshold": params.threshold, "clear": params.clear,
               "op": rule.op, "severity": params.severity, "kind": kind}
-    return AlertEvent(
+    return Alert.new(
         kind=kind, rule=rule.name, device=device, instance=instance, severity=params.severity,
         value=cond.last_value, threshold=params.threshold, labels=dict(rule.labels),
         summary=rule.summary.format(**fields), started_at=started_at, at=cond.last_ts,
@@ -199,7 +174,7 @@ def _event(
 
 def evaluate_offline(  # noqa: PLR0917 - mirrors evaluate()
     rules: RuleSet, state: AlertState, device: str, offline: bool, since: float, now: float
-) -> tuple[AlertState, list[AlertEvent]]:
+) -> tuple[AlertState, list[Alert]]:
     """Feed the built-in offline rule: ``device`` is offline (or back online) since ``since``.
 
     While a device stays offline with ``for > 0``, call again (e.g. on every tracker tick);
@@ -214,7 +189,7 @@ def evaluate_offline(  # noqa: PLR0917 - mirrors evaluate()
 
 def offline_changes(  # noqa: PLR0917 - mirrors evaluate_offline()
     rules: RuleSet, state: StateView, device: str, offline: bool, since: float, now: float
-) -> tuple[Changes, list[AlertEvent]]:
+) -> tuple[Changes, list[Alert]]:
     """:func:`evaluate_offline` as changes to apply (reads ``state`` only)."""
     rule, since, now = rules.offline, float(since), float(now)
     params = rules.params(rule, device)

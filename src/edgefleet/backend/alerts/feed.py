@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgefleet.backend.alerts.engine import AlertEvent, EventKind, alert_key
+from edgefleet.backend.alerts.engine import EventKind
+from edgefleet.notify.model import Alert, alert_key
 
 FeedStateName = Literal["starting", "ok", "lost"]
 LostReason = Literal["link", "silence", ""]
@@ -129,10 +130,10 @@ FEED_KEY = alert_key(FEED_RULE, FEED_DEVICE, None)  # "feed_lost|edgefleet-backe
 FEED_SUMMARY = "edgefleet lost its feed: device states unknown"
 
 
-def feed_event(kind: EventKind, started_at: float, at: float, threshold_s: float) -> AlertEvent:
+def feed_event(kind: EventKind, started_at: float, at: float, threshold_s: float) -> Alert:
     """The ``feed_lost`` alert firing or resolving; its value is how long the feed was lost
     (seconds), its threshold ``alert_after_s``."""
-    return AlertEvent(
+    return Alert.new(
         kind=kind, rule=FEED_RULE, device=FEED_DEVICE, instance=None, severity="critical",
         value=round(at - started_at, 1), threshold=threshold_s, labels={},
         summary=FEED_SUMMARY, started_at=started_at, at=at,

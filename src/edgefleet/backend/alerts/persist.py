@@ -4,16 +4,18 @@ Layout in the store's ``state`` table (through ``FleetStore.get_state`` / ``put_
 
     alerts.devices           JSON list of the devices that have a document
     alerts.device/<device>   {"v": 2, "alerts": [[rule, instance, since, fired_at, severity,
-                              last_value, last_ts, seen], ...], "firing": [event docs]}
-    alerts.recent            the newest events (written by the alert centre)
+                              last_value, last_ts, seen], ...], "firing": [Alert.to_dict()]}
+    alerts.recent            the newest events (public alert documents, newest first)
 
 Only pending and firing conditions are written (an idle key starts idle again after a
 restart), and a device's document is written only when its text changed, so a quiet fleet
 costs no writes and a device inventing names costs in proportion to its own alerts.
 
-Order of writes: the index gains a device BEFORE its first document and loses it AFTER the
-document was emptied, so a crash never hides a saved document. Saves run in worker threads;
-a lock and a generation number keep an older snapshot from overwriting a newer one.
+A save writes through the :class:`~edgefleet.backend.store.tx.StoreTx` of the store's batch
+transaction: the index and the documents commit together with the batch (and the outbox
+entries of the same events), and what was written is remembered only once that committed.
+Saves run in worker threads; the store's write lock, this module's lock and a generation
+number keep an older snapshot from overwriting a newer one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 from edgefleet.backend.alerts.state import (
     AlertState,
@@ -33,7 +35,9 @@ from edgefleet.backend.alerts.state import (
     device_rows,
 )
 from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
+from edgefleet.notify.model import Alert
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class Loaded:
     """What :meth:`AlertPersistence.load` found."""
 
     state: AlertState
-    firing: dict[str, dict[str, Any]]  # alert key -> event doc
+    firing: dict[str, Alert]  # alert key -> its firing event
     migrated: bool = False  # read from the old single blobs: save every device once
     devices: set[str] = field(default_factory=set)
 
@@ -60,7 +64,19 @@ class DeviceSnapshot:
     """One device's state at the time a save was taken (immutable parts only)."""
 
     conds: DeviceConds
-    firing: Sequence[dict[str, Any]]
+    firing: Sequence[Alert]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one save writes (decided before the commit, remembered after it)."""
+
+    generation: int
+    recent: str | None
+    index: set[str] | None  # the new index, when it changes
+    changed: dict[str, str]  # device -> document text
+    devices: tuple[str, ...]  # every device of the snapshot that this save covers
+    drop_old: bool
 
 
 class AlertPersistence:
@@ -84,7 +100,7 @@ class AlertPersistence:
             self._drop_old = loaded.migrated
             return loaded
         by_device: dict[str, DeviceConds] = {}
-        firing: dict[str, dict[str, Any]] = {}
+        firing: dict[str, Alert] = {}
         for device in _device_list(index):
             text = self.store.get_state(DEVICE_PREFIX + device)
             try:
@@ -94,7 +110,7 @@ class AlertPersistence:
                           extra=kv(device=device, error=str(exc)))
                 continue
             by_device[device] = conds
-            firing.update({str(doc["key"]): doc for doc in docs})
+            firing.update({alert.key: alert for alert in docs})
             self._indexed.add(device)
             self._texts[device] = hash(text)
         return Loaded(AlertState().with_devices(by_device), firing, devices=set(by_device))
@@ -102,47 +118,61 @@ class AlertPersistence:
     def _load_old(self) -> Loaded:
         text = self.store.get_state(OLD_STATE)
         state = AlertState.from_json(text) if text else AlertState()
-        firing = json.loads(self.store.get_state(OLD_FIRING) or "{}")
-        devices = set(state.devices()) | {str(doc["device"]) for doc in firing.values()}
+        docs = json.loads(self.store.get_state(OLD_FIRING) or "{}")
+        firing = {str(key): Alert.from_dict(doc) for key, doc in docs.items()}
+        devices = set(state.devices()) | {alert.device for alert in firing.values()}
         return Loaded(state, firing, migrated=bool(text) or bool(firing), devices=devices)
 
     def save(
-        self, generation: int, snapshot: Mapping[str, DeviceSnapshot], recent: str | None = None
+        self, tx: StoreTx, generation: int, snapshot: Mapping[str, DeviceSnapshot],
+        recent: str | None = None,
     ) -> None:
-        """Write the documents of ``snapshot`` that changed, and ``recent`` (the newest
-        events) unless a newer generation already did (run in a worker thread)."""
+        """Write, through ``tx``, the documents of ``snapshot`` that changed, and ``recent``
+        (the newest events) unless a newer generation already did (in a worker thread)."""
         with self._lock:
-            if recent is not None and generation > self._recent_gen:
-                self.store.put_state(RECENT, recent)
-                self._recent_gen = generation
-            texts = {
-                device: _doc_text(snap) for device, snap in snapshot.items()
-                if self._written_gen.get(device, -1) < generation
-            }
-            filled = {d for d in texts if _has_alerts(snapshot[d])}
-            changed = {  # a device never written and without alerts has nothing to save
-                d: t for d, t in texts.items()
-                if self._texts.get(d) != hash(t) and (d in filled or d in self._texts)
-            }
-            if filled - self._indexed:
-                self._put_index(self._indexed | filled)
-            for device, text in changed.items():
-                self.store.put_state(DEVICE_PREFIX + device, text)
-                self._texts[device] = hash(text)
-                self.writes_total += 1
-            emptied = (texts.keys() - filled) & self._indexed
-            if emptied:
-                self._put_index(self._indexed - emptied)
-            for device in texts:
-                self._written_gen[device] = generation
-            if self._drop_old:  # every device was in the first snapshot after a migration
-                self.store.put_state(OLD_STATE, "")
-                self.store.put_state(OLD_FIRING, "")
-                self._drop_old = False
+            plan = self._plan(generation, snapshot, recent)
+            if plan.recent is not None:
+                tx.put_state(RECENT, plan.recent)
+            if plan.index is not None:
+                tx.put_state(DEVICES, json.dumps(sorted(plan.index), separators=(",", ":")))
+            for device, text in plan.changed.items():
+                tx.put_state(DEVICE_PREFIX + device, text)
+            if plan.drop_old:  # every device was in the first snapshot after a migration
+                tx.put_state(OLD_STATE, "")
+                tx.put_state(OLD_FIRING, "")
+            tx.after_commit(partial(self._saved, plan))
 
-    def _put_index(self, devices: set[str]) -> None:
-        self.store.put_state(DEVICES, json.dumps(sorted(devices), separators=(",", ":")))
-        self._indexed = set(devices)
+    def _plan(
+        self, generation: int, snapshot: Mapping[str, DeviceSnapshot], recent: str | None
+    ) -> _Plan:
+        texts = {
+            device: _doc_text(snap) for device, snap in snapshot.items()
+            if self._written_gen.get(device, -1) < generation
+        }
+        filled = {d for d in texts if _has_alerts(snapshot[d])}
+        changed = {  # a device never written and without alerts has nothing to save
+            d: t for d, t in texts.items()
+            if self._texts.get(d) != hash(t) and (d in filled or d in self._texts)
+        }
+        index = (self._indexed | filled) - ((texts.keys() - filled) & self._indexed)
+        return _Plan(generation, recent if generation > self._recent_gen else None,
+                     None if index == self._indexed else index, changed, tuple(texts),
+                     self._drop_old)
+
+    def _saved(self, plan: _Plan) -> None:
+        """After the commit: remember what is on disk now."""
+        with self._lock:
+            if plan.recent is not None:
+                self._recent_gen = plan.generation
+            if plan.index is not None:
+                self._indexed = plan.index
+            for device, text in plan.changed.items():
+                self._texts[device] = hash(text)
+            self.writes_total += len(plan.changed)
+            for device in plan.devices:
+                self._written_gen[device] = plan.generation
+            if plan.drop_old:
+                self._drop_old = False
 
 
 def _has_alerts(snap: DeviceSnapshot) -> bool:
@@ -150,16 +180,17 @@ def _has_alerts(snap: DeviceSnapshot) -> bool:
 
 
 def _doc_text(snap: DeviceSnapshot) -> str:
-    doc = {"v": DOC_VERSION, "alerts": device_rows(snap.conds), "firing": list(snap.firing)}
+    firing = [alert.to_dict() for alert in snap.firing]
+    doc = {"v": DOC_VERSION, "alerts": device_rows(snap.conds), "firing": firing}
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
-def _parse_doc(text: str) -> tuple[DeviceConds, list[dict[str, Any]]]:
+def _parse_doc(text: str) -> tuple[DeviceConds, list[Alert]]:
     try:
         doc = json.loads(text)
         if not isinstance(doc, dict) or doc.get("v") != DOC_VERSION:
             raise AlertStateError(f"expected a version {DOC_VERSION} document")
-        firing = [dict(item) for item in doc["firing"] if item.get("key")]
+        firing = [Alert.from_dict(item) for item in doc["firing"] if item.get("key")]
         return conditions_from_rows(doc["alerts"]), firing
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise AlertStateError(f"not readable: {exc}") from None

@@ -34,11 +34,6 @@ Changes = dict[str, dict[Slot, "Condition"]]  # device -> new conditions
 Removals = dict[str, list[Slot]]  # device -> slots to forget
 
 
-def alert_key(rule: str, device: str, instance: str | None) -> str:
-    """Stable id of one alert: ``rule|device|instance`` (instance empty when None)."""
-    return f"{rule}|{device}|{instance or ''}"
-
-
 class AlertStateError(EdgefleetError):
     """Persisted alert state cannot be read back (corrupt or from another version)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from edgefleet.backend.alerts.rules import OFFLINE_RULE, RuleSet
+from edgefleet.backend.alerts.ruleset import OFFLINE_RULE, RuleSet
 from edgefleet.backend.alerts.state import (
     AlertState,
     Condition,
@@ -13,38 +13,20 @@ from edgefleet.backend.alerts.state import (
     Removals,
     Slot,
     StateView,
-    alert_key,
 )
+from edgefleet.notify.model import alert_key, severity_rank
 
 EXPIRY_MIN_S = 3600.0
 EXPIRY_FOR_FACTOR = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class FiringAlert:
-    """One currently firing alert, as listed by :func:`firing`."""
-
-    key: str
-    rule: str
-    device: str
-    instance: str | None
-    severity: str
-    started_at: float
-    fired_at: float
-    last_value: float
-    last_ts: float
-
-
-def firing(state: StateView) -> list[FiringAlert]:
-    """Every currently firing alert, sorted by key."""
-    alerts = [
-        FiringAlert(alert_key(rule, device, instance), rule, device, instance,
-                    cond.severity or "", cond.since if cond.since is not None else cond.fired_at,
-                    cond.fired_at, cond.last_value, cond.last_ts)
-        for rule, device, instance, cond in state.active_items()
-        if cond.fired_at is not None
-    ]
-    return sorted(alerts, key=lambda alert: alert.key)
+def firing(state: StateView) -> list[tuple[str, Condition]]:
+    """Every currently firing key with its condition, sorted by key (the alert itself, with
+    its summary and labels, is the firing :class:`~edgefleet.notify.model.Alert` the alert
+    centre keeps)."""
+    keys = [(alert_key(rule, device, instance), cond)
+            for rule, device, instance, cond in state.active_items() if cond.fired_at is not None]
+    return sorted(keys, key=lambda item: item[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +47,6 @@ class PendingAlert:
 
 def pending(rules: RuleSet, state: StateView) -> list[PendingAlert]:
     """Every pending (holding, not yet firing) alert, worst first: severity, then oldest."""
-    rank = {"critical": 0, "warning": 1, "info": 2}
     out: list[PendingAlert] = []
     for rule_name, device, instance, cond in state.active_items():
         rule = rules.rule(rule_name) if cond.since is not None and not cond.firing else None
@@ -82,29 +63,29 @@ def pending(rules: RuleSet, state: StateView) -> list[PendingAlert]:
         out.append(PendingAlert(alert_key(rule.name, device, instance), rule.name, device,
                                 instance, params.severity, cond.last_value, params.threshold,
                                 cond.since, params.for_s, rule.summary.format(**fields)))
-    out.sort(key=lambda p: (rank.get(p.severity, 9), p.since, p.key))
+    out.sort(key=lambda p: (severity_rank(p.severity), p.since, p.key))
     return out
 
 
-def prune(rules: RuleSet, state: AlertState) -> tuple[AlertState, list[FiringAlert]]:
+def prune(rules: RuleSet, state: AlertState) -> tuple[AlertState, list[str]]:
     """Drop keys whose rule is gone or disabled for the device (call after a rules reload).
 
-    Returns the new state and the firing alerts that were dropped, so the caller can tell
-    people that those alerts will not resolve on their own.
+    Returns the new state and the keys of the firing alerts that were dropped, so the caller
+    can tell people that those alerts will not resolve on their own.
     """
-    dropped: list[FiringAlert] = []
+    dropped: list[str] = []
     gone: dict[str, dict[Slot, Condition | None]] = {}
-    firing_now = {alert.key: alert for alert in firing(state)}
+    firing_now = dict(firing(state))
     for rule_name, device, instance, _cond in state.items():
         rule = rules.rule(rule_name)
         if rule is None or not rules.params(rule, device).enabled:
             gone.setdefault(device, {})[(rule_name, instance)] = None
             key = alert_key(rule_name, device, instance)
             if key in firing_now:
-                dropped.append(firing_now[key])
+                dropped.append(key)
     for device, changes in gone.items():
         state = state.updated(device, changes)
-    return state, sorted(dropped, key=lambda alert: alert.key)
+    return state, sorted(dropped)
 
 
 def expiry_s(rules: RuleSet, rule_name: str, device: str) -> float:

@@ -22,7 +22,7 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from edgefleet.backend.ingest.dedup import SeqCursor
@@ -48,6 +48,7 @@ from edgefleet.backend.store.schema import (
     device_from_row,
     device_params,
 )
+from edgefleet.backend.store.tx import PUT_STATE, StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.common.sqlitetx import transaction
 
@@ -91,16 +92,21 @@ class FleetStore:
         *,
         cursors: Mapping[str, SeqCursor] | None = None,
         devices: Iterable[DeviceRow] = (),
+        also: Callable[[StoreTx], None] | None = None,
     ) -> int:
-        """Store samples, the cursors that admitted them and device rows in one transaction.
+        """Store samples, the cursors that admitted them, device rows and whatever ``also``
+        writes through the :class:`StoreTx` (the alert state and outbox) in one transaction.
 
         Returns the number of samples written once they are committed. On an exception
         nothing was written: call again with the same arguments.
         """
         with self._wlock:
             new_ids: dict[str, int] = {}
+            tx = StoreTx(self._writer)
             with transaction(self._writer):
                 conn = self._writer
+                if also is not None:
+                    also(tx)
                 conn.executemany(UPSERT_DEVICE, [device_params(row) for row in devices])
                 ids = self._ids_for(samples, cursors or {}, new_ids)
                 conn.executemany(
@@ -112,14 +118,13 @@ class FleetStore:
                     [cursor_params(ids[name], c) for name, c in (cursors or {}).items()],
                 )
             self._ids.update(new_ids)
+            tx.committed()
         return len(samples)
 
     def put_state(self, name: str, text: str) -> None:
         """Save another component's state (e.g. the alert engine's) under ``name``."""
         with self._wlock, transaction(self._writer):
-            self._writer.execute(
-                "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", (name, text)
-            )
+            self._writer.execute(PUT_STATE, (name, text))
 
     def compact(self, now: float, *, chunk: int = 20_000) -> int:
         """Roll raw samples older than the raw retention into buckets; drop expired buckets.

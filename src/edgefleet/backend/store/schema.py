@@ -11,6 +11,7 @@ from typing import Any
 from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.records import DeviceRow
 from edgefleet.common.sqlitetx import connect_wal
+from edgefleet.notify.outbox import SCHEMA as OUTBOX_SCHEMA
 
 SCHEMA_VERSION = 1
 SCHEMA = (
@@ -29,6 +30,7 @@ SCHEMA = (
     "body TEXT NOT NULL, PRIMARY KEY (device, start)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    *OUTBOX_SCHEMA,  # alerts waiting for Slack, written in the same transactions (notify/outbox)
 )
 UPSERT_DEVICE = (
     "INSERT INTO devices (name, first_seen, last_seen, last_sample_ts, status, status_ts, "

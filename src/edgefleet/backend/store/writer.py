@@ -37,6 +37,7 @@ from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.quarantine import Quarantine, cause_of
+from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import RateLimitedLog, kv
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,15 @@ class BatchWriter:
 
     async def write(
         self, messages: Sequence[Message], *, cursors: Mapping[str, SeqCursor],
-        devices: Sequence[DeviceRow], save: Callable[[], None] | None,
+        devices: Sequence[DeviceRow], save: Callable[[StoreTx], None] | None,
     ) -> None:
-        """Store the batch (samples, cursors, device rows, the alert snapshot ``save``);
-        returns once everything is stored or set aside, so the batch may be acknowledged."""
+        """Store the batch (samples, cursors, device rows and, in the same transaction, what
+        ``save`` writes: the alert state and its new outbox entries); returns once everything
+        is stored or set aside, so the batch may be acknowledged."""
         samples = [s for m in messages for s in m.samples]
 
         def whole() -> None:
-            if save is not None:
-                save()
-            self.store.add_samples(samples, cursors=cursors, devices=devices)
+            self.store.add_samples(samples, cursors=cursors, devices=devices, also=save)
 
         attempts, delay = 0, 0.1
         while True:
@@ -136,11 +136,11 @@ class BatchWriter:
 
     def _isolate(
         self, messages: Sequence[Message], cursors: Mapping[str, SeqCursor],
-        devices: Sequence[DeviceRow], save: Callable[[], None] | None,
+        devices: Sequence[DeviceRow], save: Callable[[StoreTx], None] | None,
     ) -> None:
         """Worker thread: store message by message; quarantine the ones that fail."""
-        if save is not None:
-            _try(save, "alert state")  # saved again with the next snapshot
+        if save is not None:  # on a data error the alert centre keeps it for its next save
+            _try(partial(self.store.add_samples, [], also=save), "alert state")
         rows = {row.device: row for row in devices}
         last = {m.device: i for i, m in enumerate(messages) if m.device is not None}
         bad: list[tuple[str, bytes, BaseException]] = []

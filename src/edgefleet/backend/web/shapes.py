@@ -6,9 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from edgefleet.backend.records import DeviceRow, History
+from edgefleet.notify.model import severity_rank
 from edgefleet.wire.base import split_key
-
-SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _max_family(metrics: Mapping[str, float], family: str) -> float | None:
@@ -23,7 +22,7 @@ def _round(value: float | None) -> float | None:
 
 def worst(severities: Iterable[str]) -> str | None:
     """The most severe of ``severities`` (critical > warning > info) or None."""
-    ranked = sorted(severities, key=lambda s: SEVERITY_RANK.get(s, 9))
+    ranked = sorted(severities, key=severity_rank)
     return ranked[0] if ranked else None
 
 
