@@ -24,7 +24,9 @@ HANDOVER_ENV = "EDGEFLEET_AGENT_RESOLVED"
 
 _PATHS = ("cert_file", "key_file", "ca_file", "queue_path")
 _LISTS = ("collectors", "disabled_collectors")
-_FLOATS = ("interval_s", "max_publishes_per_s", "reconnect_max_s", "cert_check_s")
+_FLOATS = (
+    "interval_s", "max_publishes_per_s", "reconnect_max_s", "cert_check_s", "reload_check_s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class AgentConfig:
     keep_alive_s: int
     reconnect_max_s: float
     cert_check_s: float
+    reload_check_s: float
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AgentConfig:
@@ -98,6 +101,7 @@ class Handover:
     config: AgentConfig
     log_level: str = "INFO"
     log_format: str = "text"
+    config_file: Path | None = None  # the settings file a reload reads again
 
     def to_env(self) -> str:
         """The value of :data:`HANDOVER_ENV`."""
@@ -105,6 +109,7 @@ class Handover:
             "settings": self.config.to_json_dict(),
             "log_level": self.log_level,
             "log_format": self.log_format,
+            "config_file": None if self.config_file is None else str(self.config_file),
         })
 
     @classmethod
@@ -120,6 +125,9 @@ class Handover:
         try:
             doc = json.loads(raw)
             config = AgentConfig.from_mapping(doc["settings"])
-            return cls(config, str(doc["log_level"]), str(doc["log_format"]))
+            file = doc.get("config_file")
+            return cls(
+                config, str(doc["log_level"]), str(doc["log_format"]), file and Path(file)
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{HANDOVER_ENV} is not a valid handover: {exc}") from None
