@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 RESOLVE_MODULE = "edgefleet.agent.resolve"
 RESOLVE_TIMEOUT_S = 60.0
+SETTLE_S = 0.3
 
 RESTART_FIELDS = frozenset(
     {"thing_name", "transport", "queue", "queue_path", "queue_max_bytes", "queue_max_samples"}
@@ -158,7 +159,9 @@ class Reloader:
             if not self._wanted.is_set() and now == self._seen:
                 continue
             why = "requested" if self._wanted.is_set() else "settings file changed"
+            await asyncio.sleep(SETTLE_S)  # one reload for a burst (a deployment, an editor)
             self._wanted.clear()
+            now = file_id(self.config_file)
             self._seen = now
             await self.reload_once(why)
 
