@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from edgefleet.agent.reload import RECONNECT_FIELDS, RESTART_FIELDS
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.common.greengrass import (
     AGENT_KEYS,
@@ -27,6 +28,14 @@ from edgefleet.transport.ipc import describe
 log = logging.getLogger(__name__)
 
 OnOverrides = Callable[[dict[str, str]], None]
+
+LIVE_KEYS = frozenset(
+    key for key, field in AGENT_KEYS.items() if field not in RESTART_FIELDS | RECONNECT_FIELDS
+)
+"""Recipe keys the running agent applies in place. The recipe must not interpolate them into
+its lifecycle (``Setenv``, scripts): the nucleus restarts a component when an interpolated
+value changes. The agent reads them over IPC instead (GetConfiguration at start, then on each
+update). The other keys stay in ``Setenv``: changing them restarts the component."""
 
 
 class ConfigSource(Protocol):

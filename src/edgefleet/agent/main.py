@@ -20,6 +20,7 @@ import psutil
 
 from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
+from edgefleet.agent.checks import preflight
 from edgefleet.agent.collectors import build_collectors, collect_all
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.contracts import Collector, SampleQueue
@@ -27,49 +28,22 @@ from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
 from edgefleet.agent.reload import Change, Reloader, file_id, plan, refusal
 from edgefleet.agent.supervise import supervise
-from edgefleet.common.files import check_cert_file, check_private_key, check_queue_path
+from edgefleet.common.files import check_private_key
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.transport.base import Transport
-from edgefleet.transport.ipc import (
-    GREENGRASS_ENV,
-    IpcTransport,
-    resolve_transport,
-    under_greengrass,
-)
+from edgefleet.transport.ipc import IpcTransport, resolve_transport, under_greengrass
 from edgefleet.transport.mqtt import MqttClient, MqttConfig
 from edgefleet.wire.base import HealthDoc, StatusState, encode_status, status_topic
 
 if TYPE_CHECKING:
     from edgefleet.agent.settings import AgentSettings
 
+__all__ = ["Agent", "preflight", "run_agent"]
+
 log = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 4.0
-
-
-def preflight(settings: AgentConfig | AgentSettings) -> str:
-    """Check what the agent needs before it starts; return the thing name."""
-    s = AgentConfig.from_settings(settings)
-    if not s.thing_name:
-        raise ConfigError("EDGE_AGENT_THING_NAME is not set (the device's AWS IoT thing name)")
-    if s.queue == "sqlite":
-        check_queue_path(s.queue_path, "EDGE_AGENT_QUEUE_PATH")
-    if resolve_transport(s.transport) == "ipc":
-        if not under_greengrass():
-            raise ConfigError(
-                f"EDGE_AGENT_TRANSPORT=ipc needs the Greengrass nucleus ({GREENGRASS_ENV} is "
-                "not set): run the agent as a Greengrass component, or use mqtt"
-            )
-        return s.thing_name  # the nucleus holds the connection and its certificate
-    for name in ("cert_file", "key_file", "ca_file"):
-        if getattr(s, name) is None:
-            raise ConfigError(f"EDGE_AGENT_{name.upper()} is not set")
-    assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - checked just above
-    check_cert_file(s.cert_file, "EDGE_AGENT_CERT_FILE")
-    check_cert_file(s.ca_file, "EDGE_AGENT_CA_FILE")
-    check_private_key(s.key_file, "EDGE_AGENT_KEY_FILE")
-    return s.thing_name
 
 
 def _collectors(s: AgentConfig) -> list[Collector]:
@@ -156,6 +130,15 @@ class Agent:
             on_connect=self._on_connect,
         )
         return MqttClient(cfg)
+
+    def _config_channel(self) -> Transport | None:
+        """Under Greengrass with our own MQTT connection: an IPC connection to the nucleus
+        only to validate and follow the component's configuration."""
+        if not under_greengrass() or resolve_transport(self.s.transport) == "ipc":
+            return None
+        from edgefleet.agent.greengrass import agent_configuration_hook
+
+        return IpcTransport(on_client=agent_configuration_hook(self._greengrass_configuration))
 
     def _greengrass_configuration(self, overrides: dict[str, str]) -> None:
         """A deployment's configuration (IPC thread): reload with it on the event loop."""
@@ -277,6 +260,9 @@ class Agent:
         )
         self._loop = asyncio.get_running_loop()
         self.publisher.transport.start()
+        channel = self._config_channel()
+        if channel is not None:
+            channel.start()
         tasks = [
             asyncio.create_task(self._sample_loop(), name="sampler"),
             asyncio.create_task(self.publisher.run(), name="publisher"),
@@ -284,6 +270,9 @@ class Agent:
             asyncio.create_task(self.reloader.run(self._stop), name="reload"),
         ]
         self.failure = await supervise(tasks, self._stop)
+        await self._shut_down(tasks, channel)
+
+    async def _shut_down(self, tasks: list[asyncio.Task[None]], channel: Transport | None) -> None:
         self.publisher.stop()
         for side in list(self._side):
             side.cancel()
@@ -296,6 +285,8 @@ class Agent:
                 self.publisher.transport.publish(status_topic(self.thing), status), 0.5
             )
         await self.publisher.transport.stop(1.0)
+        if channel is not None:
+            await channel.stop(1.0)
         st = self.queue.stats()
         self.queue.close()
         log.info("agent stopped", extra=kv(queued=st.depth, sent=self.publisher.stats.samples))
@@ -304,6 +295,7 @@ class Agent:
         """Ask :meth:`run` to flush and return."""
         self._stop.set()
         self._tick.set()
+        self.reloader.wake()
 
 
 def run_agent(config: Path | None = None, once: bool = False) -> int:

@@ -147,6 +147,10 @@ class Reloader:
             self._overrides = dict(overrides)
         self._wanted.set()
 
+    def wake(self) -> None:
+        """Let :meth:`run` see its ``stop`` event now."""
+        self._wanted.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Reload on request or when the settings file changes, until ``stop``."""
         while not stop.is_set():
