@@ -39,7 +39,7 @@ from edgefleet.wire.base import HealthDoc, StatusState, encode_status, status_to
 if TYPE_CHECKING:
     from edgefleet.agent.settings import AgentSettings
 
-__all__ = ["Agent", "preflight", "run_agent"]
+__all__ = ["Agent", "preflight"]
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +296,3 @@ class Agent:
         self._stop.set()
         self._tick.set()
         self.reloader.wake()
-
-
-def run_agent(config: Path | None = None, once: bool = False) -> int:
-    """``edgefleet agent``: see :func:`edgefleet.agent.process.run_agent`."""
-    from edgefleet.agent.process import run_agent as run
-
-    return run(config, once)
