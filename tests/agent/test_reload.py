@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.batch import Health, sample_body
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.main import Agent
+from edgefleet.agent.publisher import Limits, Publisher
+from edgefleet.agent.queue import MemoryQueue
 from edgefleet.agent.reload import (
     RECONNECT_FIELDS,
     RESTART_FIELDS,
@@ -22,7 +26,8 @@ from edgefleet.agent.reload import (
 )
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.dev.broker import Mosquitto
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, TransportError
+from edgefleet.wire.base import HealthDoc
 
 
 def _base(tmp_path: Path, **values: object) -> AgentConfig:
@@ -167,3 +172,80 @@ async def test_agent_refuses_and_changes_nothing(
     assert agent.publisher.limits.max_inflight == 3
     assert agent.publisher.transport is transport
     agent.queue.close()
+
+
+# --- switching connections ------------------------------------------------------------------------
+
+
+class Gated:
+    """A transport whose publishes are answered only when ``gate`` opens; records the seqs."""
+
+    manual_ack = False
+
+    def __init__(self, *, open_gate: bool = True) -> None:
+        self.connected = asyncio.Event()
+        self.gate = asyncio.Event()
+        if open_gate:
+            self.gate.set()
+        self.sent: list[int] = []
+        self.inflight = 0
+        self.stopped_with_inflight: int | None = None
+
+    def start(self) -> None:
+        self.connected.set()
+
+    async def stop(self, wait_s: float = 3.0) -> None:
+        self.stopped_with_inflight = self.inflight
+        self.connected.clear()
+        self.gate.set()  # a stopped client fails what it still holds
+
+    async def publish(self, topic: str, payload: bytes) -> int:
+        self.inflight += 1
+        try:
+            await self.gate.wait()
+            if self.stopped_with_inflight is not None:
+                raise TransportError("client stopped")
+            self.sent += [s["seq"] for s in json.loads(payload)["samples"]]
+            return 0
+        finally:
+            self.inflight -= 1
+
+    async def subscribe(self, filters: list[str]) -> list[int]:
+        return [1 for _ in filters]
+
+    def ack(self, handle: object) -> None:
+        return None
+
+
+async def test_a_new_connection_takes_over_after_the_old_one_answered() -> None:
+    queue = MemoryQueue(max_bytes=1 << 20, max_samples=1000)
+    old, new = Gated(open_gate=False), Gated()
+    pub = Publisher(device_id="dev-1", queue=queue, transport=old,
+                    limits=Limits(batch_max_bytes=4096, max_inflight=4, publishes_per_s=None,
+                                  bytes_per_s=None), health=_health)
+    old.start()
+    body = sample_body({f"disk.d{n}.used_percent": 1.0 for n in range(50)}, [])  # ~1.4 KB
+    for i in range(40):
+        queue.put(float(i), body)
+    run = asyncio.create_task(pub.run())
+    async with asyncio.timeout(5):
+        while old.inflight < 4:  # a full window waits for the old connection's answers
+            await asyncio.sleep(0.01)
+    switch = asyncio.create_task(pub.replace_transport(new))
+    await asyncio.sleep(0.05)
+    assert not switch.done() and old.stopped_with_inflight is None  # it waits for them
+    old.gate.set()
+    await asyncio.wait_for(switch, 5)
+    assert old.stopped_with_inflight == 0  # every publish on it was answered first
+    async with asyncio.timeout(5):
+        while queue.stats().depth:
+            await asyncio.sleep(0.01)
+    pub.stop()
+    await asyncio.wait_for(run, 5)
+    assert sorted(old.sent + new.sent) == list(range(40))  # each sample sent exactly once
+    assert old.sent and new.sent
+
+
+def _health() -> Health:
+    return HealthDoc(queue_depth=0, queue_bytes=0, oldest_age_s=0.0, dropped_total=0,
+                     publish_errors_total=0, rss_bytes=0, agent_version="test")
