@@ -218,17 +218,19 @@ class Publisher:
     async def replace_transport(self, new: Transport, settle_s: float = 5.0) -> None:
         """Switch to a new client (certificate rotation, settings reload).
 
-        The old client stays up until the publishes in flight on it are answered (at most
-        ``settle_s``), so they are acknowledged rather than sent again; anything still
-        unanswered then is resent over the new client (the backend drops duplicates)."""
+        Nothing new is sent on the old client; it stays up until the publishes in flight on
+        it are answered (at most ``settle_s``), so they are acknowledged rather than sent
+        again, and it disconnects before the new one connects (a broker drops the older of
+        two connections with one client id). Anything still unanswered is resent over the new
+        client (the backend drops duplicates)."""
         old = self.transport
         self.transport = new
-        new.start()
         self._broken.set()
         self.wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), settle_s)
         await old.stop()
+        new.start()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish after the in-flight window settles."""
