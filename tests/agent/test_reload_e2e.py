@@ -89,6 +89,20 @@ def _assert_all_once(got: Received, queued: list[int]) -> None:
     assert len(seqs) == len(set(seqs)), "a sample was sent twice"
 
 
+def _sighup(pid: int) -> str:
+    """Which of the process's signal masks has SIGHUP (signal 1: bit 0), or ""."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigBlk", "SigIgn", "SigCgt") and int(value, 16) & 1:
+            return name
+    return ""
+
+
+def _validating(pid: int) -> bool:
+    """Whether the process is still the validating image (not yet ``edgefleet.agent.run``)."""
+    return b"edgefleet.agent.run" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def _lines(agent: AgentProc, text: str) -> list[str]:
     return [ln for ln in agent.log_text().splitlines() if text in ln]
 
@@ -170,7 +184,7 @@ async def test_sighup_reloads_without_a_file_watch(
     assert agent.proc is not None
     os.kill(agent.proc.pid, signal.SIGHUP)
     await _wait_log(agent, "settings reloaded")
-    assert "trigger=requested" in _lines(agent, "settings reloaded")[0]
+    assert "trigger=SIGHUP" in _lines(agent, "settings reloaded")[0]
     await _more(got, 3)
     after = await _more(got, 15)
     assert got.spacing(before) > 0.4 and got.spacing(after) < 0.3, (before, after)
@@ -210,4 +224,33 @@ async def test_new_certificate_files_rebuild_the_connection_without_loss(
     assert agent.stop() < 5
     # The old connection's publishes in flight are answered before it closes: nothing is
     # sent twice (the backend would drop a duplicate by (device, seq) anyway).
+    _assert_all_once(got, _still_queued(agent.queue_path))
+
+
+async def test_sighup_at_any_moment_of_the_start_never_kills_the_agent(
+    broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path
+) -> None:
+    """From the moment ``edgefleet agent`` takes SIGHUP over (before the interpreter gets
+    there, SIGHUP ends it like any program), through validation, the re-exec and the
+    runtime's start, SIGHUP is ignored or deferred, never the default action."""
+    got = await _subscribe(mqtt_client)
+    config = tmp_path / "agent.toml"
+    _write(config, interval_s=0.1)
+    agent = _agent(broker, tmp_path, config, reload_check_s=0)
+    assert agent.proc is not None
+    async with asyncio.timeout(30):
+        while not (how := _sighup(agent.proc.pid)):
+            await asyncio.sleep(0.005)
+    assert how == "SigIgn"  # taken over early in validation, not only at the re-exec
+    early = sent = 0
+    while not got.unique_seqs(THING):  # until the first sample arrives
+        assert agent.proc.poll() is None, agent.log_text()
+        early += _validating(agent.proc.pid)
+        os.kill(agent.proc.pid, signal.SIGHUP)
+        sent += 1
+        await asyncio.sleep(0.01)
+    await _wait_log(agent, "settings reloaded")
+    await _more(got, 5)
+    assert agent.proc.poll() is None and early > 0 and sent > early
+    assert agent.stop() < 5
     _assert_all_once(got, _still_queued(agent.queue_path))

@@ -143,7 +143,9 @@ class Agent:
     def _greengrass_configuration(self, overrides: dict[str, str]) -> None:
         """A deployment's configuration (IPC thread): reload with it on the event loop."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.reloader.request, overrides)
+            self._loop.call_soon_threadsafe(
+                self.reloader.request, overrides, "greengrass configuration"
+            )
 
     def _on_connect(self) -> None:
         task = asyncio.get_running_loop().create_task(self._announce(), name="announce")

@@ -94,10 +94,11 @@ def run_agent(config: Path | None = None, once: bool = False) -> int:
     Settings are validated here, with pydantic-settings; the long-running agent is then the
     same process re-executed without pydantic (:mod:`edgefleet.agent.run`).
     """
+    # A SIGHUP before the runtime has its handler is a no-op (it ignores what it reads next).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from edgefleet.agent.settings import AgentSettings
     from edgefleet.common.settings import load_settings
 
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the runtime is up: no-op
     resolved = AgentConfig.from_settings(load_settings(AgentSettings, config))
     if once:
         return _print_once(resolved)

@@ -137,14 +137,16 @@ class Reloader:
         self._check_s = check_s
         self._wanted = asyncio.Event()
         self._overrides: dict[str, str] = {}
+        self._why = "SIGHUP"
         self._seen = file_id(config_file)
         self.applied = 0
         self.refused = 0
 
-    def request(self, overrides: Mapping[str, str] | None = None) -> None:
+    def request(self, overrides: Mapping[str, str] | None = None, why: str = "SIGHUP") -> None:
         """Reload soon; ``overrides`` (Greengrass configuration) replace the previous ones."""
         if overrides is not None:
             self._overrides = dict(overrides)
+        self._why = why
         self._wanted.set()
 
     def wake(self) -> None:
@@ -162,7 +164,7 @@ class Reloader:
             now = file_id(self.config_file)
             if not self._wanted.is_set() and now == self._seen:
                 continue
-            why = "requested" if self._wanted.is_set() else "settings file changed"
+            why = self._why if self._wanted.is_set() else "settings file changed"
             await asyncio.sleep(SETTLE_S)  # one reload for a burst (a deployment, an editor)
             self._wanted.clear()
             now = file_id(self.config_file)
