@@ -147,6 +147,36 @@ async def test_reloader_follows_file_changes_and_requests(
     assert (reloader.applied, reloader.refused) == (3, 0)
 
 
+async def test_an_unexpected_failure_is_one_refusal_and_the_loop_goes_on(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("interval_s = 1\n")
+    calls = 0
+
+    async def apply(new: AgentConfig) -> Change:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return Change(())
+
+    reloader = Reloader(apply, config, lambda: 0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(reloader.run(stop))
+    for done in (1, 2):
+        reloader.request()
+        async with asyncio.timeout(20):
+            while reloader.applied + reloader.refused < done:
+                await asyncio.sleep(0.01)
+    stop.set()
+    reloader.wake()
+    await asyncio.wait_for(task, 5)
+    assert (reloader.refused, reloader.applied) == (1, 1)
+    [line] = [r for r in caplog.records if "REFUSED" in r.msg]
+    assert line.__dict__["fields"]["reason"] == "RuntimeError('a bug')"
+
+
 # --- the agent applying new settings --------------------------------------------------------------
 
 

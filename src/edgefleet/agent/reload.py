@@ -109,7 +109,10 @@ async def resolve(config_file: Path | None, overrides: Mapping[str, str]) -> Age
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"]
         raise ConfigError(lines[-1].removeprefix("edgefleet agent: error: "))
-    return AgentConfig.from_mapping(json.loads(out))
+    try:
+        return AgentConfig.from_mapping(json.loads(out))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"settings validation gave no usable answer: {exc}") from None
 
 
 def file_id(path: Path | None) -> tuple[int, int, int] | None:
@@ -176,9 +179,10 @@ class Reloader:
         try:
             new = await resolve(self.config_file, self._overrides)
             change = await self._apply(new)
-        except (ConfigError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a reload must never end the agent
             self.refused += 1
-            reason = " ".join(str(exc).split())
+            known = isinstance(exc, ConfigError | OSError)
+            reason = " ".join((str(exc) if known else repr(exc)).split())
             log.error(
                 "settings reload REFUSED; the running settings stay",
                 extra=kv(trigger=why, reason=reason),
