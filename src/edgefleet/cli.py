@@ -61,7 +61,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from edgefleet.agent.main import run_agent
+    from edgefleet.agent.process import run_agent
 
     return run_agent(config=Path(args.config) if args.config else None, once=args.once)
 

@@ -103,6 +103,21 @@ def test_once_prints_one_sample_without_a_broker() -> None:
     assert abs(doc["ts"] - time.time()) < 60
 
 
+def test_once_uses_the_configured_collectors(tmp_path: Path) -> None:
+    """The settings of the configurable collectors reach the running agent's collectors:
+    a textfile folder's metrics show up as its keys."""
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    (folder / "jobs.prom").write_text("# TYPE jobs_done gauge\njobs_done 7\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update(EDGE_AGENT_TEXTFILE_DIR=str(folder), EDGE_AGENT_QUEUE_PATH=str(tmp_path / "q.db"))
+    proc = _run(env, "--once")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)["metrics"]
+    assert metrics["textfile.jobs_done"] == 7
+    assert metrics["textfile.status.files"] == 1
+
+
 def test_no_broker_is_a_clear_connection_refused_line(tmp_path: Path) -> None:
     ident = DevCA(tmp_path / "pki").ensure().issue("dev-1")
     port = free_port()

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from awsiot.greengrasscoreipc.model import (
+    ConfigurationUpdateEvent,
+    ConfigurationUpdateEvents,
+    GetConfigurationResponse,
     IoTCoreMessage,
     MQTTMessage,
     PublishToIoTCoreResponse,
@@ -38,6 +41,32 @@ class Stream:
 
     closed: bool = False
 
+    def subscribe_to_configuration_update(
+        self, *, key_path: list[str], on_stream_event: Callable[[Any], None],
+        on_stream_error: Callable[[Exception], bool], on_stream_closed: Callable[[], None],
+    ) -> tuple[Any, Stream]:
+        assert key_path == [], "the agent follows its whole configuration"
+        self.config_updates = on_stream_event
+        return object(), Stream()
+
+    def get_configuration_async(self, *, key_path: list[str]) -> concurrent.futures.Future[Any]:
+        assert key_path == []
+        self.config_reads += 1
+        value = dict(self.configuration)  # a snapshot, as the nucleus answers
+        return _resolve_later(GetConfigurationResponse(component_name="com.edge.agent", value=value))
+
+    def update(self, configuration: dict[str, Any]) -> None:
+        """A deployment applying ``configuration`` (merged into the component's): the nucleus
+        stores it, then notifies the subscriber on another thread with the changed key."""
+        assert self.config_updates is not None, "nobody subscribed to configuration updates"
+        self.configuration.update(configuration)
+        for key in configuration:
+            event = ConfigurationUpdateEvents(configuration_update_event=ConfigurationUpdateEvent(
+                component_name="com.edge.agent", key_path=[key]))
+            thread = threading.Thread(target=self.config_updates, args=(event,))
+            thread.start()
+            thread.join()
+
     def close(self) -> concurrent.futures.Future[Any]:
         self.closed = True
         return _resolve_later()
@@ -56,6 +85,9 @@ class FakeIpcClient:
     streams: list[Stream] = field(default_factory=list)
     validation: Callable[[Any], None] | None = None
     reports: list[Any] = field(default_factory=list)
+    configuration: dict[str, Any] = field(default_factory=dict)
+    config_updates: Callable[[Any], None] | None = None
+    config_reads: int = 0
     closed: bool = False
 
     def publish_to_iot_core_async(
@@ -106,6 +138,32 @@ class FakeIpcClient:
     ) -> concurrent.futures.Future[Any]:
         self.reports.append(configuration_validity_report)
         return _resolve_later()
+
+    def subscribe_to_configuration_update(
+        self, *, key_path: list[str], on_stream_event: Callable[[Any], None],
+        on_stream_error: Callable[[Exception], bool], on_stream_closed: Callable[[], None],
+    ) -> tuple[Any, Stream]:
+        assert key_path == [], "the agent follows its whole configuration"
+        self.config_updates = on_stream_event
+        return object(), Stream()
+
+    def get_configuration_async(self, *, key_path: list[str]) -> concurrent.futures.Future[Any]:
+        assert key_path == []
+        self.config_reads += 1
+        value = dict(self.configuration)  # a snapshot, as the nucleus answers
+        return _resolve_later(GetConfigurationResponse(component_name="com.edge.agent", value=value))
+
+    def update(self, configuration: dict[str, Any]) -> None:
+        """A deployment applying ``configuration`` (merged into the component's): the nucleus
+        stores it, then notifies the subscriber on another thread with the changed key."""
+        assert self.config_updates is not None, "nobody subscribed to configuration updates"
+        self.configuration.update(configuration)
+        for key in configuration:
+            event = ConfigurationUpdateEvents(configuration_update_event=ConfigurationUpdateEvent(
+                component_name="com.edge.agent", key_path=[key]))
+            thread = threading.Thread(target=self.config_updates, args=(event,))
+            thread.start()
+            thread.join()
 
     def close(self) -> concurrent.futures.Future[Any]:
         self.closed = True

@@ -19,7 +19,6 @@ from fakeipc import FakeIpcClient
 import edgefleet.agent.main as agent_main
 from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
-from edgefleet.agent.greengrass import watch_agent_configuration
 from edgefleet.agent.main import Agent, preflight
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
@@ -235,7 +234,11 @@ async def test_agent_under_greengrass_uses_ipc_and_validates_its_configuration(
     agent = Agent(settings, preflight(settings))
     transport = agent.publisher.transport
     assert isinstance(transport, IpcTransport)
-    assert transport._on_client is watch_agent_configuration
+    client = FakeIpcClient()
+    assert transport._on_client is not None
+    transport._on_client(client)  # what the transport does once connected
+    assert client.validation is not None  # it answers configuration validation
+    assert client.config_updates is not None and client.config_reads == 1  # and follows it
     agent.queue.close()
 
 

@@ -35,7 +35,7 @@ from ggbuild import (
 )
 from pydantic_settings import BaseSettings
 
-from edgefleet.agent.greengrass import check_agent_configuration
+from edgefleet.agent.greengrass import LIVE_KEYS, check_agent_configuration
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.backend.greengrass import check_backend_configuration
 from edgefleet.backend.settings import BackendSettings
@@ -53,6 +53,8 @@ MODELS: dict[str, tuple[type[BaseSettings], dict[str, str], str]] = {
     BACKEND: (BackendSettings, dict(BACKEND_KEYS), "EDGE_BACKEND_"),
 }
 MAX_RECIPE_BYTES = 16_000
+# Keys the running component applies itself (over IPC): never interpolated into its lifecycle.
+LIVE: dict[str, frozenset[str]] = {AGENT: LIVE_KEYS, BACKEND: frozenset()}
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +197,10 @@ def test_setenv_maps_every_configuration_key_to_its_setting(built: Built, name: 
         assert env_name.startswith(prefix) and field in model.model_fields, env_name
         if match := re.fullmatch(r"\{configuration:/(\w+)\}", value):
             mapped[match.group(1)] = field
-    assert mapped == keys
+    assert mapped == {k: f for k, f in keys.items() if k not in LIVE[name]}
+    lifecycle = json.dumps(recipe["Lifecycle"])
+    for key in LIVE[name]:  # a change of these must not restart the component
+        assert f"{{configuration:/{key}}}" not in lifecycle, key
     assert set(_defaults(recipe)) == {*keys, LOG_LEVEL_KEY, ACCESS_CONTROL_KEY}
 
 
@@ -240,7 +245,8 @@ def test_run_step_passes_settings_and_drops_empty_ones(
     _model, keys, prefix = MODELS[name]
     for key, field in keys.items():
         value = rendered(config[key])
-        assert seen.get(f"{prefix}{field.upper()}") == (value or None), key
+        expect = None if key in LIVE[name] else (value or None)  # live keys come over IPC
+        assert seen.get(f"{prefix}{field.upper()}") == expect, key
     if name == AGENT:
         assert seen["EDGE_AGENT_THING_NAME"] == "dev-1"
         assert seen["EDGE_AGENT_QUEUE_PATH"] == f"{nucleus.work}/queue.db"

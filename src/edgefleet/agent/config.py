@@ -24,7 +24,9 @@ HANDOVER_ENV = "EDGEFLEET_AGENT_RESOLVED"
 
 _PATHS: tuple[str, ...] = ("cert_file", "key_file", "ca_file", "queue_path")
 _LISTS: tuple[str, ...] = ("collectors", "disabled_collectors")
-_FLOATS: tuple[str, ...] = ("interval_s", "max_publishes_per_s", "reconnect_max_s", "cert_check_s")
+_FLOATS: tuple[str, ...] = (
+    "interval_s", "max_publishes_per_s", "reconnect_max_s", "cert_check_s", "reload_check_s"
+)
 # --- collectors (issue 21) ---
 _PATHS += ("textfile_dir",)
 _LISTS += ("systemd_units", "processes")
@@ -57,6 +59,7 @@ class AgentConfig:
     keep_alive_s: int
     reconnect_max_s: float
     cert_check_s: float
+    reload_check_s: float
     # --- collectors (issue 21) ---
     systemd_units: tuple[str, ...]
     systemd_interval_s: float
@@ -111,6 +114,7 @@ class Handover:
     config: AgentConfig
     log_level: str = "INFO"
     log_format: str = "text"
+    config_file: Path | None = None  # the settings file a reload reads again
 
     def to_env(self) -> str:
         """The value of :data:`HANDOVER_ENV`."""
@@ -118,6 +122,7 @@ class Handover:
             "settings": self.config.to_json_dict(),
             "log_level": self.log_level,
             "log_format": self.log_format,
+            "config_file": None if self.config_file is None else str(self.config_file),
         })
 
     @classmethod
@@ -133,6 +138,9 @@ class Handover:
         try:
             doc = json.loads(raw)
             config = AgentConfig.from_mapping(doc["settings"])
-            return cls(config, str(doc["log_level"]), str(doc["log_format"]))
+            file = doc.get("config_file")
+            return cls(
+                config, str(doc["log_level"]), str(doc["log_format"]), file and Path(file)
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{HANDOVER_ENV} is not a valid handover: {exc}") from None

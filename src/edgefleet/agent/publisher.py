@@ -75,6 +75,15 @@ class Publisher:
         self._stop_event = asyncio.Event()
         self._refused = False
         self._refused_pause = _REFUSED_PAUSE_S[0]
+        self._idle = asyncio.Event()  # set while no _drain runs (nothing in flight)
+        self._idle.set()
+        self._pub_bucket: TokenBucket | None = None
+        self._byte_bucket: TokenBucket | None = None
+        self.set_limits(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """New batching and flow control (a settings reload); a new window from now on."""
+        self.limits = limits
         now = time.monotonic()
         self._pub_bucket = (
             TokenBucket(limits.publishes_per_s, limits.publishes_per_s, now)
@@ -84,6 +93,8 @@ class Publisher:
         self._byte_bucket = (
             TokenBucket(limits.bytes_per_s, limits.bytes_per_s, now) if limits.bytes_per_s else None
         )
+        self._broken.set()  # the running drain settles its window, the next one uses these
+        self.wake.set()
 
     async def run(self) -> None:
         """Publish until :meth:`stop`; reconnects and refusals are handled inside."""
@@ -92,7 +103,11 @@ class Publisher:
             if self._stop_event.is_set():
                 return
             self._broken.clear()
-            refused = await self._drain()
+            self._idle.clear()
+            try:
+                refused = await self._drain()
+            finally:
+                self._idle.set()
             if refused and not self._stop_event.is_set():
                 await self._pause(self._refused_pause)
                 self._refused_pause = min(self._refused_pause * 2, _REFUSED_PAUSE_S[1])
@@ -200,13 +215,22 @@ class Publisher:
         self._refused_pause = _REFUSED_PAUSE_S[0]
         return False
 
-    async def replace_transport(self, new: Transport) -> None:
-        """Switch to a new client (certificate rotation); unacked samples are resent."""
+    async def replace_transport(self, new: Transport, settle_s: float = 5.0) -> None:
+        """Switch to a new client (certificate rotation, settings reload).
+
+        Nothing new is sent on the old client; it stays up until the publishes in flight on
+        it are answered (at most ``settle_s``), so they are acknowledged rather than sent
+        again, and it disconnects before the new one connects (a broker drops the older of
+        two connections with one client id). Anything still unanswered is resent over the new
+        client (the backend drops duplicates)."""
         old = self.transport
         self.transport = new
-        new.start()
         self._broken.set()
+        self.wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), settle_s)
         await old.stop()
+        new.start()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish after the in-flight window settles."""

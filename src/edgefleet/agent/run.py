@@ -1,6 +1,6 @@
 """The long-running agent: the process image ``edgefleet agent`` re-executes itself into.
 
-``python -m edgefleet.agent.run`` is started only by :func:`edgefleet.agent.main.run_agent`
+``python -m edgefleet.agent.run`` is started only by :func:`edgefleet.agent.process.run_agent`
 (same PID, via ``execve``), after it validated the settings with pydantic-settings and ran
 the preflight checks. It reads the validated settings from the environment (see
 :mod:`edgefleet.agent.config`) and runs the agent, without ever importing pydantic,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from edgefleet.agent.config import Handover
-from edgefleet.agent.main import serve
+from edgefleet.agent.process import serve
 from edgefleet.common.logs import setup_logging
 from edgefleet.errors import EdgefleetError
 
@@ -23,7 +23,7 @@ def main() -> int:
     try:
         handed = Handover.take()
         setup_logging(handed.log_level, handed.log_format)
-        return serve(handed.config)
+        return serve(handed.config, handed.config_file)
     except EdgefleetError as exc:
         sys.stderr.write(f"edgefleet agent: error: {exc}\n")
         return 2

@@ -52,6 +52,7 @@ class AgentSettings(BaseSettings):
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
     reconnect_max_s: float = Field(default=60.0, ge=1, le=600)
     cert_check_s: float = Field(default=5.0, gt=0)
+    reload_check_s: float = Field(default=2.0, ge=0)  # 0: no file watch (SIGHUP still works)
 
     # --- collectors (issue 21) ---
     systemd_units: CommaList = Field(default_factory=list)
