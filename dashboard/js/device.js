@@ -40,6 +40,7 @@ const FACTS = [
   ["Agent version", (r) => (r.agent && r.agent.agent_version) || "–"],
   ["Agent queue", (r) => (r.agent ? num(r.agent.queue_depth) : "–")],
   ["Agent dropped", (r) => (r.agent ? num(r.agent.dropped_total) : "–")],
+  ["Sent, not committed", (r) => (r.agent && r.agent.uncommitted != null ? num(r.agent.uncommitted) : "–")],
   ["Agent memory", (r) => (r.agent && r.agent.rss_bytes ? bytes(r.agent.rss_bytes) : "–")],
 ];
 

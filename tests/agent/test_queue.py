@@ -147,6 +147,14 @@ def test_a_watermark_over_samples_dropped_in_flight_takes_back_the_drop(
     assert seqs(queue) == [2]
 
 
+def test_notes_are_remembered(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    assert queue.recall("delivery") is None
+    queue.note("delivery", "backend")
+    queue.note("delivery", "backend")
+    assert queue.recall("delivery") == "backend"
+
+
 def test_sample_bound_drops_exactly_the_oldest(make_queue: MakeQueue) -> None:
     queue = make_queue(max_samples=10)
     for i in range(25):
@@ -300,6 +308,15 @@ def test_reopen_keeps_samples_seq_stream_and_dropped(tmp_path: Path) -> None:
     stats = again.stats()
     assert (stats.depth, stats.bytes, stats.dropped_total) == (4, 4 * (100 + ROW), 3)
     assert again.put(8.0, body(8)) == 8
+    again.close()
+
+
+def test_a_note_survives_a_reopen(tmp_path: Path) -> None:
+    queue = open_queue("sqlite", tmp_path / "q.db", max_bytes=BIG, max_samples=100)
+    queue.note("delivery", "backend")
+    queue.close()
+    again = open_queue("sqlite", tmp_path / "q.db", max_bytes=BIG, max_samples=100)
+    assert again.recall("delivery") == "backend"
     again.close()
 
 

@@ -46,7 +46,12 @@ from edgefleet.common.greengrass import (
     LOG_LEVEL_KEY,
     rendered,
 )
-from edgefleet.wire.policy import backend_filters, device_topics
+from edgefleet.wire.policy import (
+    backend_filters,
+    backend_publish_filters,
+    device_command_topics,
+    device_topics,
+)
 
 MODELS: dict[str, tuple[type[BaseSettings], dict[str, str], str]] = {
     AGENT: (AgentSettings, dict(AGENT_KEYS), "EDGE_AGENT_"),
@@ -160,16 +165,22 @@ def _access(recipe: dict[str, Any]) -> list[dict[str, Any]]:
     return list(proxy.values())
 
 
-def test_agent_may_only_publish_its_own_metrics_and_status(built: Built) -> None:
-    [policy] = _access(built.recipe(AGENT))
-    assert policy["operations"] == ["aws.greengrass#PublishToIoTCore"]
-    assert policy["resources"] == device_topics("{iot:thingName}")
+def test_agent_may_only_publish_its_own_topics_and_hear_its_own_watermarks(
+    built: Built,
+) -> None:
+    publish, hear = _access(built.recipe(AGENT))
+    assert publish["operations"] == ["aws.greengrass#PublishToIoTCore"]
+    assert publish["resources"] == device_topics("{iot:thingName}")
+    assert hear["operations"] == ["aws.greengrass#SubscribeToIoTCore"]
+    assert hear["resources"] == device_command_topics("{iot:thingName}")
 
 
-def test_backend_may_only_subscribe_to_fleet_metrics_and_status(built: Built) -> None:
-    [policy] = _access(built.recipe(BACKEND))
-    assert policy["operations"] == ["aws.greengrass#SubscribeToIoTCore"]
-    assert policy["resources"] == backend_filters()
+def test_backend_may_only_subscribe_to_the_fleet_and_publish_watermarks(built: Built) -> None:
+    subscribe, publish = _access(built.recipe(BACKEND))
+    assert subscribe["operations"] == ["aws.greengrass#SubscribeToIoTCore"]
+    assert subscribe["resources"] == backend_filters()
+    assert publish["operations"] == ["aws.greengrass#PublishToIoTCore"]
+    assert publish["resources"] == backend_publish_filters()
 
 
 @pytest.mark.parametrize("name", COMPONENTS)

@@ -64,8 +64,11 @@ def build_message(
     samples: Sequence[QueuedSample],
     health: Health | None,
     sent_at: float | None = None,
+    *,
+    held_from: int | None = None,
 ) -> bytes:
-    """Encode one ``MetricsMessage`` (protocol v1) from queued samples."""
+    """Encode one ``MetricsMessage`` (protocol v1) from queued samples; ``held_from``: the
+    agent waits for the backend's watermark (docs/protocol.md)."""
     head = json.dumps(
         {
             "v": PROTOCOL_VERSION,
@@ -80,5 +83,7 @@ def build_message(
         parts += [b',"health":', encode_health(health)]
     elif health is not None:
         parts += [b',"health":', health.model_dump_json().encode()]
+    if held_from is not None:
+        parts.append(b',"held_from":%d' % held_from)
     parts.append(b"}")
     return b"".join(parts)

@@ -31,6 +31,8 @@ _FLOATS: tuple[str, ...] = (
 _PATHS += ("textfile_dir",)
 _LISTS += ("systemd_units", "processes")
 _FLOATS += ("systemd_interval_s", "exec_timeout_s", "exec_interval_s")
+# --- delivery (issue 16) ---
+_FLOATS += ("resend_after_s",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,11 @@ class AgentConfig:
     exec_timeout_s: float
     exec_interval_s: float
     custom_max_keys: int
+    # --- delivery (issue 16) ---
+    delivery: str
+    resend_after_s: float
+    max_uncommitted: int
+    give_up_after: int
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AgentConfig:

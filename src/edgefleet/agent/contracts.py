@@ -70,6 +70,14 @@ class SampleQueue(Protocol):
         """Current depth, bytes, oldest sample time and total dropped."""
         ...
 
+    def note(self, key: str, value: str) -> None:
+        """Remember a small fact with the samples (it lasts as long as they do)."""
+        ...
+
+    def recall(self, key: str) -> str | None:
+        """A fact remembered with :meth:`note`, or None."""
+        ...
+
     def close(self) -> None:
         """Flush and release the store; data stays on disk for the next start."""
         ...

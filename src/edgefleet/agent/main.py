@@ -22,12 +22,14 @@ from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
 from edgefleet.agent.checks import preflight
 from edgefleet.agent.collectors import CollectorOptions, build_collectors, collect_all
+from edgefleet.agent.commits import Commits
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.contracts import Collector, SampleQueue
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import open_queue
 from edgefleet.agent.reload import Change, Reloader, file_id, plan, refusal
 from edgefleet.agent.supervise import supervise
+from edgefleet.agent.watermarks import HEARD, Watermarks, commit_settings
 from edgefleet.common.files import check_private_key
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import ConfigError, TransportError
@@ -99,12 +101,18 @@ class Agent:
         self._started = time.time()
         self.reloader = Reloader(self.apply_settings, config_file, lambda: self.s.reload_check_s)
         self._cert_seen = _cert_state(s)
+        self.commits = Commits(
+            self.queue, commit_settings(s), heard_before=self.queue.recall(HEARD) == "yes",
+            remember=lambda: self.queue.note(HEARD, "yes"),
+        )
+        self.watermarks = Watermarks(thing, self.commits, self._wake_publisher)
         self.publisher = Publisher(
             device_id=thing,
             queue=self.queue,
             transport=self._make_transport(s),
             limits=_limits(s),
             health=self.health,
+            commits=self.commits,
         )
 
     def _status(self, state: StatusState) -> bytes:
@@ -121,7 +129,8 @@ class Agent:
             from edgefleet.agent.greengrass import agent_configuration_hook
 
             hook = agent_configuration_hook(self._greengrass_configuration)
-            return IpcTransport(on_connect=self._on_connect, on_client=hook)
+            return IpcTransport(on_connect=self._on_connect, on_client=hook,
+                                on_message=self.watermarks.on_message)
         assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - preflight checked
         cfg = MqttConfig(
             endpoint=s.endpoint, port=s.port, cert_file=s.cert_file, key_file=s.key_file,
@@ -130,7 +139,7 @@ class Agent:
             will=(status_topic(self.thing), self._status("offline")),
             on_connect=self._on_connect,
         )
-        return MqttClient(cfg)
+        return MqttClient(cfg, on_message=self.watermarks.on_message)
 
     def _config_channel(self) -> Transport | None:
         """Under Greengrass with our own MQTT connection: an IPC connection to the nucleus
@@ -149,14 +158,23 @@ class Agent:
             )
 
     def _on_connect(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._announce(), name="announce")
-        self._side.add(task)
-        task.add_done_callback(self._side_done)
+        loop = asyncio.get_running_loop()
+        hear = self._hear_watermarks
+        for name, work in (("announce", self._announce), ("hear-acks", hear)):
+            task = loop.create_task(work(), name=name)
+            self._side.add(task)
+            task.add_done_callback(self._side_done)
 
     def _side_done(self, task: asyncio.Task[None]) -> None:
         self._side.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("agent side task failed", extra=kv(task=task.get_name(), error=repr(exc)))
+
+    def _wake_publisher(self) -> None:
+        self.publisher.wake.set()
+
+    async def _hear_watermarks(self) -> None:
+        await self.watermarks.subscribe(self.publisher.transport)
 
     async def _announce(self) -> None:
         try:
@@ -179,6 +197,7 @@ class Agent:
             publish_errors_total=self.publisher.stats.errors,
             rss_bytes=self._proc.memory_info().rss,
             agent_version=__version__,
+            uncommitted=self.commits.uncommitted(st.held_from),
         )
 
     async def _sample_loop(self) -> None:
@@ -246,6 +265,7 @@ class Agent:
         self.s, self.collectors = new, collectors
         if change.limits:
             self.publisher.set_limits(_limits(new))
+            self.commits.settings = commit_settings(new)
         if "interval_s" in change.changed:
             self._tick.set()
         if fresh is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgefleet.agent.batch import Health, build_message, fit, too_big
+from edgefleet.agent.commits import Commits
 from edgefleet.agent.contracts import QueuedSample, SampleQueue
 from edgefleet.agent.ratelimit import TokenBucket
 from edgefleet.common.logs import kv
@@ -62,12 +63,15 @@ class Publisher:
         transport: Transport,
         limits: Limits,
         health: Callable[[], Health],
+        commits: Commits | None = None,
     ) -> None:
         self.device_id = device_id
         self.queue = queue
         self.transport = transport
         self.limits = limits
         self.health = health
+        self.commits = commits  # None: a PUBACK deletes (delivery = broker, tests)
+        self._lost_from: int | None = None  # lowest seq whose publish outcome is unknown
         self.stats = PublisherStats()
         self.wake = asyncio.Event()
         self._topic = metrics_topic(device_id)
@@ -125,17 +129,23 @@ class Publisher:
         """Send batches until something breaks; return True when the broker refused."""
         window = asyncio.Semaphore(self.limits.max_inflight)
         inflight: set[asyncio.Task[bool]] = set()
-        after, after_stream = -1, self.queue.stream
+        after, after_stream = self._resume_after(), self.queue.stream
         self._refused = False
         while not self._stop_event.is_set() and not self._broken.is_set():
             if self.queue.stream != after_stream:  # store replaced: its seqs restart at 0
                 after, after_stream = -1, self.queue.stream
+            held = self._held_from()
+            nxt = self._commit_rules(after, held)
+            if nxt is None:  # the uncommitted window is full: wait for a watermark
+                await self._wait_for_work()
+                continue
+            after = nxt
             batch = self._next_batch(after)
             if not batch:
                 await self._wait_for_work()
                 continue
             stream = self.queue.stream
-            payload = build_message(self.device_id, stream, batch, self.health())
+            payload = build_message(self.device_id, stream, batch, self.health(), held_from=held)
             await self._throttle(len(payload))
             await window.acquire()
             if self._broken.is_set():
@@ -148,6 +158,37 @@ class Publisher:
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
         return self._refused
+
+    def _resume_after(self) -> int:
+        """Where a new drain starts: waiting for watermarks, after what the broker already
+        acknowledged (the resend timer covers what it may have lost), else from the oldest."""
+        commits, lost, self._lost_from = self.commits, self._lost_from, None
+        if commits is None or not commits.waiting() or commits.sent_high < 0:
+            return -1
+        return commits.sent_high if lost is None else min(commits.sent_high, lost - 1)
+
+    def _held_from(self) -> int | None:
+        """``held_from`` for the message: the queue's lowest seq, unless delivery = broker."""
+        commits = self.commits
+        if commits is None or commits.settings.mode == "broker":
+            return None
+        return self.queue.stats().held_from
+
+    def _commit_rules(self, after: int, held: int | None) -> int | None:
+        """Apply the resend and window rules (waiting mode): the seq to send after, or None
+        when no new sample may go out now."""
+        commits = self.commits
+        if commits is None or held is None or not commits.waiting():
+            return after
+        if commits.resend_due():
+            if commits.start_resend():
+                commits.give_up(held)
+            log.info("resending what the backend has not committed", extra=kv(
+                held_from=held, sent_high=commits.sent_high, rounds=commits.resends_total))
+            return -1
+        if after >= commits.sent_high and commits.window_full(held):
+            return None
+        return after
 
     def _next_batch(self, after: int) -> list[QueuedSample]:
         batch = self.queue.peek(
@@ -203,13 +244,18 @@ class Publisher:
             return True
         except TransportError as exc:
             self.stats.errors += 1
+            low = batch[0].seq
+            self._lost_from = low if self._lost_from is None else min(self._lost_from, low)
             self._broken.set()
             log.info("publish outcome unknown; will resend", extra=kv(error=str(exc)))
             return False
         finally:
             window.release()
         if self.queue.stream == stream:  # a store replaced meanwhile restarted its seqs
-            self.queue.ack([s.seq for s in batch])
+            if self.commits is not None and self.commits.waiting():
+                self.commits.sent(batch[0].seq, batch[-1].seq)  # deleted by a watermark
+            else:
+                self.queue.ack([s.seq for s in batch])
         self.stats.messages += 1
         self.stats.samples += len(batch)
         self._refused_pause = _REFUSED_PAUSE_S[0]

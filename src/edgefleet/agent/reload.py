@@ -48,9 +48,10 @@ RECONNECT_FIELDS = frozenset(
 owns the connection and only ``aws_limits``' publish limits apply)."""
 
 LIMIT_FIELDS = frozenset(
-    {"max_publishes_per_s", "max_bytes_per_s", "batch_max_bytes", "max_inflight", "aws_limits"}
+    {"max_publishes_per_s", "max_bytes_per_s", "batch_max_bytes", "max_inflight", "aws_limits",
+     "delivery", "resend_after_s", "max_uncommitted", "give_up_after"}
 )
-"""The publisher's batching and flow control: applied in place."""
+"""The publisher's batching, flow control and delivery rules: applied in place."""
 
 SCHEDULE_FIELDS = frozenset({"interval_s", "cert_check_s", "reload_check_s"})
 """Read by the agent's loops at every round: applied in place."""

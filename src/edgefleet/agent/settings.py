@@ -16,7 +16,7 @@ from edgefleet.agent.collectors.options import MAX_PROCESSES, MAX_UNITS, split_c
 from edgefleet.agent.collectors.processes import parse_spec
 from edgefleet.errors import ConfigError
 from edgefleet.wire.base import MAX_MESSAGE_BYTES, THING_NAME_PATTERN
-from edgefleet.wire.policy import BACKEND_IDENTITY
+from edgefleet.wire.policy import backend_identities
 
 CommaList = Annotated[list[str], NoDecode]
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,256}")
@@ -64,6 +64,12 @@ class AgentSettings(BaseSettings):
     exec_interval_s: float = Field(default=0.0, ge=0, le=86400)
     custom_max_keys: int = Field(default=200, ge=1, le=1000)
 
+    # --- delivery (issue 16; docs/agent.md, "Backend acknowledgements") ---
+    delivery: Literal["auto", "backend", "broker"] = "auto"
+    resend_after_s: float = Field(default=180.0, ge=1, le=86400)
+    max_uncommitted: int = Field(default=2000, ge=1, le=5000)  # < the backend's 10,000 window
+    give_up_after: int = Field(default=5, ge=1, le=100)
+
     @field_validator("systemd_units", "processes", mode="before")
     @classmethod
     def _split_collector_lists(cls, value: object) -> object:
@@ -104,7 +110,7 @@ class AgentSettings(BaseSettings):
     @field_validator("thing_name")
     @classmethod
     def _not_the_backend(cls, value: str | None) -> str | None:
-        if value is not None and value.casefold() == BACKEND_IDENTITY:
+        if value is not None and value.casefold() in backend_identities():
             raise ValueError(
                 f"{value!r} is the backend's identity (it reads the whole fleet), not a device's"
             )

@@ -65,6 +65,7 @@ class HealthDoc(TypedDict):
     publish_errors_total: int
     rss_bytes: int
     agent_version: str
+    uncommitted: int
 
 
 def metrics_topic(thing: str) -> str:

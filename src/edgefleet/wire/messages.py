@@ -123,6 +123,10 @@ class AgentHealth(_Model):
     )
     rss_bytes: int = Field(ge=0, le=MAX_SEQ, description="resident memory of the agent process")
     agent_version: str = Field(max_length=64, description="edgefleet version of the agent")
+    uncommitted: int | None = Field(
+        default=None, ge=0, le=MAX_SEQ,
+        description="samples sent but not yet committed by the backend's watermark",
+    )
 
 
 class MetricsMessage(_Model):

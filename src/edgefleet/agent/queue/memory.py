@@ -174,6 +174,7 @@ class MemoryQueue:
         self._lock = threading.Lock()
         self._events = QueueLog(self.kind)
         self._recent = RecentDrops()
+        self._notes: dict[str, str] = {}
 
     @property
     def stream(self) -> str:
@@ -248,6 +249,13 @@ class MemoryQueue:
                 dropped_total=self._dropped,
                 held_from=self._next_seq if oldest is None else oldest.seq,
             )
+
+    def note(self, key: str, value: str) -> None:
+        """Remember ``value`` for this process's life (the samples' life, too)."""
+        self._notes[key] = value
+
+    def recall(self, key: str) -> str | None:
+        return self._notes.get(key)
 
     def close(self) -> None:
         """Nothing to flush: the samples die with the process."""

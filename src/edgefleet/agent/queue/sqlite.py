@@ -179,6 +179,26 @@ class SqliteQueue:
                 dropped_total=self._dropped, held_from=held,
             )
 
+    def note(self, key: str, value: str) -> None:
+        """Remember ``value`` in the file's meta table (``note:<key>``); a store that fails
+        is logged, the fact is then remembered again next time."""
+        with self._lock:
+            try:
+                self._guarded(lambda: self._note(key, value), retry=False)
+            except (sqlite3.Error, OSError) as exc:
+                self._events.failed("note", exc)
+
+    def recall(self, key: str) -> str | None:
+        """A fact remembered with :meth:`note` (None if none, or the file cannot be read)."""
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT value FROM meta WHERE key = ?", (f"note:{key}",)).fetchone()
+            except sqlite3.Error as exc:
+                self._events.failed("recall", exc)
+                return None
+        return None if row is None else str(row[0])
+
     def close(self) -> None:
         """Close the file; every stored sample stays for the next start."""
         with self._lock:
@@ -342,6 +362,11 @@ class SqliteQueue:
         self._depth -= count
         self._bytes -= size + count * ROW_OVERHEAD_BYTES
         return int(count)
+
+    def _note(self, key: str, value: str) -> None:
+        with _transaction(self._conn):
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                               (f"note:{key}", value))
 
     def _save_counters(self, next_seq: int, dropped: int) -> None:
         self._conn.execute(

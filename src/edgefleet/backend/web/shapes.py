@@ -56,7 +56,8 @@ def device_row(
         "identity_conflict": None if identity_conflict is None else dict(identity_conflict),
         "agent": {
             k: health[k]
-            for k in ("queue_depth", "dropped_total", "rss_bytes", "agent_version", "oldest_age_s")
+            for k in ("queue_depth", "dropped_total", "rss_bytes", "agent_version", "oldest_age_s",
+                      "uncommitted")
             if k in health
         },
     }
