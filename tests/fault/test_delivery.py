@@ -22,10 +22,10 @@ from agentproc import AgentProc
 from backendproc import BackendProc
 from edgefleet.dev.broker import Mosquitto
 
-pytestmark = [pytest.mark.fault, pytest.mark.slow]
-
 AGENTS = 20
 OUTAGE_S = float(os.environ.get("EDGEFLEET_OUTAGE_S", "300"))
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(OUTAGE_S + 600)]
 
 
 @pytest.fixture
