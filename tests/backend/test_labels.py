@@ -20,6 +20,7 @@ from test_web_fleet_view import RULES
 
 from edgefleet.backend.store.metadata import MAX_LABELS
 from edgefleet.backend.web.app import create_app
+from edgefleet.backend.web.fleet_meta import RateMeter, backend_figures
 from edgefleet.cli import main as cli_main
 from edgefleet.dev.broker import free_port
 
@@ -168,3 +169,22 @@ def _listening(port: int) -> bool:
 
     with contextlib.closing(socket.socket()) as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_refusals_per_second_follow_the_last_ten_seconds() -> None:
+    meter = RateMeter()
+    assert meter.rate(0, 100.0) == 0.0
+    assert meter.rate(10, 101.0) == 10.0
+    assert meter.rate(30, 103.0) == 10.0
+    assert meter.rate(30, 120.0) == 0.0  # nothing refused in the last ten seconds
+
+
+def test_uncommitted_samples_are_shown_only_when_the_backend_knows_them() -> None:
+    common: dict[str, Any] = {"connected": True, "last_heard": 99.0, "now": 100.0, "inbox": 4,
+                              "rejected_per_s": 1.5, "outbox": 0}
+    assert backend_figures(**common) == {
+        "feed_connected": True, "ingest_lag_s": 1.0, "inbox": 4, "rejected_per_s": 1.5,
+        "outbox": 0}
+    assert backend_figures(**common, uncommitted=7)["uncommitted"] == 7
+    assert "uncommitted" not in backend_figures(**common, uncommitted=True)
+    assert backend_figures(**{**common, "last_heard": None})["ingest_lag_s"] is None
