@@ -280,6 +280,12 @@ async def test_on_a_phone_the_alerts_come_before_the_fleet(make_rig: MakeRig, br
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390  # nothing wider than the phone
     await page.screenshot(path=str(DOCS / "dashboard-phone.png"), full_page=False)
+    await page.get_by_test_id("fleet-table").scroll_into_view_if_needed()
+    await expect(page.locator(ROW).first).to_be_visible()
+    clipped = await page.locator(ROW).evaluate_all(
+        "rows => rows.filter(r => r.scrollHeight > r.clientHeight + 1).length")
+    assert clipped == 0  # each card fits the fixed row height the virtual list relies on
+    await page.screenshot(path=str(DOCS / "dashboard-phone-fleet.png"), full_page=False)
     assert page.errors == []  # type: ignore[attr-defined]
 
 
