@@ -107,7 +107,7 @@ async def test_forget_keeps_history_hides_the_device_and_a_return_is_new(serve: 
         code, body = await delete(served, "/api/devices/dev-b?purge=keep")
         assert (code, body["history"], body["purged_rows"]) == (200, "kept", 0)
         frame = await frames_until(ws, lambda f: f.get("removed") == ["dev-b"])
-    assert frame["summary"]["devices"] == 1
+    assert (frame["summary"]["devices"], frame["summary"]["firing"]) == (1, 0)
     _, body = await served.get("/api/devices")
     assert [r["id"] for r in body["devices"]] == ["dev-a"]
     assert (await served.get("/api/devices/dev-b"))[0] == 404

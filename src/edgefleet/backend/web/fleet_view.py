@@ -133,7 +133,7 @@ class FleetViewModel:
             "samples_per_s": round(s.samples_per_s, 2), "lost_samples": c.lost_samples,
             "agent_dropped": c.agent_dropped, "rejected": rejected,
             "duplicates": c.duplicates_total,
-            "firing": len(b.alerts.firing), "ws_clients": len(self.hub.clients), "now": now,
+            "firing": self._firing(), "ws_clients": len(self.hub.clients), "now": now,
             "feed": b.feed.public(),
             "backend": backend_figures(
                 connected=b.connected.is_set(), last_heard=b.feed.last_heard, now=now,
@@ -141,6 +141,12 @@ class FleetViewModel:
                 outbox=b.dispatcher.stats().outbox_depth,
                 uncommitted=getattr(b.acker, "uncommitted", None)),
         }
+
+    def _firing(self) -> int:
+        firing = self.b.alerts.firing
+        if not self.meta.forgotten:
+            return len(firing)
+        return sum(not self.meta.hidden(str(a["device"])) for a in firing.values())
 
     def alerts(self) -> dict[str, Any]:
         doc = self.b.alerts.public()
