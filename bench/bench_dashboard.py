@@ -17,8 +17,9 @@ online. Then, one after the other:
 (a) *Page.* Debian's Chromium (headless, Playwright) opens the dashboard ``--loads`` times,
     each in a fresh tab. An init script (before the page's own scripts) records, on the
     page's clock (0 = navigation start): DOMContentLoaded, the WebSocket's creation, the
-    snapshot's arrival and the end of its handler, the moment all 1,000
-    ``[data-testid=device-row]`` are in the DOM (MutationObserver) and the end of the next
+    snapshot's arrival and the end of its handler, the moment the table holds all 1,000
+    devices (its tbody's ``data-total``; rows are virtualised, only those on screen are in
+    the DOM; MutationObserver) and the end of the next
     rendered frame after that (rAF + a posted message). The figure is the median over the
     loads of "rows present" (target < 2 s). Then the last tab stays open for ``--render-s``
     seconds while every device updates once per second: per update frame, the lag

@@ -88,6 +88,7 @@ export class FleetTable {
   setFilter(name, value) {
     this.filters[name] = name === "query" ? value.trim().toLowerCase() : value;
     for (const rec of this.records.values()) rec.visible = matches(rec, this.filters);
+    this._toTop();
     this._sortNow();
   }
 
@@ -97,7 +98,15 @@ export class FleetTable {
     else this.sortDir = key === this.sortKey ? (this.sortDir === "asc" ? "desc" : "asc") : firstDirection(key);
     this.sortKey = key;
     this._showSort();
+    this._toTop();
     this._sortNow();
+  }
+
+  /** After the user changed what is listed: show its start if the page is scrolled past it. */
+  _toTop() {
+    const top = this.tbody.getBoundingClientRect().top;
+    const head = this.thead ? this.thead.getBoundingClientRect().height : 0;
+    if (top < head) window.scrollBy(0, top - head);
   }
 
   /** Once a second: relative times, counts, and the filters' choices when they changed. */

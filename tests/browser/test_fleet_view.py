@@ -297,3 +297,38 @@ def lambda_re(pattern: str) -> Any:
 
 def frames_json(text: str) -> dict[str, Any]:
     return dict(json.loads(text))
+
+
+async def test_sorting_rules_and_top_n_in_the_page_modules(
+    make_rig: MakeRig, browser: Any
+) -> None:
+    """The pure parts (sort.js, insights.js) as the page loads them."""
+    rig = await make_rig()
+    page = await open_page(browser, rig.url)
+    got = await page.evaluate("""async () => {
+        const { comparator, matches, choices } = await import("./static/js/sort.js");
+        const { topN } = await import("./static/js/insights.js");
+        const rec = (id, cpu, extra = {}) => ({ id, rank: 4,
+          row: { id, cpu, status: "online", groups: [], labels: {}, ...extra } });
+        const recs = [rec("b", 10), rec("a", null), rec("c", 90), rec("d", 10)];
+        const order = (key, dir) => [...recs].sort(comparator(key, dir)).map((r) => r.id);
+        const labelled = rec("e", 1, { groups: ["north"], labels: { site: "x=y" } });
+        const f = { status: "all", query: "", group: "", label: "" };
+        return {
+          desc: order("cpu", "desc"), asc: order("cpu", "asc"), ids: order("id", "desc"),
+          site: matches(labelled, { ...f, label: "site=x=y" }),
+          other: matches(labelled, { ...f, label: "site=x" }),
+          group: matches(labelled, { ...f, group: "north" }),
+          nogroup: matches(recs[0], { ...f, group: "north" }),
+          choices: choices([labelled.row, recs[0].row]),
+          top: topN([{ id: "x", status: "online", temp: 50 }, { id: "y", status: "offline", temp: 99 },
+                     { id: "z", status: "online", temp: 70 }, { id: "w", status: "online" }], "temp", 2)
+                 .map((r) => r.id),
+        };
+    }""")
+    assert got["desc"] == ["c", "b", "d", "a"]  # no value: last
+    assert got["asc"] == ["b", "d", "c", "a"]  # ... in both directions; ties by id
+    assert got["ids"] == ["d", "c", "b", "a"]
+    assert (got["site"], got["other"], got["group"], got["nogroup"]) == (True, False, True, False)
+    assert got["choices"] == {"groups": ["north"], "labels": ["site=x=y"]}
+    assert got["top"] == ["z", "x"]  # offline devices and missing values left out
