@@ -199,6 +199,7 @@ function route() {
     const previous = device.id;
     device.hide();
     fleetView.hidden = false;
+    table.refresh();
     if (previous) table.focusRow(previous);
   }
 }

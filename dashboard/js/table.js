@@ -120,6 +120,11 @@ export class FleetTable {
     }
   }
 
+  /** The table was hidden (device view) and is shown again: render for the current scroll. */
+  refresh() {
+    this._render();
+  }
+
   focusRow(id) {
     const i = this.order.findIndex((rec) => rec.id === id);
     if (i >= 0) this._focusIndex(i);
