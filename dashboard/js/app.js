@@ -3,17 +3,20 @@
 
 import * as api from "./api.js";
 import * as auth from "./auth.js";
+import { ForgetDialog } from "./admin.js";
 import { AlertFeed } from "./alerts.js";
 import { DeviceView } from "./device.js";
 import { FeedState } from "./feed.js";
 import { syncClock } from "./format.js";
-import { ConnState, renderSummary } from "./summary.js";
+import { Insights } from "./insights.js";
+import { ConnState, renderHealth, renderSummary } from "./summary.js";
 import { FleetTable } from "./table.js";
 import { ReconnectingSocket } from "./ws.js";
 
 const $ = (id) => document.querySelector(`[data-testid=${id}]`);
 const fleetView = $("fleet-view");
 const summaryRoot = document.querySelector(".summary");
+const healthRoot = $("health-strip");
 const emptyState = $("empty-state");
 
 function showCounts(counts) {
@@ -29,11 +32,37 @@ function showCounts(counts) {
   emptyState.hidden = !text;
 }
 
+/** Replace a <select>'s choices (keeping "All" and the current choice when still offered). */
+function showChoices(select, values, filterName) {
+  const current = select.value;
+  const options = [select.options[0]];
+  for (const v of values) {
+    const o = document.createElement("option");
+    o.value = v;
+    o.textContent = v;
+    options.push(o);
+  }
+  select.replaceChildren(...options);
+  select.value = values.includes(current) ? current : "";
+  if (select.value !== current) table.setFilter(filterName, select.value);
+  select.closest("label").hidden = values.length === 0 && !current;
+}
+
 const table = new FleetTable($("device-rows"), {
   onOpen: (id) => {
     location.hash = `#/device/${encodeURIComponent(id)}`;
   },
   onCounts: showCounts,
+  onChoices: ({ groups, labels }) => {
+    showChoices($("group-filter"), groups, "group");
+    showChoices($("label-filter"), labels, "label");
+  },
+  onForget: (id) => forgetDialog.ask(id),
+  thead: $("fleet-head"),
+});
+const insights = new Insights($("insights"));
+const forgetDialog = new ForgetDialog($("forget-dialog"), {
+  onForgotten: (id) => table.update([], [id]),
 });
 const feed = new AlertFeed($("alert-feed"), {
   onChange: () => device.visible && device.refreshAlerts(),
@@ -114,6 +143,7 @@ function onFrame(msg) {
   if (msg.summary) {
     syncClock(msg.summary.now);
     renderSummary(summaryRoot, msg.summary);
+    renderHealth(healthRoot, msg.summary.backend);
     feedState.set(msg.summary.feed);
   }
   if (msg.type === "snapshot") {
@@ -169,6 +199,7 @@ function route() {
     const previous = device.id;
     device.hide();
     fleetView.hidden = false;
+    table.refresh();
     if (previous) table.focusRow(previous);
   }
 }
@@ -178,14 +209,17 @@ for (const b of document.querySelectorAll("[data-filter]")) {
     for (const other of document.querySelectorAll("[data-filter]")) {
       other.setAttribute("aria-pressed", String(other === b));
     }
-    table.setFilter(b.dataset.filter);
+    table.setFilter("status", b.dataset.filter);
   });
 }
-$("search").addEventListener("input", (ev) => table.setQuery(ev.target.value));
+$("search").addEventListener("input", (ev) => table.setFilter("query", ev.target.value));
+$("group-filter").addEventListener("change", (ev) => table.setFilter("group", ev.target.value));
+$("label-filter").addEventListener("change", (ev) => table.setFilter("label", ev.target.value));
 window.addEventListener("hashchange", route);
 
 setInterval(() => {
   table.tick();
+  if (!fleetView.hidden) insights.refresh(Array.from(table.records.values(), (rec) => rec.row));
   feed.tick();
   conn.tick();
   if (device.visible) device.tick();

@@ -1,4 +1,5 @@
-// One device row of the fleet table: built once as a prototype, then deep-cloned per device.
+// One row of the fleet table: built once as a prototype, then deep-cloned for the pool of
+// rows the virtualised table shows (bindRow puts a device into a pooled row).
 
 import { sparkline } from "./chart.js";
 
@@ -12,6 +13,7 @@ const COLUMNS = [
   ["c-temp num", "Temp"],
   ["c-spark", "CPU trend"],
   ["c-alert", "Alerts"],
+  ["c-act", ""],
 ];
 
 function meterCell(td) {
@@ -28,7 +30,7 @@ function meterCell(td) {
 
 const TEST_IDS = { 3: "cpu", 4: "memory", 5: "disk", 6: "temp", 8: "alerts" }; // by column
 
-/** One empty row, built once; every device row is a deep clone of it (cheap for 1,000). */
+/** One empty row, built once; every pooled row is a deep clone of it. */
 function prototypeRow() {
   const tr = document.createElement("tr");
   tr.tabIndex = 0;
@@ -43,7 +45,7 @@ function prototypeRow() {
     if (TEST_IDS[i]) td.dataset.testid = TEST_IDS[i];
     tr.append(td);
   });
-  const [status, idCell, seen, cpu, mem, disk, , spark, alert] = tr.children;
+  const [status, idCell, seen, cpu, mem, disk, , spark, alert, act] = tr.children;
   const badge = document.createElement("span");
   badge.className = "badge";
   status.append(badge);
@@ -54,7 +56,10 @@ function prototypeRow() {
   flag.dataset.testid = "identity-conflict";
   flag.textContent = "identity conflict";
   flag.hidden = true;
-  idCell.append(link, flag);
+  const chips = document.createElement("span");
+  chips.className = "chips";
+  chips.dataset.testid = "device-labels";
+  idCell.append(link, chips, flag);
   const time = document.createElement("time");
   time.dataset.testid = "last-seen";
   seen.append(time);
@@ -65,28 +70,39 @@ function prototypeRow() {
   const sev = document.createElement("span");
   sev.className = "sev";
   alert.append(sev);
+  const forget = document.createElement("button");
+  forget.type = "button";
+  forget.className = "forget";
+  forget.dataset.testid = "forget-device";
+  forget.textContent = "Forget…";
+  act.append(forget);
   return tr;
 }
 
 let proto = null;
 
-/** A new row for device `id` and direct references to the cells that updates write to. */
-export function createRow(id) {
+/** A row with no device yet, and direct references to the cells that updates write to. */
+export function createRow() {
   proto = proto || prototypeRow();
   const tr = proto.cloneNode(true);
-  tr.dataset.deviceId = id;
-  const [status, idCell, seen, cpu, mem, disk, temp, spark, alert] = tr.children;
-  const link = idCell.firstChild;
-  link.href = `#/device/${encodeURIComponent(id)}`;
-  link.textContent = id;
+  const [status, idCell, seen, cpu, mem, disk, temp, spark, alert, act] = tr.children;
   const meter = (td) => ({ val: td.firstChild, fill: td.lastChild.firstChild });
   return {
     tr,
     cells: {
       badge: status.firstChild, time: seen.firstChild, temp, sev: alert.firstChild,
-      flag: idCell.lastChild,
+      link: idCell.firstChild, chips: idCell.children[1], flag: idCell.lastChild,
       cpu: meter(cpu), mem: meter(mem), disk: meter(disk),
-      spark: spark.firstChild.firstChild,
+      spark: spark.firstChild.firstChild, forget: act.firstChild,
     },
   };
+}
+
+/** Show device `id` in a pooled row (a row is reused for another device as the page scrolls). */
+export function bindRow(view, id) {
+  view.tr.dataset.deviceId = id;
+  view.cells.link.href = `#/device/${encodeURIComponent(id)}`;
+  view.cells.link.textContent = id;
+  view.cells.forget.setAttribute("aria-label", `Forget ${id}`);
+  view.shown = {};
 }

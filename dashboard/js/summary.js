@@ -56,3 +56,26 @@ export class ConnState {
     setText(this.wait, text);
   }
 }
+
+/**
+ * The backend health strip (`summary.backend`, docs/api.md): is the backend itself receiving
+ * and keeping up? `uncommitted` is shown only when the backend reports it.
+ */
+export function renderHealth(root, b) {
+  root.hidden = !b;
+  if (!b) return;
+  const q = (id) => root.querySelector(`[data-testid=health-${id}]`);
+  const connected = Boolean(b.feed_connected);
+  setText(q("feed"), connected ? "connected" : "disconnected");
+  q("feed").classList.toggle("bad", !connected);
+  const lag = typeof b.ingest_lag_s === "number" ? b.ingest_lag_s : null;
+  setText(q("lag"), lag === null ? "–" : `${num(lag, 1)} s`);
+  q("lag").classList.toggle("bad", lag !== null && lag > 30);
+  setText(q("inbox"), num(b.inbox));
+  setText(q("refusals"), num(b.rejected_per_s, 1));
+  q("refusals").classList.toggle("bad", b.rejected_per_s > 0);
+  setText(q("outbox"), num(b.outbox));
+  const has = typeof b.uncommitted === "number";
+  q("uncommitted").parentElement.hidden = !has;
+  if (has) setText(q("uncommitted"), num(b.uncommitted));
+}

@@ -1,28 +1,47 @@
-// The fleet table. One <tr> per device, kept in a Map and updated cell by cell: an update
-// writes to the DOM only where a displayed string changed, and rows are re-ordered at most
-// once per second, and only when a rank changed or devices came or went.
+// The fleet table, virtualised: every device is a record in a Map, but only the rows on
+// screen (plus a margin) are in the DOM, in a small pool of <tr> reused as the page scrolls;
+// two spacer rows stand in for the rest. An update writes only to rows on screen, and only
+// where a shown string changed; the order is recomputed at most once per second, and only
+// when a rank, a sorted value, a filter match or the set of devices changed.
 
-import { sparkPoints } from "./chart.js";
-import { ago, celsius, isoTime, level, localTime, now, pct } from "./format.js";
-import { conflictText } from "./conflict.js";
-import { compare, isProblem, passesFilter, rank } from "./rank.js";
-import { createRow } from "./row.js";
+import { now } from "./format.js";
+import { paintRow, paintSeen } from "./paint.js";
+import { isProblem, rank } from "./rank.js";
+import { bindRow, createRow } from "./row.js";
+import { choices, comparator, firstDirection, matches, sortValueChanged } from "./sort.js";
 
 const SORT_EVERY_MS = 1000;
+const OVERSCAN = 8; // rows rendered above and below the screen
+
+function spacer() {
+  const tr = document.createElement("tr");
+  tr.className = "spacer";
+  tr.setAttribute("aria-hidden", "true");
+  return tr;
+}
 
 export class FleetTable {
-  constructor(tbody, { onOpen, onCounts }) {
-    this.tbody = tbody;
-    this.onOpen = onOpen;
-    this.onCounts = onCounts;
-    this.records = new Map(); // id -> {id, row, rank, tr, cells, shown, visible}
-    this.filter = "all";
-    this.query = "";
-    this.orderDirty = false;
-    this.lastSort = 0;
-    this.sortTimer = 0;
+  constructor(tbody, { onOpen, onCounts, onChoices = () => {}, onForget = () => {}, thead = null }) {
+    Object.assign(this, { tbody, onOpen, onCounts, onChoices, onForget, thead });
+    this.records = new Map(); // id -> {id, row, rank, visible}
+    this.order = []; // the records that pass the filters, sorted
+    this.views = new Map(); // id -> {tr, cells, shown}: rows in the DOM
+    this.pool = [];
+    this.filters = { status: "all", query: "", group: "", label: "" };
+    this.sortKey = "status";
+    this.sortDir = "asc";
+    this.orderDirty = this.choicesDirty = false;
+    this.lastSort = this.sortTimer = this.raf = this.rowH = 0;
+    this.top = spacer();
+    this.bottom = spacer();
+    tbody.replaceChildren(this.top, this.bottom);
     tbody.addEventListener("click", (ev) => this._onClick(ev));
     tbody.addEventListener("keydown", (ev) => this._onKey(ev));
+    if (thead) thead.addEventListener("click", (ev) => this._onSortClick(ev));
+    const later = () => this._scheduleRender();
+    window.addEventListener("scroll", later, { passive: true });
+    window.addEventListener("resize", () => { this.rowH = 0; later(); });
+    this._showSort();
   }
 
   get(id) {
@@ -34,228 +53,240 @@ export class FleetTable {
     return this.records.size;
   }
 
-  /** A snapshot: the rows it lists replace everything; existing elements are reused. */
+  /** A snapshot: the rows it lists replace everything. */
   replaceAll(rows) {
-    const seen = new Set();
-    const fresh = document.createDocumentFragment();
-    for (const row of rows) {
-      seen.add(row.id);
-      this._upsert(row, fresh);
-    }
-    for (const id of [...this.records.keys()]) if (!seen.has(id)) this._drop(id);
-    this.tbody.append(fresh);
+    this.records.clear();
+    for (const row of rows) this._upsert(row);
+    this.choicesDirty = true;
     this._sortNow();
   }
 
-  /** An update: only the rows that changed. */
+  /** An update: only the rows that changed, and the ids of devices that are gone. */
   update(rows, removed = []) {
-    const fresh = document.createDocumentFragment();
-    for (const row of rows) this._upsert(row, fresh);
+    for (const row of rows) this._upsert(row);
     for (const id of removed) this._drop(id);
-    if (fresh.childNodes.length) this.tbody.append(fresh);
     if (this.orderDirty) this._scheduleSort();
   }
 
-  setFilter(filter) {
-    this.filter = filter;
-    this._refilter();
-  }
-
-  setQuery(query) {
-    this.query = query.trim().toLowerCase();
-    this._refilter();
-  }
-
-  /** Once a second: relative times, and the counts per filter. */
-  tick() {
-    const t = now();
-    for (const rec of this.records.values()) this._setSeen(rec, t);
-    this._counts();
-  }
-
-  focusRow(id) {
-    const rec = this.records.get(id);
-    if (rec && !rec.tr.hidden) rec.tr.focus();
-  }
-
-  // --- internals ------------------------------------------------------------------------
-
-  _upsert(row, fresh) {
-    let rec = this.records.get(row.id);
-    if (!rec) {
-      const { tr, cells } = createRow(row.id);
-      rec = { id: row.id, row, rank: rank(row), tr, cells, shown: {}, visible: true };
-      this.records.set(row.id, rec);
-      fresh.append(tr);
-      this.orderDirty = true;
-    } else {
-      const r = rank(row);
-      if (r !== rec.rank) {
-        rec.rank = r;
-        this.orderDirty = true;
-      }
-      rec.row = row;
-    }
-    this._render(rec);
-    this._applyVisibility(rec);
-  }
-
+  /** A device is gone (forgotten): off the screen at once. */
   _drop(id) {
     const rec = this.records.get(id);
     if (!rec) return;
-    rec.tr.remove();
     this.records.delete(id);
+    const i = this.order.indexOf(rec);
+    if (i >= 0) this.order.splice(i, 1);
+    const view = this.views.get(id);
+    if (view) {
+      this.views.delete(id);
+      view.tr.remove();
+      this.pool.push(view);
+    }
+    this._scheduleRender();
   }
 
-  /** Write only what changed since the last render of this row. */
-  _render(rec) {
-    const { row, cells, shown, tr } = rec;
-    if (shown.status !== row.status) {
-      shown.status = row.status;
-      tr.dataset.status = row.status;
-      cells.badge.className = `badge st-${row.status}`;
-      cells.badge.textContent = row.status;
-    }
-    const rk = String(rec.rank);
-    if (shown.rank !== rk) {
-      shown.rank = rk;
-      tr.classList.toggle("problem", isProblem(rec.rank));
-    }
-    this._meter(rec, "cpu", cells.cpu, row.cpu);
-    this._meter(rec, "mem", cells.mem, row.memory);
-    this._meter(rec, "disk", cells.disk, row.disk);
-    const temp = celsius(row.temp);
-    if (shown.temp !== temp) {
-      shown.temp = temp;
-      cells.temp.textContent = temp;
-      cells.temp.className = `c-temp num ${level("temp", row.temp)}`;
-    }
-    const points = sparkPoints(row.spark);
-    if (shown.spark !== points) {
-      shown.spark = points;
-      cells.spark.setAttribute("points", points);
-    }
-    const sev = row.severity || "";
-    const alert = sev ? `${sev}${row.firing > 1 ? ` ×${row.firing}` : ""}` : "–";
-    if (shown.alert !== alert) {
-      shown.alert = alert;
-      tr.dataset.severity = sev;
-      cells.sev.className = `sev ${sev ? `sev-${sev}` : ""}`;
-      cells.sev.textContent = alert;
-    }
-    const conflict = conflictText(row.identity_conflict);
-    if (shown.conflict !== conflict) {
-      shown.conflict = conflict;
-      tr.dataset.identityConflict = conflict ? "true" : "";
-      cells.flag.hidden = !conflict;
-      cells.flag.title = conflict;
-      cells.flag.setAttribute("aria-label", conflict ? `Identity conflict: ${conflict}` : "");
-    }
-    if (shown.lastSeen !== row.last_seen) {
-      shown.lastSeen = row.last_seen;
-      cells.time.dateTime = isoTime(row.last_seen);
-      cells.time.title = localTime(row.last_seen);
-    }
-    this._setSeen(rec, now());
+  /** Change one filter ("status", "query", "group" or "label") and re-show at once. */
+  setFilter(name, value) {
+    this.filters[name] = name === "query" ? value.trim().toLowerCase() : value;
+    for (const rec of this.records.values()) rec.visible = matches(rec, this.filters);
+    this._toTop();
+    this._sortNow();
   }
 
-  _meter(rec, key, cell, value) {
-    const text = pct(value);
-    if (rec.shown[key] === text) return;
-    rec.shown[key] = text;
-    cell.val.textContent = text;
-    const v = typeof value === "number" ? Math.max(0, Math.min(100, value)) : 0;
-    // CSSOM is allowed by the CSP (style attributes are not); a transform needs no layout.
-    cell.fill.style.transform = `scaleX(${v / 100})`;
-    cell.fill.className = `fill ${level(key, value)}`;
+  /** Sort by column `key` ("status" = problems first); the same key again flips it. */
+  setSort(key, dir = null) {
+    if (dir) this.sortDir = dir;
+    else this.sortDir = key === this.sortKey ? (this.sortDir === "asc" ? "desc" : "asc") : firstDirection(key);
+    this.sortKey = key;
+    this._showSort();
+    this._toTop();
+    this._sortNow();
   }
 
-  _setSeen(rec, t) {
-    const text = ago(rec.row.last_seen, t);
-    if (rec.shown.seen !== text) {
-      rec.shown.seen = text;
-      rec.cells.time.textContent = text;
+  /** After the user changed what is listed: show its start if the page is scrolled past it. */
+  _toTop() {
+    const top = this.tbody.getBoundingClientRect().top;
+    const head = this.thead ? this.thead.getBoundingClientRect().height : 0;
+    if (top < head) window.scrollBy(0, top - head);
+  }
+
+  /** Once a second: relative times, counts, and the filters' choices when they changed. */
+  tick() {
+    const t = now();
+    for (const [id, view] of this.views) paintSeen(view, this.records.get(id).row, t);
+    this._counts();
+    if (this.choicesDirty) {
+      this.choicesDirty = false;
+      this.onChoices(choices(Array.from(this.records.values(), (r) => r.row)));
     }
   }
 
-  _matches(rec) {
-    return (
-      passesFilter(this.filter, rec.row.status, rec.rank) &&
-      (!this.query || rec.id.toLowerCase().includes(this.query))
-    );
+  /** The table was hidden (device view) and is shown again: render for the current scroll. */
+  refresh() {
+    this._render();
   }
 
-  _applyVisibility(rec) {
-    const visible = this._matches(rec);
+  focusRow(id) {
+    const i = this.order.findIndex((rec) => rec.id === id);
+    if (i >= 0) this._focusIndex(i);
+  }
+
+  // --- records --------------------------------------------------------------------------
+
+  _upsert(row) {
+    let rec = this.records.get(row.id);
+    const r = rank(row);
+    if (!rec) {
+      rec = { id: row.id, row, rank: r, visible: false };
+      this.records.set(row.id, rec);
+      this.orderDirty = this.choicesDirty = true;
+    } else {
+      if (r !== rec.rank || sortValueChanged(this.sortKey, rec.row, row)) this.orderDirty = true;
+      if (!this.choicesDirty && metaKey(rec.row) !== metaKey(row)) this.choicesDirty = true;
+      rec.row = row;
+      rec.rank = r;
+    }
+    const visible = matches(rec, this.filters);
     if (visible !== rec.visible) {
       rec.visible = visible;
-      rec.tr.hidden = !visible;
+      this.orderDirty = true;
     }
-  }
-
-  _refilter() {
-    for (const rec of this.records.values()) this._applyVisibility(rec);
-    this._counts();
-  }
-
-  _counts() {
-    const counts = { all: 0, problems: 0, offline: 0, online: 0, shown: 0 };
-    for (const rec of this.records.values()) {
-      counts.all += 1;
-      if (isProblem(rec.rank)) counts.problems += 1;
-      if (rec.row.status === "online") counts.online += 1;
-      else counts.offline += 1;
-      if (rec.visible) counts.shown += 1;
-    }
-    this.onCounts(counts);
+    const view = this.views.get(row.id);
+    if (view) paintRow(view, rec);
   }
 
   _scheduleSort() {
     if (this.sortTimer) return;
     const wait = Math.max(0, this.lastSort + SORT_EVERY_MS - Date.now());
-    this.sortTimer = setTimeout(() => {
-      this.sortTimer = 0;
-      this._sortNow();
-    }, wait);
+    this.sortTimer = setTimeout(() => this._sortNow(), wait);
   }
 
-  /** Put rows in rank order, moving only the elements that are out of place. */
   _sortNow() {
     clearTimeout(this.sortTimer);
     this.sortTimer = 0;
     this.lastSort = Date.now();
     this.orderDirty = false;
-    const sorted = [...this.records.values()].sort(compare);
-    let cursor = this.tbody.firstElementChild;
-    for (const rec of sorted) {
-      if (rec.tr === cursor) {
-        cursor = cursor.nextElementSibling;
-      } else {
-        this.tbody.insertBefore(rec.tr, cursor);
+    const visible = [];
+    for (const rec of this.records.values()) if (rec.visible) visible.push(rec);
+    this.order = visible.sort(comparator(this.sortKey, this.sortDir));
+    this.tbody.dataset.total = String(this.records.size);
+    this.tbody.dataset.shown = String(this.order.length);
+    this._render();
+    this._counts();
+  }
+
+  _counts() {
+    const counts = { all: 0, problems: 0, offline: 0, online: 0, shown: this.order.length };
+    for (const rec of this.records.values()) {
+      counts.all += 1;
+      if (isProblem(rec.rank)) counts.problems += 1;
+      if (rec.row.status === "online") counts.online += 1;
+      else counts.offline += 1;
+    }
+    this.onCounts(counts);
+  }
+
+  // --- the window of rows in the DOM ------------------------------------------------------
+
+  _rowHeight() {
+    if (!this.rowH) {
+      const css = parseFloat(getComputedStyle(this.tbody).getPropertyValue("--row-h"));
+      this.rowH = Number.isFinite(css) && css > 0 ? css : 37;
+    }
+    return this.rowH;
+  }
+
+  _scheduleRender() {
+    if (this.raf) return;
+    this.raf = requestAnimationFrame(() => {
+      this.raf = 0;
+      this._render();
+    });
+  }
+
+  /** Put the rows on screen (and OVERSCAN more each side) between the two spacers. */
+  _render() {
+    const h = this._rowHeight();
+    const n = this.order.length;
+    const above = Math.max(0, -this.tbody.getBoundingClientRect().top);
+    const first = Math.max(0, Math.min(n, Math.floor(above / h) - OVERSCAN));
+    const last = Math.max(first, Math.min(n, Math.ceil((above + window.innerHeight) / h) + OVERSCAN));
+    const wanted = new Map();
+    for (let i = first; i < last; i += 1) wanted.set(this.order[i].id, this.order[i]);
+    for (const [id, view] of this.views) {
+      if (!wanted.has(id)) {
+        this.views.delete(id);
+        view.tr.remove();
+        this.pool.push(view);
       }
     }
-    this._counts();
+    let cursor = this.top.nextElementSibling;
+    for (const [id, rec] of wanted) {
+      let view = this.views.get(id);
+      if (!view) {
+        view = this.pool.pop() || createRow();
+        bindRow(view, id);
+        this.views.set(id, view);
+        paintRow(view, rec);
+      }
+      if (view.tr === cursor) cursor = cursor.nextElementSibling;
+      else this.tbody.insertBefore(view.tr, cursor);
+    }
+    this.top.style.height = `${first * h}px`;
+    this.bottom.style.height = `${(n - last) * h}px`;
+  }
+
+  _focusIndex(i) {
+    const h = this._rowHeight();
+    const head = this.thead ? this.thead.getBoundingClientRect().height : 0;
+    const rowTop = this.tbody.getBoundingClientRect().top + i * h; // relative to the screen
+    if (rowTop < head) window.scrollBy(0, rowTop - head);
+    else if (rowTop + h > window.innerHeight) window.scrollBy(0, rowTop + h - window.innerHeight);
+    this._render();
+    const view = this.views.get(this.order[i].id);
+    if (view) view.tr.focus({ preventScroll: true });
+  }
+
+  // --- events ----------------------------------------------------------------------------
+
+  _showSort() {
+    if (!this.thead) return;
+    for (const th of this.thead.querySelectorAll("th[data-sort]")) {
+      const on = th.dataset.sort === this.sortKey;
+      th.setAttribute("aria-sort", on ? (this.sortDir === "asc" ? "ascending" : "descending") : "none");
+    }
+  }
+
+  _onSortClick(ev) {
+    const th = ev.target.closest("th[data-sort]");
+    if (th && ev.target.closest("button")) this.setSort(th.dataset.sort);
   }
 
   _onClick(ev) {
     const tr = ev.target.closest("tr[data-device-id]");
     if (!tr) return;
+    if (ev.target.closest("button.forget")) {
+      this.onForget(tr.dataset.deviceId);
+      return;
+    }
     if (ev.target.closest("a")) return; // the link navigates by itself
     this.onOpen(tr.dataset.deviceId);
   }
 
   _onKey(ev) {
     const tr = ev.target.closest("tr[data-device-id]");
-    if (!tr) return;
+    if (!tr || ev.target.closest("button")) return;
     if (ev.key === "Enter" || ev.key === " ") {
       ev.preventDefault();
       this.onOpen(tr.dataset.deviceId);
     } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
       ev.preventDefault();
-      const step = ev.key === "ArrowDown" ? "nextElementSibling" : "previousElementSibling";
-      let next = tr[step];
-      while (next && next.hidden) next = next[step];
-      if (next) next.focus();
+      const i = this.order.findIndex((rec) => rec.id === tr.dataset.deviceId);
+      const next = i + (ev.key === "ArrowDown" ? 1 : -1);
+      if (i >= 0 && next >= 0 && next < this.order.length) this._focusIndex(next);
     }
   }
+}
+
+function metaKey(row) {
+  return `${(row.groups || []).join("\u0000")}\u0001${JSON.stringify(row.labels || {})}`;
 }

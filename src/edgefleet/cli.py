@@ -162,6 +162,35 @@ def _add_demo_parser(sub: Any) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
+def _cmd_device(args: argparse.Namespace) -> int:
+    from edgefleet.backend.web.admin_client import AdminClient
+
+    client = AdminClient(args.url)
+    if args.action == "label":
+        labels = client.label(args.device, args.labels)
+        shown = " ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(no labels)"
+        sys.stdout.write(f"{args.device}: {shown}\n")
+    else:
+        done = client.forget(args.device, purge=args.purge)
+        sys.stdout.write(f"{args.device}: forgotten, history {done.get('history')} "
+                         f"({done.get('purged_rows', 0)} stored rows deleted)\n")
+    return 0
+
+
+def _add_device_parser(sub: Any) -> None:
+    device = sub.add_parser("device", help="label or forget a device (through the backend)")
+    device.add_argument("--url", help="backend URL (EDGE_BACKEND_URL, else "
+                        "http://127.0.0.1:8080); token from EDGE_BACKEND_AUTH_TOKEN")
+    acts = device.add_subparsers(dest="action", required=True, metavar="ACTION")
+    label = acts.add_parser("label", help="set key=value or remove key- labels")
+    label.add_argument("device", help="device id")
+    label.add_argument("labels", nargs="+", metavar="key=value|key-")
+    forget = acts.add_parser("forget", help="decommission: gone from the page and the API")
+    forget.add_argument("device", help="device id")
+    forget.add_argument("--purge", action="store_true", help="delete its history too")
+    device.set_defaults(func=_cmd_device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.splitlines()[0])
@@ -193,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_provision_parser(sub)
     _add_simulate_parser(sub)
+    _add_device_parser(sub)
     return parser
 
 

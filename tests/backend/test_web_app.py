@@ -34,7 +34,7 @@ from edgefleet.wire.messages import metrics_topic, status_topic
 TOKEN = "in-process-test-token-0123456789"
 ROW_KEYS = {"id", "online", "status", "last_seen", "last_sample_ts", "interval_s", "cpu",
             "memory", "disk", "temp", "load1", "spark", "firing", "severity", "lost",
-            "identity_conflict", "agent"}
+            "identity_conflict", "agent", "labels", "groups"}
 
 
 @dataclass

@@ -155,6 +155,7 @@ async def test_a_row_shows_the_newest_sample_of_the_current_stream(make_rig: Mak
         "firing": 0, "severity": None, "lost": 2, "identity_conflict": None,
         "agent": {"queue_depth": 3, "dropped_total": 7, "rss_bytes": 31_000_000,
                   "agent_version": "9.9.9", "oldest_age_s": 1.5},
+        "labels": {}, "groups": [],
     }
     await rig.sample("edge-1", 7, t + 7, metrics={
         "cpu_percent": 12.345, "disk_used_percent[/]": 50.0, "disk_used_percent[/data]": 73.256,
@@ -193,6 +194,9 @@ async def test_the_summary_counts_what_happened(make_rig: MakeRig) -> None:
     rig.parts.hub.register(peer="browser")  # one dashboard connected
     summary = rig.view.summary()
     assert summary.pop("now") >= t - 30
+    backend = summary.pop("backend")  # the strip's figures (test_labels.py has more)
+    assert set(backend) == {"feed_connected", "ingest_lag_s", "inbox", "rejected_per_s", "outbox"}
+    assert (backend["inbox"], backend["outbox"]) == (0, 2)  # both alerts wait for Slack
     assert summary == {
         "devices": 3, "online": 2, "offline": 1, "samples_per_s": 0.6, "lost_samples": 2,
         "agent_dropped": 7, "rejected": 1, "duplicates": 1, "firing": 2, "ws_clients": 1,

@@ -18,6 +18,7 @@ from quart.typing import ResponseReturnValue
 
 from edgefleet import __version__
 from edgefleet.backend.store.history import MAX_KEYS
+from edgefleet.backend.store.metadata import LabelError
 from edgefleet.backend.web.access import WebAccess
 from edgefleet.backend.web.hub import CLOSE_TOO_SLOW, Hub
 from edgefleet.common.logs import RateLimitedLog, kv
@@ -51,6 +52,10 @@ class FleetView(Protocol):
     def health(self) -> tuple[bool, dict[str, Any]]: ...
     def metrics_text(self) -> str: ...
     def device_exposition(self) -> str: ...
+    async def set_labels(
+        self, device: str, sets: dict[str, str], removes: list[str]
+    ) -> dict[str, str] | None: ...
+    async def forget(self, device: str, *, purge: bool) -> dict[str, Any] | None: ...
 
 
 def dashboard_dir() -> Path:
@@ -204,8 +209,71 @@ def create_app(
     async def alerts() -> ResponseReturnValue:
         return jsonify(view.alerts())
 
+    _add_admin(app, view)
     _add_websocket(app, view, token)
     return app
+
+
+MAX_BODY = 8192  # bytes of a labels request
+
+
+async def _labels_body() -> tuple[dict[str, str], list[str]]:
+    """``{"labels": {key: value | null}}`` -> (to set, to remove), or LabelError."""
+    raw = await request.get_data(as_text=True)
+    if len(raw) > MAX_BODY:
+        raise LabelError(f"body larger than {MAX_BODY} bytes")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise LabelError('body must be JSON: {"labels": {"key": "value"}}') from None
+    labels = doc.get("labels") if isinstance(doc, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise LabelError('body must be {"labels": {"key": "value", ...}} with at least one')
+    sets = {str(k): v for k, v in labels.items() if v is not None}
+    bad = next((k for k, v in sets.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise LabelError(f"label {bad[:40]!r}: value must be a string (null removes it)")
+    return sets, [str(k) for k, v in labels.items() if v is None]
+
+
+def _add_admin(app: Quart, view: FleetView) -> None:
+    """Device labels and forgetting a device (docs/api.md, "Device labels", "Forget")."""
+
+    async def change(
+        device: str, sets: dict[str, str], removes: list[str]
+    ) -> ResponseReturnValue:
+        try:
+            labels = await view.set_labels(device, sets, removes)
+        except LabelError as exc:
+            return jsonify(error=str(exc)), 400
+        if labels is None:
+            return jsonify(error=f"unknown device {device[:100]!r}"), 404
+        return jsonify(device=device, labels=labels)
+
+    @app.put("/api/devices/<device>/labels")
+    async def put_labels(device: str) -> ResponseReturnValue:
+        try:
+            sets, removes = await _labels_body()
+        except LabelError as exc:
+            return jsonify(error=str(exc)), 400
+        return await change(device, sets, removes)
+
+    @app.delete("/api/devices/<device>/labels")
+    async def delete_labels(device: str) -> ResponseReturnValue:
+        keys = [k for k in request.args.get("keys", "").split(",") if k]
+        if not keys:
+            return jsonify(error="name the labels to remove: ?keys=a,b"), 400
+        return await change(device, {}, keys)
+
+    @app.delete("/api/devices/<device>")
+    async def forget(device: str) -> ResponseReturnValue:
+        purge = request.args.get("purge", "keep")
+        if purge not in ("keep", "history"):
+            return jsonify(error=f"purge must be 'history' or 'keep', not {purge[:20]!r}"), 400
+        done = await view.forget(device, purge=purge == "history")
+        if done is None:
+            return jsonify(error=f"unknown device {device[:100]!r}"), 404
+        return jsonify(done)
 
 
 def _add_guards(app: Quart, token: str | None, access: WebAccess) -> None:

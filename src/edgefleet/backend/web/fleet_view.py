@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.web.exposition import DeviceSeries, groups_of, render
+from edgefleet.backend.store.metadata import MetadataStore
+from edgefleet.backend.web.exposition import DeviceSeries, render
+from edgefleet.backend.web.fleet_meta import DeviceMeta, RateMeter, backend_figures
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
 from edgefleet.wire.base import split_key
 
@@ -68,6 +70,8 @@ class FleetViewModel:
         self.hub: Hub = parts.hub
         self._latest: dict[str, tuple[float, dict[str, float]]] = {}
         self._spark: dict[str, deque[float]] = {}
+        self.meta = DeviceMeta(MetadataStore(parts.store.path), parts.groups)
+        self._rejected = RateMeter()
         for row in parts.fleet.devices():
             latest = parts.store.latest(row.device)
             self._latest[row.device] = (row.last_sample_ts or 0.0, latest)
@@ -76,7 +80,11 @@ class FleetViewModel:
 
     def on_samples(self, samples: Iterable[AcceptedSample]) -> None:
         """Remember each device's newest sample: the highest seq of its current stream, not
-        the latest timestamp (a device clock can jump; replayed backlogs are older)."""
+        the latest timestamp (a device clock can jump; replayed backlogs are older).
+        A forgotten device that sends again is back, as a new appearance."""
+        samples = list(samples)
+        if self.meta.forgotten:
+            self.meta.seen({s.device for s in samples})
         for s in samples:
             if s.seq == self.b.ingest.last_seq(s.device):
                 self._latest[s.device] = (s.ts, dict(s.metrics))
@@ -86,13 +94,14 @@ class FleetViewModel:
 
     def _row(self, device: str, severities: dict[str, list[str]]) -> dict[str, Any] | None:
         row = self.b.fleet.device(device)
-        if row is None:
+        if row is None or self.meta.hidden(device):
             return None
         latest = self._latest.get(device, (0.0, {}))[1]
         spark = list(self._spark.get(device, ()))
         lost = self.b.ingest.lost(device)
-        return device_row(row, latest, spark, severities.get(device, []), lost,
-                          identity_conflict=self.b.ingest.conflict(device))
+        return self.meta.decorate(device_row(
+            row, latest, spark, severities.get(device, []), lost,
+            identity_conflict=self.b.ingest.conflict(device)))
 
     def device_rows(self) -> list[dict[str, Any]]:
         sev = self.b.alerts.severities()
@@ -104,25 +113,82 @@ class FleetViewModel:
         series = (
             DeviceSeries(row.device, row.status == "online", row.agent_version,
                          row.last_sample_ts, self._latest.get(row.device, (0.0, {}))[1],
-                         groups_of(row.device, self.b.groups))
-            for row in self.b.fleet.devices()
+                         self.meta.groups_of(row.device))
+            for row in self.b.fleet.devices() if not self.meta.hidden(row.device)
         )
         return render(series, time.time())
 
     def summary(self) -> dict[str, Any]:
-        now = time.time()
-        s, c = self.b.fleet.summary(now), self.b.ingest.counters()
+        now, b = time.time(), self.b
+        s, c = b.fleet.summary(now), b.ingest.counters()
+        online, offline = s.online, s.offline
+        for device in self.meta.forgotten:  # not shown, not counted
+            row = b.fleet.device(device)
+            if row is not None:
+                online, offline = (online - 1, offline) if row.status == "online" else (
+                    online, offline - 1)
+        rejected = sum(c.rejected_total.values())
         return {
-            "devices": s.devices, "online": s.online, "offline": s.offline,
+            "devices": online + offline, "online": online, "offline": offline,
             "samples_per_s": round(s.samples_per_s, 2), "lost_samples": c.lost_samples,
-            "agent_dropped": c.agent_dropped, "rejected": sum(c.rejected_total.values()),
+            "agent_dropped": c.agent_dropped, "rejected": rejected,
             "duplicates": c.duplicates_total,
-            "firing": len(self.b.alerts.firing), "ws_clients": len(self.hub.clients), "now": now,
-            "feed": self.b.feed.public(),
+            "firing": self._firing(), "ws_clients": len(self.hub.clients), "now": now,
+            "feed": b.feed.public(),
+            "backend": backend_figures(
+                connected=b.connected.is_set(), last_heard=b.feed.last_heard, now=now,
+                inbox=len(b.inbox), rejected_per_s=self._rejected.rate(rejected, now),
+                outbox=b.dispatcher.stats().outbox_depth,
+                uncommitted=self._uncommitted()),
         }
 
+    def _uncommitted(self) -> int | None:
+        """Samples the fleet's agents have sent that the backend has not committed yet (from
+        their health reports); None while no agent reports it (older agents)."""
+        counts = [row.health.get("uncommitted") for row in self.b.fleet.devices()
+                  if row.health and not self.meta.hidden(row.device)]
+        known = [n for n in counts if isinstance(n, int)]
+        return sum(known) if known else None
+
+    def _firing(self) -> int:
+        firing = self.b.alerts.firing
+        if not self.meta.forgotten:
+            return len(firing)
+        return sum(not self.meta.hidden(a.device) for a in firing.values())
+
     def alerts(self) -> dict[str, Any]:
-        return self.b.alerts.public()
+        doc = self.b.alerts.public()
+        if self.meta.forgotten:
+            for part in ("firing", "pending"):
+                doc[part] = [a for a in doc[part] if not self.meta.hidden(str(a["device"]))]
+        return doc
+
+    async def set_labels(
+        self, device: str, sets: dict[str, str], removes: list[str]
+    ) -> dict[str, str] | None:
+        """Change ``device``'s labels (LabelError when refused); None if it is not shown."""
+        if self.b.fleet.device(device) is None or self.meta.hidden(device):
+            return None
+        labels = await asyncio.to_thread(self.meta.set_labels, device, sets, removes)
+        self.hub.touch({device})
+        return labels
+
+    async def forget(self, device: str, *, purge: bool) -> dict[str, Any] | None:
+        """Forget (decommission) ``device``: gone from the page and the API, its alert state
+        cleared, its history kept or purged; None if it is not shown."""
+        if self.b.fleet.device(device) is None or self.meta.hidden(device):
+            return None
+        purged = await asyncio.to_thread(self.meta.forget, device, purge=purge)
+        self._latest.pop(device, None)
+        self._spark.pop(device, None)
+        now = time.time()
+        for event in self.b.alerts.on_presence(device, True, now, now):
+            self.hub.alert(event)  # its offline alert, if any, resolves
+        if self.b.acker is not None:
+            self.b.acker.forget(device)
+        self.hub.touch(set())
+        return {"device": device, "forgotten": True, "history": "purged" if purge else "kept",
+                "purged_rows": purged}
 
     def update_frame(self, dirty: set[str], alerts: list[dict[str, Any]]) -> dict[str, Any]:
         """One coalesced WebSocket frame: changed rows, summary, new alert events and the
@@ -131,7 +197,8 @@ class FleetViewModel:
         if alerts:  # a device's severity may have changed
             dirty = dirty | {a["device"] for a in alerts}
         rows = [r for r in (self._row(d, sev) for d in sorted(dirty)) if r is not None]
-        return {"type": "update", "devices": rows, "removed": [], "summary": self.summary(),
+        return {"type": "update", "devices": rows, "removed": self.meta.take_removed(),
+                "summary": self.summary(),
                 "alerts": alerts, "pending": self.b.alerts.pending_public()}
 
     async def device_detail(
@@ -148,7 +215,8 @@ class FleetViewModel:
 
     def sequences(self) -> dict[str, Any]:
         """Per device: stream, first and last seq received, distinct count, lost."""
-        return {r.device: self.b.ingest.sequence(r.device) for r in self.b.fleet.devices()}
+        return {r.device: self.b.ingest.sequence(r.device) for r in self.b.fleet.devices()
+                if not self.meta.hidden(r.device)}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy = broker link up, feed not lost, storing works; else the reasons why not."""
