@@ -89,13 +89,17 @@ class Rig:
         metrics = {k.replace("_", ".", 1): v for k, v in kw.pop("metrics", {}).items()}
         await self.receive(metrics_topic(device), payload(device, seq, now, metrics, **kw), now)
 
-    def tick(self, now: float) -> None:
-        """The tick task's device part: staleness, presence alerts."""
+    async def tick(self, now: float) -> None:
+        """The tick task's device part: staleness, presence alerts, saved as runtime.py does
+        (the alert state and its outbox entries in one transaction)."""
         p = self.parts
         p.feed.update(now, connected=p.connected.is_set(), active=0, interval_s=10.0)
         for tr in p.fleet.tick(now):
             self._events(p.alerts.on_presence(tr.device, tr.online, tr.at, now))
             p.hub.touch({tr.device})
+        save, dirty = p.alerts.take_save(), p.fleet.take_dirty()
+        if save is not None or dirty:
+            await p.writer.write([], cursors={}, devices=dirty, save=save)
 
     def _events(self, events: list[dict[str, Any]]) -> None:
         for event in events:
@@ -190,7 +194,7 @@ async def test_the_summary_counts_what_happened(make_rig: MakeRig) -> None:
     await rig.sample("edge-2", 0, t, metrics={"temp_celsius[cpu]": 99.0})  # fires critical
     await rig.sample("edge-2", 3, t, metrics={"temp_celsius[cpu]": 99.0})  # 2 lost
     await rig.receive(metrics_topic("edge-3"), b"{not json", t)  # rejected
-    rig.tick(t + 1)  # edge-4 goes offline (and its offline alert fires)
+    await rig.tick(t + 1)  # edge-4 goes offline (and its offline alert fires)
     rig.parts.hub.register(peer="browser")  # one dashboard connected
     summary = rig.view.summary()
     assert summary.pop("now") >= t - 30
@@ -210,7 +214,7 @@ async def test_rows_are_ranked_problems_first_then_by_name(make_rig: MakeRig) ->
     t = now()
     await rig.sample("gone", 0, t, metrics={"cpu_percent": 1.0})
     t += 31
-    rig.tick(t)  # "gone" was silent for its stale window: offline, its offline alert fires
+    await rig.tick(t)  # "gone" was silent for its stale window: offline, its offline alert fires
     await rig.sample("calm", 0, t, metrics={"cpu_percent": 10.0})
     await rig.sample("also-calm", 0, t, metrics={"cpu_percent": 10.0})
     await rig.sample("busy", 0, t, metrics={"cpu_percent": 88.0})  # high, below every rule
@@ -295,12 +299,12 @@ async def test_health_names_every_reason_it_is_degraded(make_rig: MakeRig) -> No
     rig = await make_rig()
     t = now()
     await rig.sample("edge-1", 0, t, metrics={"cpu_percent": 5.0})
-    rig.tick(t)
+    await rig.tick(t)
     ok, body = rig.view.health()
     assert ok and body["reason"] is None and body["devices"] == 1
     assert body["store"] == {"ok": True, "error": None, "since": None}
     rig.parts.connected.clear()  # the broker link drops
-    rig.tick(t + 1)
+    await rig.tick(t + 1)
     ok, body = rig.view.health()
     assert not ok
     assert body["reason"] == ("no link to the broker; "
@@ -361,5 +365,5 @@ async def test_metrics_text_is_prometheus_with_the_right_figures(make_rig: MakeR
         "edgefleet_feed_up": 0, "edgefleet_store_failing": 0,
         "edgefleet_quarantined_messages_total": 0, "edgefleet_inbox_messages": 0,
     }
-    rig.tick(t)  # the link is up: the feed is ok from the first tick
+    await rig.tick(t)  # the link is up: the feed is ok from the first tick
     assert parse_prometheus(rig.view.metrics_text())["edgefleet_feed_up"] == 1

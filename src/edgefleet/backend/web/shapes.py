@@ -58,7 +58,7 @@ def device_row(
             k: health[k]
             for k in ("queue_depth", "dropped_total", "rss_bytes", "agent_version", "oldest_age_s",
                       "uncommitted")
-            if k in health
+            if health.get(k) is not None
         },
     }
 
