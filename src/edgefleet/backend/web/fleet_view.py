@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.web.exposition import DeviceSeries, groups_of, render
+from edgefleet.backend.web.marks import periods, thresholds
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
 from edgefleet.wire.base import split_key
 
@@ -144,7 +145,20 @@ class FleetViewModel:
         wanted = keys or [k for k in known if _chartable(k)] or list(DEFAULT_KEYS)
         history = await asyncio.to_thread(self.b.store.history, device, start, end, wanted, points)
         return {"device": row, "keys": known, "history": history_json(history, wanted),
-                "sequence": self.b.ingest.sequence(device)}
+                "sequence": self.b.ingest.sequence(device),
+                "first_seen": self._first_seen(device), "marks": self._marks(device, known,
+                                                                            (start, end))}
+
+    def _first_seen(self, device: str) -> float | None:
+        row = self.b.fleet.device(device)
+        return None if row is None else row.first_seen
+
+    def _marks(self, device: str, known: list[str], span: tuple[float, float]) -> dict[str, Any]:
+        """Thresholds and pending/firing periods to draw on the device's charts."""
+        centre = self.b.alerts
+        active = centre.state.active(device)
+        return {"thresholds": thresholds(centre.rules, device, known),
+                "periods": periods(centre.rules, device, active, centre.recent, span)}
 
     def sequences(self) -> dict[str, Any]:
         """Per device: stream, first and last seq received, distinct count, lost."""
