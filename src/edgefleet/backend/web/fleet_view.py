@@ -141,13 +141,14 @@ class FleetViewModel:
         row = self._row(device, self.b.alerts.severities())
         if row is None:
             return None
-        known = sorted(self._latest.get(device, (0.0, {}))[1])
+        latest = self._latest.get(device, (0.0, {}))[1]
+        known = sorted(latest)
         wanted = keys or [k for k in known if _chartable(k)] or list(DEFAULT_KEYS)
         history = await asyncio.to_thread(self.b.store.history, device, start, end, wanted, points)
         return {"device": row, "keys": known, "history": history_json(history, wanted),
-                "sequence": self.b.ingest.sequence(device),
-                "first_seen": self._first_seen(device), "marks": self._marks(device, known,
-                                                                            (start, end))}
+                "sequence": self.b.ingest.sequence(device), "latest": dict(latest),
+                "first_seen": self._first_seen(device),
+                "marks": self._marks(device, known, (start, end))}
 
     def _first_seen(self, device: str) -> float | None:
         row = self.b.fleet.device(device)
