@@ -42,7 +42,7 @@ const GROUPS = [
   ["cpu", "CPU", [
     { id: "cpu", title: "CPU", unit: "percent",
       names: { "cpu.percent": "total", "cpu.iowait_percent": "iowait", "cpu.steal_percent": "steal" } },
-    { id: "cpu-cores", title: "CPU per core", unit: "percent", names: { "cpu.core_percent": "core" } },
+    { id: "cpu-cores", title: "CPU per core", unit: "percent", names: { "cpu.core_percent": "core {}" } },
   ]],
   ["load", "Load", [
     { id: "load", title: "Load average", unit: "number",
@@ -59,7 +59,8 @@ const GROUPS = [
   ["disk", "Disks", [
     { id: "disk", title: "Disk used", unit: "percent", names: { "disk.used_percent": "" } },
     { id: "inodes", title: "Inodes used", unit: "percent", names: { "disk.inodes_used_percent": "" } },
-    { id: "disk-free", title: "Disk free", unit: "bytes", names: { "disk.free_bytes": "" } },
+    { id: "disk-free", title: "Disk free and size", unit: "bytes",
+      names: { "disk.free_bytes": "free", "disk.total_bytes": "size" } },
   ]],
   ["diskio", "Disk I/O", [
     { id: "diskio-bytes", title: "Disk I/O", unit: "rate",
@@ -137,15 +138,18 @@ export function catalogue(known, latest = {}) {
       const gtitle = GROUPS.find(([g]) => g === gid)[1];
       const id = def.split ? `${def.id}:${inst}` : def.id;
       chart = add(gid, gtitle, id, () => ({
+        rank: GROUPS.find(([g]) => g === gid)[2].indexOf(def),
         title: def.split && inst ? `${def.title} ${inst}` : def.title, unit: def.unit,
-        hottest: Boolean(def.hottest), family: def.split ? "" : fam,
+        hottest: Boolean(def.hottest), order: Object.keys(def.names),
       }));
-      label = [def.split ? "" : inst, def.names[fam]].filter(Boolean).join(" ") || def.title;
+      const name = def.names[fam];
+      if (name.includes("{}")) label = name.replace("{}", inst);
+      else label = [def.split ? "" : inst, name].filter(Boolean).join(" ") || def.title;
       if (def.skip && def.skip.includes(inst)) chart.skipped.push(key);
     } else {
       const gid = fam.split(".")[0];
       if (!order.includes(gid)) order.push(gid);
-      chart = add(gid, gid, `f:${fam}`, () => ({ title: fam, unit: guessUnit(fam), hottest: false }));
+      chart = add(gid, gid, `f:${fam}`, () => ({ rank: 1000, title: fam, unit: guessUnit(fam), hottest: false }));
       label = inst || fam;
     }
     chart.keys.push(key);
@@ -153,8 +157,11 @@ export function catalogue(known, latest = {}) {
   }
   for (const chart of charts.values()) {
     if (chart.hottest) chart.keys.sort((a, b) => (latest[b] ?? -Infinity) - (latest[a] ?? -Infinity));
+    else if (chart.order) chart.keys.sort((a, b) => chart.order.indexOf(family(a)) - chart.order.indexOf(family(b)) || byInstance(a, b));
   }
-  return order.filter((g) => groups.has(g)).map((g) => groups.get(g));
+  const groupList = order.filter((g) => groups.has(g)).map((g) => groups.get(g));
+  for (const g of groupList) g.charts.sort((a, b) => a.rank - b.rank || a.id.localeCompare(b.id, undefined, { numeric: true }));
+  return groupList;
 }
 
 /** The keys drawn when the user picked nothing: every chart's, capped per chart and in all. */
