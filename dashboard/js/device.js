@@ -266,6 +266,10 @@ export class DeviceView {
         this.board.clear();
         return;
       }
+      if (err instanceof HttpError && err.status === 400) {
+        this._setMessage(`The backend refused this view: ${err.message}`);
+        return;
+      }
       this._setMessage(`Could not load history (${err.message}); retrying.`);
     } finally {
       if (this.abort === abort) this.root.removeAttribute("aria-busy");

@@ -90,6 +90,7 @@ export function splitKeys(raw) {
 }
 
 const UNIX = /^\d{1,11}(\.\d{1,3})?$/;
+const METRIC_KEY = /^[a-z][a-z0-9_.]{0,63}(\[[^[\]]{1,200}\])?$/; // the protocol's, as the API checks
 
 /** The view of a hash query ("range=6h&keys=..."): {range, keys (null: default)}. */
 export function parseView(query) {
@@ -103,7 +104,7 @@ export function parseView(query) {
     range = { kind: "fixed", from: Number(from), to: Number(to) };
   }
   const raw = q.get("keys");
-  return { range, keys: raw === null ? null : splitKeys(raw) };
+  return { range, keys: raw === null ? null : splitKeys(raw).filter((k) => METRIC_KEY.test(k)) };
 }
 
 /** The hash query for a view (the inverse of parseView). */

@@ -222,7 +222,7 @@ async def test_every_family_is_charted_with_thresholds_and_alert_bands(
     # a link to the incident's two minutes: the bands are wide there
     await page.goto(f"{backend.url}/#/device/sim-host-1?from={int(started - 60)}"
                     f"&to={int(time.time() + 10)}")
-    await expect(page.get_by_test_id("range-text")).to_have_text(re.compile(r" – .*\(\d+ s\)$"))
+    await expect(page.get_by_test_id("range-text")).to_have_text(re.compile(r" \u2013 .*\(\d+ s\)$"))
     firing = bands.and_(page.locator("[data-state=firing]"))
     await expect(firing).to_have_count(1)
     await expect(bands.and_(page.locator("[data-state=pending]"))).to_have_count(1)
@@ -329,9 +329,15 @@ async def test_zoom_pan_crosshair_resolution_and_the_url(
     assert other.url == link
     await other.context.close()
 
-    # Back undoes the last zoom step (the zooms are in the history, pans replace them)
-    await page.get_by_test_id("picker-default").click()
-    await expect(page.get_by_test_id("chart").first).to_be_visible()
+    # Back undoes the last zoom step (zooms are history entries; pans and picks replace them)
+    q = view_query(page)
+    span = int(q["to"][0]) - int(q["from"][0])
+    async with page.expect_response(re.compile(r"/api/devices/sim-nav-1\?")):
+        await page.go_back()
+    q = view_query(page)
+    assert int(q["to"][0]) - int(q["from"][0]) == pytest.approx(2 * span, abs=2)
+    await expect(page.get_by_test_id("device-title")).to_have_text("sim-nav-1")
+    await expect(chart(page, "memory")).to_be_visible()
     tab.console.assert_clean()
 
 
