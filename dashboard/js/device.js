@@ -10,6 +10,7 @@ import { MAX_KEYS, catalogue, defaultKeys, hottestKey } from "./families.js";
 import { ago, isoTime, localTime, now } from "./format.js";
 import { FACTS, buildFacts } from "./facts.js";
 import { Picker } from "./picker.js";
+import { TimeBar } from "./timebar.js";
 import * as tr from "./timerange.js";
 
 const FIRST_KEYS = ["cpu.percent"];
@@ -45,30 +46,12 @@ export class DeviceView {
       onKey: (action) => this.nav(action),
     });
     this.picker = new Picker(this.$("picker"), { onChange: (keys) => this.setKeys(keys) });
-    this._wire();
-    new ResizeObserver(() => this._redrawSoon()).observe(this.$("charts"));
-  }
-
-  _wire() {
-    for (const b of this.root.querySelectorAll("[data-range]")) {
-      b.addEventListener("click", () => {
-        const p = b.dataset.range;
-        this.setRange(p === "fit" ? tr.FIT : { kind: "preset", preset: p }, true);
-      });
-    }
-    for (const b of this.root.querySelectorAll("[data-nav]")) {
-      b.addEventListener("click", () => this.nav(b.dataset.nav));
-    }
-    this.$("custom-range").addEventListener("submit", (ev) => {
-      ev.preventDefault();
-      const from = Date.parse(this.$("custom-from").value) / 1000;
-      const to = Date.parse(this.$("custom-to").value) / 1000;
-      if (!(from < to)) {
-        this._setMessage("The custom range needs From before To.");
-        return;
-      }
-      this.setRange(tr.fixed(from, to, Math.max(now(), to)), true);
+    this.timebar = new TimeBar(this.$("timebar"), {
+      onRange: (range, push) => this.setRange(range, push),
+      onNav: (action) => this.nav(action),
+      onError: (text) => this._setMessage(text),
     });
+    new ResizeObserver(() => this._redrawSoon()).observe(this.$("charts"));
   }
 
   /** Open device `id` with the view of the hash query (range, keys). */
@@ -303,34 +286,13 @@ export class DeviceView {
     const { t = [], series = {}, marks, request } = this.data;
     const groups = this._groups();
     const selected = new Set(request.keys);
-    this._controls(request);
+    this.timebar.show(this.range, request, this.data);
     this.picker.set(groups, request.keys, defaultKeys(groups));
     this.board.draw({ groups, selected, t, series, start: request.from, end: request.to, marks,
       hottest: hottestKey(this.known, this.latest), now: now() });
     if (!this.$("charts").childElementCount) {
       this._setMessage(request.keys.length ? "No data for these metrics in this range." : "No metric picked: choose some under Metrics.");
     }
-  }
-
-  _controls(request) {
-    const range = this.range;
-    for (const b of this.root.querySelectorAll("[data-range]")) {
-      const on = range.kind === "fit" ? b.dataset.range === "fit" : range.kind === "preset" && b.dataset.range === range.preset;
-      b.setAttribute("aria-pressed", String(on));
-    }
-    const r = { from: request.from, to: request.to, live: request.live };
-    this.$("range-text").textContent = tr.rangeText(range, r, localTime);
-    const res = this.$("resolution");
-    res.textContent = `Resolution: ${tr.resolutionText(this.data)}`;
-    res.dataset.resolution = this.data.resolution || "raw";
-    const local = (ts) => {
-      const d = new Date(ts * 1000 - new Date(ts * 1000).getTimezoneOffset() * 60000);
-      return d.toISOString().slice(0, 19);
-    };
-    const from = this.$("custom-from");
-    const to = this.$("custom-to");
-    if (document.activeElement !== from) from.value = local(r.from);
-    if (document.activeElement !== to) to.value = local(r.to);
   }
 }
 
