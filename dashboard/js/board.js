@@ -69,7 +69,8 @@ export class ChartBoard {
     });
   }
 
-  /** view: {groups, selected: Set, hottest, t, series, start, end, marks, now}. */
+  /** view: {groups, selected: Set, hottest, t, series, min, max, start, end, marks, now};
+   * min/max (per key, when the points are averages) are drawn as a band around the line. */
   draw(view) {
     const keepGroups = new Set();
     const keepCharts = new Set();
@@ -90,7 +91,8 @@ export class ChartBoard {
         const unit = UNITS[chart.unit] || UNITS.number;
         fig.draw({
           t: view.t, start: view.start, end: view.end,
-          series: keys.map((k) => ({ key: k, name: chart.names[k], values: view.series[k], hottest: k === view.hottest })),
+          series: keys.map((k) => ({ key: k, name: chart.names[k], values: view.series[k],
+            lo: view.min && view.min[k], hi: view.max && view.max[k], hottest: k === view.hottest })),
           ...chartMarks(keys, view.marks, unit, view.now),
         });
       }

@@ -4,6 +4,7 @@ const NS = "http://www.w3.org/2000/svg";
 const SPARK_W = 100;
 const SPARK_H = 24;
 const PAD = { left: 58, right: 10, top: 10, bottom: 22 };
+const ENVELOPE_MAX = 4; // series with a min-max band when points are averages
 
 export function svgEl(name, attrs = {}) {
   const el = document.createElementNS(NS, name);
@@ -84,6 +85,30 @@ export function linePath(t, values, x, y, maxGap) {
   return d;
 }
 
+/** Closed path of the min-max envelope of averaged points; breaks like linePath. */
+export function envelopePath(t, lo, hi, x, y, maxGap) {
+  let d = "";
+  let run = [];
+  const flush = () => {
+    if (run.length > 1) {
+      const top = run.map((i) => `${x(t[i]).toFixed(1)},${y(hi[i]).toFixed(1)}`);
+      const bottom = run.reverse().map((i) => `${x(t[i]).toFixed(1)},${y(lo[i]).toFixed(1)}`);
+      d += `M${top.join("L")}L${bottom.join("L")}Z`;
+    }
+    run = [];
+  };
+  for (let i = 0; i < t.length; i += 1) {
+    if (typeof lo[i] !== "number" || typeof hi[i] !== "number") {
+      flush();
+      continue;
+    }
+    if (run.length && t[i] - t[run[run.length - 1]] > maxGap) flush();
+    run.push(i);
+  }
+  flush();
+  return d;
+}
+
 function medianStep(t) {
   if (t.length < 3) return Infinity;
   const steps = [];
@@ -97,10 +122,12 @@ function yRange(series, unit, thresholds) {
   let hi = unit.max || 0;
   let dataHi = -Infinity;
   for (const s of series) {
-    for (const v of s.values) {
-      if (typeof v !== "number") continue;
-      if (v > dataHi) dataHi = v;
-      if (v < lo) lo = v;
+    for (const values of [s.values, s.hi || [], s.lo || []]) {
+      for (const v of values) {
+        if (typeof v !== "number") continue;
+        if (v > dataHi) dataHi = v;
+        if (v < lo) lo = v;
+      }
     }
   }
   if (!unit.max) {
@@ -189,6 +216,13 @@ export function lineChart(svg, spec) {
   svg.append(bandsLayer(spec.bands || [], x, PAD.top, h - PAD.bottom, start, end), grid);
 
   const maxGap = Math.max(3 * medianStep(t), 1);
+  if (series.length <= ENVELOPE_MAX) {
+    series.forEach((s, i) => {
+      if (s.lo && s.hi && s.lo.length === t.length) {
+        svg.append(svgEl("path", { d: envelopePath(t, s.lo, s.hi, x, y, maxGap), class: `envelope s${i % 8}` }));
+      }
+    });
+  }
   series.forEach((s, i) => {
     const cls = `line s${i % 8}${s.hottest ? " hottest" : ""}`;
     svg.append(svgEl("path", { d: linePath(t, s.values, x, y, maxGap), class: cls, "data-key": s.key || "" }));

@@ -283,12 +283,12 @@ export class DeviceView {
   }
 
   _draw() {
-    const { t = [], series = {}, marks, request } = this.data;
+    const { t = [], series = {}, min, max, marks, request } = this.data;
     const groups = this._groups();
     const selected = new Set(request.keys);
     this.timebar.show(this.range, request, this.data);
     this.picker.set(groups, request.keys, defaultKeys(groups));
-    this.board.draw({ groups, selected, t, series, start: request.from, end: request.to, marks,
+    this.board.draw({ groups, selected, t, series, min, max, start: request.from, end: request.to, marks,
       hottest: hottestKey(this.known, this.latest), now: now() });
     if (!this.$("charts").childElementCount) {
       this._setMessage(request.keys.length ? "No data for these metrics in this range." : "No metric picked: choose some under Metrics.");

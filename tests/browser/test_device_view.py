@@ -247,6 +247,10 @@ async def test_zoom_pan_crosshair_resolution_and_the_url(
     resolution = page.get_by_test_id("resolution")
     await expect(resolution).to_have_text(re.compile(r"Resolution: \d+ (s|min) averages"))
     await expect(page.get_by_test_id("range-6h")).to_have_attribute("aria-pressed", "true")
+    # averages hide peaks: each line of the CPU chart has its min-max band around it
+    envelopes = chart(page, "cpu").locator("path.envelope")
+    await expect(envelopes).to_have_count(2)
+    await expect(envelopes.first).to_have_attribute("d", re.compile(r"^M.*Z$"))
 
     # drag across a tenth of the CPU chart: a fixed range of about 36 min, in the URL
     plot = chart(page, "cpu").locator("svg.plot")
@@ -273,6 +277,7 @@ async def test_zoom_pan_crosshair_resolution_and_the_url(
             await page.keyboard.press("+")
     await expect(resolution).to_have_text(re.compile(r"Resolution: raw samples, \d+ points"))
     await expect(resolution).to_have_attribute("data-resolution", "raw")
+    await expect(envelopes).to_have_count(0)  # raw samples: nothing hidden
 
     # pan back a quarter of the span: both ends move by the same amount
     q = view_query(page)
@@ -359,4 +364,12 @@ async def test_a_new_devices_data_fills_the_default_range(
     # the first sample starts in the left tenth of the plot, not at the right edge of 1 h
     assert first_x < 58 + 0.1 * (width - 68), (first_x, width)
     await page.screenshot(path=str(DOCS / "device-view-new.png"))
+
+    # on a phone the controls and charts wrap: nothing sticks out sideways
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await expect(chart(page, "cpu").locator("svg.plot")).to_have_attribute(
+        "viewBox", re.compile(r"^0 0 3\d\d "))  # redrawn for the narrow screen
+    wide = await page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
+    assert wide <= 0, f"the device view is {wide} px wider than the phone"
+    await page.screenshot(path=str(DOCS / "device-view-phone.png"))
     tab.console.assert_clean()
