@@ -181,7 +181,8 @@ const socket = new ReconnectingSocket({
 // --- views ------------------------------------------------------------------------------------
 
 function route() {
-  const m = location.hash.match(/^#\/device\/(.+)$/);
+  // #/device/<id>[?range=..|from=..&to=..&keys=..]: the query is the device view's (timerange.js)
+  const m = location.hash.match(/^#\/device\/([^?]+)(?:\?(.*))?$/);
   let id = null;
   if (m) {
     try {
@@ -191,10 +192,13 @@ function route() {
     }
   }
   if (id) {
+    const opened = id !== device.id;
     fleetView.hidden = true;
-    device.show(id);
-    $("device-title").focus({ preventScroll: true });
-    window.scrollTo(0, 0);
+    device.show(id, m[2] || "");
+    if (opened) {
+      $("device-title").focus({ preventScroll: true });
+      window.scrollTo(0, 0);
+    }
   } else {
     const previous = device.id;
     device.hide();

@@ -4,6 +4,7 @@ const NS = "http://www.w3.org/2000/svg";
 const SPARK_W = 100;
 const SPARK_H = 24;
 const PAD = { left: 58, right: 10, top: 10, bottom: 22 };
+const ENVELOPE_MAX = 4; // series with a min-max band when points are averages
 
 export function svgEl(name, attrs = {}) {
   const el = document.createElementNS(NS, name);
@@ -84,6 +85,30 @@ export function linePath(t, values, x, y, maxGap) {
   return d;
 }
 
+/** Closed path of the min-max envelope of averaged points; breaks like linePath. */
+export function envelopePath(t, lo, hi, x, y, maxGap) {
+  let d = "";
+  let run = [];
+  const flush = () => {
+    if (run.length > 1) {
+      const top = run.map((i) => `${x(t[i]).toFixed(1)},${y(hi[i]).toFixed(1)}`);
+      const bottom = run.reverse().map((i) => `${x(t[i]).toFixed(1)},${y(lo[i]).toFixed(1)}`);
+      d += `M${top.join("L")}L${bottom.join("L")}Z`;
+    }
+    run = [];
+  };
+  for (let i = 0; i < t.length; i += 1) {
+    if (typeof lo[i] !== "number" || typeof hi[i] !== "number") {
+      flush();
+      continue;
+    }
+    if (run.length && t[i] - t[run[run.length - 1]] > maxGap) flush();
+    run.push(i);
+  }
+  flush();
+  return d;
+}
+
 function medianStep(t) {
   if (t.length < 3) return Infinity;
   const steps = [];
@@ -92,10 +117,70 @@ function medianStep(t) {
   return steps[Math.floor(steps.length / 2)];
 }
 
+function yRange(series, unit, thresholds) {
+  let lo = 0;
+  let hi = unit.max || 0;
+  let dataHi = -Infinity;
+  for (const s of series) {
+    for (const values of [s.values, s.hi || [], s.lo || []]) {
+      for (const v of values) {
+        if (typeof v !== "number") continue;
+        if (v > dataHi) dataHi = v;
+        if (v < lo) lo = v;
+      }
+    }
+  }
+  if (!unit.max) {
+    hi = Math.max(dataHi, 0);
+    // a threshold near the data is worth the room; one far above would flatten the lines
+    for (const th of thresholds) if (th.value > hi && th.value <= 3 * Math.max(hi, 1e-9)) hi = th.value * 1.05;
+    hi = niceMax(hi);
+  }
+  if (lo < 0) lo = -niceMax(-lo);
+  return [lo, hi];
+}
+
+function bandsLayer(bands, x, top, bottom, start, end) {
+  const g = svgEl("g", { class: "bands" });
+  for (const b of bands) {
+    const a = Math.max(start, b.from);
+    const z = Math.min(end, b.to);
+    if (!(z > a)) continue;
+    const rect = svgEl("rect", {
+      x: x(a).toFixed(1), width: Math.max(1, x(z) - x(a)).toFixed(1), y: top, height: bottom - top,
+      class: `band band-${b.state} sev-${b.severity}`, "data-testid": "alert-band",
+      "data-state": b.state, "data-rule": b.rule,
+    });
+    const title = svgEl("title");
+    title.textContent = b.label;
+    rect.append(title);
+    g.append(rect);
+  }
+  return g;
+}
+
+function thresholdLayer(thresholds, y, lo, hi, left, right) {
+  const g = svgEl("g", { class: "thresholds" });
+  for (const th of thresholds) {
+    const off = th.value > hi || th.value < lo;
+    const yy = off ? y(hi) : y(th.value);
+    const line = svgEl("line", {
+      x1: left, x2: right, y1: yy.toFixed(1), y2: yy.toFixed(1),
+      class: `threshold sev-${th.severity}${off ? " off-scale" : ""}`, "data-testid": "threshold",
+      "data-rule": th.rule, "data-value": th.value,
+    });
+    const label = svgEl("text", { x: right - 4, y: (yy - 3).toFixed(1), class: `th-label sev-${th.severity}` });
+    label.textContent = `${off ? "↑ " : ""}${th.label}`;
+    g.append(line, label);
+  }
+  return g;
+}
+
 /**
  * Draw a line chart into `svg` (its children are replaced).
- * spec: {t, series: [{name, values}], start, end, percent, format(v) -> string}
- * Returns a function (clientX) -> {t, values} | null for the hover readout.
+ * spec: {t, series: [{name, values, hottest?}], start, end, unit: {format, max?},
+ *        thresholds: [{value, label, severity, rule}], bands: [{from, to, state, severity, rule, label}]}
+ * Returns the plot: {tAt(clientX), cursor(t) -> index | null, select(t1, t2), x, y}.
  */
 export function lineChart(svg, spec) {
   const box = svg.getBoundingClientRect();
@@ -103,22 +188,21 @@ export function lineChart(svg, spec) {
   const h = Math.max(100, Math.round(box.height) || 180);
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.replaceChildren();
-  const { t, series, start, end, percent, format } = spec;
-  let top = percent ? 100 : 0;
-  if (!percent) {
-    for (const s of series) for (const v of s.values) if (typeof v === "number" && v > top) top = v;
-    top = niceMax(top);
-  }
-  const x = (ts) => PAD.left + ((ts - start) / (end - start)) * (w - PAD.left - PAD.right);
-  const y = (v) => h - PAD.bottom - (v / top) * (h - PAD.top - PAD.bottom);
+  const { t, series, start, end, unit } = spec;
+  const thresholds = spec.thresholds || [];
+  const [lo, hi] = yRange(series, unit, thresholds);
+  const left = PAD.left;
+  const right = w - PAD.right;
+  const x = (ts) => left + ((ts - start) / (end - start)) * (right - left);
+  const y = (v) => h - PAD.bottom - ((v - lo) / (hi - lo)) * (h - PAD.top - PAD.bottom);
 
   const grid = svgEl("g", { class: "grid" });
   for (let i = 0; i <= 4; i += 1) {
-    const v = (top * i) / 4;
+    const v = lo + ((hi - lo) * i) / 4;
     const yy = y(v).toFixed(1);
-    grid.append(svgEl("line", { x1: PAD.left, x2: w - PAD.right, y1: yy, y2: yy }));
-    const label = svgEl("text", { x: PAD.left - 6, y: yy, class: "ylabel" });
-    label.textContent = format(v);
+    grid.append(svgEl("line", { x1: left, x2: right, y1: yy, y2: yy }));
+    const label = svgEl("text", { x: left - 6, y: yy, class: "ylabel" });
+    label.textContent = unit.format(v);
     grid.append(label);
   }
   const { ticks, step } = timeTicks(start, end, Math.max(2, Math.floor(w / 90)));
@@ -129,29 +213,56 @@ export function lineChart(svg, spec) {
     label.textContent = timeLabel(tick, step);
     grid.append(label);
   }
-  svg.append(grid);
+  svg.append(bandsLayer(spec.bands || [], x, PAD.top, h - PAD.bottom, start, end), grid);
 
   const maxGap = Math.max(3 * medianStep(t), 1);
+  if (series.length <= ENVELOPE_MAX) {
+    series.forEach((s, i) => {
+      if (s.lo && s.hi && s.lo.length === t.length) {
+        svg.append(svgEl("path", { d: envelopePath(t, s.lo, s.hi, x, y, maxGap), class: `envelope s${i % 8}` }));
+      }
+    });
+  }
   series.forEach((s, i) => {
-    svg.append(svgEl("path", { d: linePath(t, s.values, x, y, maxGap), class: `line s${i % 8}` }));
+    const cls = `line s${i % 8}${s.hottest ? " hottest" : ""}`;
+    svg.append(svgEl("path", { d: linePath(t, s.values, x, y, maxGap), class: cls, "data-key": s.key || "" }));
   });
+  svg.append(thresholdLayer(thresholds, y, lo, hi, left, right));
+  const sel = svgEl("rect", { class: "selection", y: PAD.top, height: h - PAD.top - PAD.bottom, x: 0, width: 0 });
   const cursor = svgEl("line", { class: "cursor", y1: PAD.top, y2: h - PAD.bottom, x1: -9, x2: -9 });
-  svg.append(cursor);
-
-  return (clientX) => {
-    if (clientX === null || !t.length) {
-      cursor.setAttribute("x1", -9);
-      cursor.setAttribute("x2", -9);
-      return null;
-    }
-    const rect = svg.getBoundingClientRect();
-    const px = ((clientX - rect.left) / rect.width) * w;
-    const at = start + ((px - PAD.left) / (w - PAD.left - PAD.right)) * (end - start);
-    const i = nearest(t, at);
-    const xx = x(t[i]).toFixed(1);
+  svg.append(sel, cursor);
+  const place = (xx) => {
     cursor.setAttribute("x1", xx);
     cursor.setAttribute("x2", xx);
-    return { t: t[i], values: series.map((s) => s.values[i]) };
+  };
+
+  return {
+    x,
+    y,
+    tAt(clientX) {
+      const rect = svg.getBoundingClientRect();
+      const px = ((clientX - rect.left) / rect.width) * w;
+      const at = start + ((px - left) / (right - left)) * (end - start);
+      return Math.max(start, Math.min(end, at));
+    },
+    cursor(at) {
+      if (at === null || !t.length || at < start || at > end) {
+        place(-9);
+        return null;
+      }
+      const i = nearest(t, at);
+      place(x(t[i]).toFixed(1));
+      return i;
+    },
+    select(a, b) {
+      if (a === null) {
+        sel.setAttribute("width", 0);
+        return;
+      }
+      const x0 = x(Math.min(a, b));
+      sel.setAttribute("x", x0.toFixed(1));
+      sel.setAttribute("width", Math.max(0, x(Math.max(a, b)) - x0).toFixed(1));
+    },
   };
 }
 

@@ -1,114 +1,79 @@
-// The device view (#/device/<id>): live facts from the WebSocket rows, and history charts
-// over a selectable range from GET /api/devices/<id>.
+// The device view (#/device/<id>?range=..|from=..&to=..&keys=..): live facts from the
+// WebSocket rows; every metric family the device sends, charted over a range you can move
+// through (presets, custom, drag to zoom, pan), with its alert thresholds and periods.
 
 import { AuthError, HttpError, deviceHistory } from "./api.js";
 import { alertItem, byUrgency, pendingItem, tickPending, tickTimes } from "./alerts.js";
+import { ChartBoard } from "./board.js";
 import { conflictSentence } from "./conflict.js";
-import { ChartFigure } from "./figure.js";
-import { ago, bytes, celsius, isoTime, localTime, now, num, pct } from "./format.js";
+import { MAX_KEYS, catalogue, defaultKeys, hottestKey } from "./families.js";
+import { ago, isoTime, localTime, now } from "./format.js";
+import { FACTS, buildFacts } from "./facts.js";
+import { Picker } from "./picker.js";
+import { TimeBar } from "./timebar.js";
+import * as tr from "./timerange.js";
 
-export const RANGES = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800 };
-const REFRESH_S = { "15m": 10, "1h": 15, "6h": 30, "24h": 60, "7d": 120 };
-const BASE_KEYS = ["cpu.percent", "memory.used_percent"];
-const POINTS = 500;
+const FIRST_KEYS = ["cpu.percent"];
 
-const perSecond = (v) => `${bytes(v)}/s`;
-const percent = (v) => `${num(v, 1)}%`;
-const degrees = (v) => `${num(v, 1)} °C`;
-
-// Chart groups: which metric keys each draws. `family` matches `family` and `family[...]`.
-const CHARTS = [
-  { id: "cpu", title: "CPU", families: ["cpu.percent"], percent: true, format: percent },
-  { id: "memory", title: "Memory used", families: ["memory.used_percent"], percent: true, format: percent },
-  { id: "disk", title: "Disk used", families: ["disk.used_percent"], percent: true, format: percent, max: 6 },
-  { id: "temp", title: "Temperature", families: ["temp.celsius"], format: degrees, max: 6 },
-  {
-    id: "net", title: "Network", families: ["net.rx_bytes_per_s", "net.tx_bytes_per_s"],
-    format: perSecond, max: 6, skip: /\[lo\]$/,
-  },
-];
-
-const FACTS = [
-  ["CPU", (r) => pct(r.cpu)],
-  ["Memory", (r) => pct(r.memory)],
-  ["Disk (fullest)", (r) => pct(r.disk)],
-  ["Temperature", (r) => celsius(r.temp)],
-  ["Load (1 min)", (r) => num(r.load1, 2)],
-  ["Interval", (r) => (typeof r.interval_s === "number" ? `${num(r.interval_s, 1)} s` : "–")],
-  ["Firing alerts", (r) => num(r.firing)],
-  ["Lost samples", (r) => num(r.lost)],
-  ["Agent version", (r) => (r.agent && r.agent.agent_version) || "–"],
-  ["Agent queue", (r) => (r.agent ? num(r.agent.queue_depth) : "–")],
-  ["Agent dropped", (r) => (r.agent ? num(r.agent.dropped_total) : "–")],
-  ["Sent, not committed", (r) => (r.agent && r.agent.uncommitted != null ? num(r.agent.uncommitted) : "–")],
-  ["Agent memory", (r) => (r.agent && r.agent.rss_bytes ? bytes(r.agent.rss_bytes) : "–")],
-];
-
-function family(key) {
-  const i = key.indexOf("[");
-  return i < 0 ? key : key.slice(0, i);
-}
-
-function instance(key) {
-  const i = key.indexOf("[");
-  return i < 0 ? "" : key.slice(i + 1, -1);
-}
-
-/** The keys each chart draws, from the device's known keys. */
-export function pickKeys(known) {
+/** The chart series for `known` keys (the families.js catalogue, by chart id). */
+export function pickKeys(known, latest = {}) {
   const out = {};
-  for (const c of CHARTS) {
-    const keys = known
-      .filter((k) => c.families.includes(family(k)) && !(c.skip && c.skip.test(k)))
-      .sort((a, b) => instance(a).localeCompare(instance(b)) || a.localeCompare(b));
-    if (keys.length) out[c.id] = keys.slice(0, c.max || 1);
-  }
+  for (const g of catalogue(known, latest)) for (const c of g.charts) out[c.id] = c.keys;
   return out;
 }
 
-function seriesName(chart, key) {
-  const inst = instance(key);
-  if (chart.id === "net") return `${inst} ${key.startsWith("net.rx") ? "rx" : "tx"}`;
-  return inst || chart.title;
+function refreshS(span) {
+  return Math.min(120, Math.max(5, span / 120));
 }
 
 export class DeviceView {
   constructor(root, { getRow, firingFor, pendingFor = () => [], onAuth }) {
-    this.root = root;
-    this.getRow = getRow;
-    this.firingFor = firingFor;
-    this.pendingFor = pendingFor;
-    this.onAuth = onAuth;
+    Object.assign(this, { root, getRow, firingFor, pendingFor, onAuth });
     this.id = null;
-    this.range = "1h";
-    this.keys = null; // all metric keys the backend knows for this device
-    this.data = null; // last history answer
-    this.figures = new Map(); // chart id -> ChartFigure
+    this.range = tr.FIT;
+    this.chosen = null; // keys picked by the user; null: the default
+    this.known = null; // the device's keys, newest values and first_seen, from the backend
+    this.latest = {};
+    this.firstSeen = null;
+    this.data = null;
     this.abort = null;
     this.timer = 0;
     this.$ = (id) => root.querySelector(`[data-testid=${id}]`);
-    this.charts = this.$("charts");
     this.message = this.$("device-message");
-    this.facts = this._buildFacts();
-    for (const b of root.querySelectorAll("[data-range]")) {
-      b.addEventListener("click", () => this.setRange(b.dataset.range));
-    }
-    new ResizeObserver(() => this._redrawSoon()).observe(this.charts);
+    this.facts = buildFacts(this.$("device-facts"));
+    this.board = new ChartBoard(this.$("charts"), {
+      onZoom: (a, b) => this.setRange(tr.fixed(a, b, now()), true),
+      onKey: (action) => this.nav(action),
+    });
+    this.picker = new Picker(this.$("picker"), { onChange: (keys) => this.setKeys(keys) });
+    this.timebar = new TimeBar(this.$("timebar"), {
+      onRange: (range, push) => this.setRange(range, push),
+      onNav: (action) => this.nav(action),
+      onError: (text) => this._setMessage(text),
+    });
+    new ResizeObserver(() => this._redrawSoon()).observe(this.$("charts"));
   }
 
-  show(id) {
-    const same = id === this.id;
-    this.root.hidden = false;
-    if (!same) {
+  /** Open device `id` with the view of the hash query (range, keys). */
+  show(id, query = "") {
+    const view = tr.parseView(query);
+    if (id !== this.id) {
       this.id = id;
-      this.keys = null;
+      this.alertSig = undefined;
+      this.known = null;
+      this.latest = {};
+      this.firstSeen = null;
       this.data = null;
-      this.charts.replaceChildren();
-      this.figures.clear();
+      this.row = null;
+      this.board.clear();
       this.$("device-title").textContent = id;
       this.$("device-conflict").hidden = true;
-      this.row = null;
+    } else if (this.visible && tr.sameRange(view.range, this.range) && sameKeys(view.keys, this.chosen)) {
+      return;
     }
+    this.root.hidden = false;
+    this.range = view.range;
+    this.chosen = view.keys;
     const row = this.getRow(id);
     if (row) this.updateRow(row);
     this.refreshAlerts();
@@ -126,13 +91,37 @@ export class DeviceView {
     return !this.root.hidden;
   }
 
-  setRange(range) {
-    if (!(range in RANGES) || range === this.range) return;
+  setRange(range, push) {
     this.range = range;
-    for (const b of this.root.querySelectorAll("[data-range]")) {
-      b.setAttribute("aria-pressed", String(b.dataset.range === range));
-    }
+    this._url(push);
     this.load();
+  }
+
+  setKeys(keys) {
+    this.chosen = keys;
+    this._url(false);
+    this.load();
+  }
+
+  /** "back", "forward" (a quarter of the span), "in", "out" (by 2). */
+  nav(action) {
+    const r = tr.resolve(this.range, now(), this.firstSeen, this._lastTs());
+    const t = now();
+    const next = {
+      back: () => tr.pan(r.from, r.to, -0.25, t),
+      forward: () => tr.pan(r.from, r.to, 0.25, t),
+      in: () => tr.zoom(r.from, r.to, 0.5, t),
+      out: () => tr.zoom(r.from, r.to, 2, t),
+    }[action];
+    if (next) this.setRange(next(), action === "in" || action === "out");
+  }
+
+  _url(push) {
+    const q = tr.formatView({ range: this.range, keys: this.chosen });
+    const hash = `#/device/${encodeURIComponent(this.id)}${q ? `?${q}` : ""}`;
+    if (location.hash === hash) return;
+    if (push) history.pushState(null, "", hash);
+    else history.replaceState(null, "", hash);
   }
 
   /** A fresh row for this device (from the WebSocket or REST). */
@@ -160,11 +149,21 @@ export class DeviceView {
 
   refreshAlerts() {
     if (!this.id) return;
-    const list = this.$("device-alerts");
     const frag = document.createDocumentFragment();
-    for (const a of this.firingFor(this.id).sort(byUrgency)) frag.append(alertItem(a, "started_at"));
-    for (const a of this.pendingFor(this.id)) frag.append(pendingItem(a));
-    list.replaceChildren(frag);
+    const firing = this.firingFor(this.id).sort(byUrgency);
+    const pending = this.pendingFor(this.id);
+    for (const a of firing) frag.append(alertItem(a, "started_at"));
+    for (const a of pending) frag.append(pendingItem(a));
+    this.$("device-alerts").replaceChildren(frag);
+    // an alert started, fired or cleared: redraw its bands soon (one request for a burst)
+    const sig = [...firing.map((a) => `f${a.key}`), ...pending.map((a) => `p${a.key}`)].sort().join("\n");
+    if (this.alertSig !== undefined && sig !== this.alertSig && this.data && !this.soon) {
+      this.soon = setTimeout(() => {
+        this.soon = 0;
+        if (this.visible) this.load();
+      }, 500);
+    }
+    this.alertSig = sig;
   }
 
   tick() {
@@ -178,25 +177,63 @@ export class DeviceView {
 
   // --- history ----------------------------------------------------------------------------
 
+  _groups() {
+    return this.known ? catalogue(this.known, this.latest) : [];
+  }
+
+  _wanted(groups) {
+    if (!this.known) return this.chosen || FIRST_KEYS;
+    return (this.chosen || defaultKeys(groups)).slice(0, MAX_KEYS);
+  }
+
+  _points() {
+    const fig = this.root.querySelector(".plot");
+    const width = fig ? fig.getBoundingClientRect().width : this.$("charts").clientWidth / 2;
+    return Math.round(Math.min(1000, Math.max(120, width || 500)));
+  }
+
+  _request() {
+    const t = now();
+    const r = tr.resolve(this.range, t, this.firstSeen, this._lastTs());
+    const keys = this._wanted(this._groups());
+    return { from: Math.round(r.from), to: r.to, live: r.live, keys };
+  }
+
+  _get(id, req, signal) {
+    return deviceHistory(id, { start: req.from, end: req.to, keys: req.keys.length ? req.keys : FIRST_KEYS,
+      points: this._points(), signal });
+  }
+
+  _lastTs() {
+    return this.row ? this.row.last_sample_ts : null;
+  }
+
+  _learn(body) {
+    this.known = body.keys || [];
+    this.latest = body.latest || {};
+    if (typeof body.first_seen === "number") this.firstSeen = body.first_seen;
+  }
+
   async load() {
     clearTimeout(this.timer);
     if (this.abort) this.abort.abort();
     const abort = new AbortController();
     this.abort = abort;
     const id = this.id;
-    const end = now();
-    const start = end - RANGES[this.range];
+    const first = this.known === null;
+    let req = this._request();
     this.root.setAttribute("aria-busy", "true");
     try {
-      const wanted = this.keys ? Object.values(pickKeys(this.keys)).flat() : BASE_KEYS;
-      let body = await deviceHistory(id, { start, end, keys: wanted, points: POINTS, signal: abort.signal });
-      const all = Object.values(pickKeys(body.keys || [])).flat();
-      if (all.some((k) => !wanted.includes(k))) {
-        body = await deviceHistory(id, { start, end, keys: all, points: POINTS, signal: abort.signal });
+      let body = await this._get(id, req, abort.signal);
+      this._learn(body);
+      const again = this._request(); // the keys and the fitting range are known now
+      if (first && (!sameKeys(again.keys, req.keys) || Math.abs(again.from - req.from) > 0.02 * (req.to - req.from))) {
+        req = again;
+        body = await this._get(id, req, abort.signal);
+        this._learn(body);
       }
       if (abort.signal.aborted || id !== this.id) return;
-      this.keys = body.keys || [];
-      this.data = { ...body.history, start, end };
+      this.data = { ...body.history, marks: body.marks, request: req };
       this._setMessage("");
       if (body.device) this.updateRow(body.device);
       this._draw();
@@ -209,14 +246,18 @@ export class DeviceView {
       }
       if (err instanceof HttpError && err.status === 404) {
         this._setMessage(`Unknown device ${id}.`);
-        this.charts.replaceChildren();
+        this.board.clear();
+        return;
+      }
+      if (err instanceof HttpError && err.status === 400) {
+        this._setMessage(`The backend refused this view: ${err.message}`);
         return;
       }
       this._setMessage(`Could not load history (${err.message}); retrying.`);
     } finally {
       if (this.abort === abort) this.root.removeAttribute("aria-busy");
     }
-    if (id === this.id) this.timer = setTimeout(() => this._refresh(), REFRESH_S[this.range] * 1000);
+    if (id === this.id && req.live) this.timer = setTimeout(() => this._refresh(), refreshS(req.to - req.from) * 1000);
   }
 
   _refresh() {
@@ -237,43 +278,25 @@ export class DeviceView {
     this.redrawPending = true;
     requestAnimationFrame(() => {
       this.redrawPending = false;
-      if (this.visible) this._draw();
+      if (this.visible && this.data) this._draw();
     });
   }
 
   _draw() {
-    const { t = [], series = {}, resolution, start, end } = this.data;
-    this.$("resolution").textContent = resolution ? `resolution: ${resolution}` : "";
-    const picked = pickKeys(this.keys);
-    const keep = new Set();
-    for (const chart of CHARTS) {
-      const keys = (picked[chart.id] || []).filter((k) => k in series);
-      if (!keys.length) continue;
-      keep.add(chart.id);
-      let fig = this.figures.get(chart.id);
-      if (!fig) {
-        fig = new ChartFigure(chart);
-        this.figures.set(chart.id, fig);
-      }
-      if (!fig.el.isConnected) this.charts.append(fig.el);
-      const named = keys.map((k) => ({ name: seriesName(chart, k), values: series[k] }));
-      fig.draw({ t, start, end, percent: chart.percent, series: named });
+    const { t = [], series = {}, min, max, marks, request } = this.data;
+    const groups = this._groups();
+    const selected = new Set(request.keys);
+    this.timebar.show(this.range, request, this.data);
+    this.picker.set(groups, request.keys, defaultKeys(groups));
+    this.board.draw({ groups, selected, t, series, min, max, start: request.from, end: request.to, marks,
+      hottest: hottestKey(this.known, this.latest), now: now() });
+    if (!this.$("charts").childElementCount) {
+      this._setMessage(request.keys.length ? "No data for these metrics in this range." : "No metric picked: choose some under Metrics.");
     }
-    for (const [id, fig] of this.figures) if (!keep.has(id)) fig.el.remove();
   }
+}
 
-  _buildFacts() {
-    const dl = this.$("device-facts");
-    const dds = FACTS.map(([label]) => {
-      const div = document.createElement("div");
-      const dt = document.createElement("dt");
-      dt.textContent = label;
-      const dd = document.createElement("dd");
-      dd.textContent = "–";
-      div.append(dt, dd);
-      dl.append(div);
-      return dd;
-    });
-    return dds;
-  }
+function sameKeys(a, b) {
+  if (a === null || b === null || a === undefined || b === undefined) return a === b;
+  return a.length === b.length && a.every((k, i) => k === b[i]);
 }

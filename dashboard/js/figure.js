@@ -1,51 +1,95 @@
-// One chart card of the device view: title, legend with current (or hovered) values, plot.
+// One chart card of the device view: title, legend with current (or crosshair) values, plot.
+// Pointer: hover moves the crosshair of every chart (through `onHover`), a drag selects a span
+// to zoom into (`onZoom`). Keyboard on the focused plot: ← → pan, + − zoom (`onKey`).
 
 import { lineChart, svgEl } from "./chart.js";
 import { localTime } from "./format.js";
+
+const DRAG_MIN_PX = 6;
+const KEYS = { ArrowLeft: "back", ArrowRight: "forward", "+": "in", "=": "in", "-": "out", _: "out" };
 
 function lastNumber(values) {
   for (let i = values.length - 1; i >= 0; i -= 1) if (typeof values[i] === "number") return values[i];
   return null;
 }
 
-function span(cls) {
+function span(cls, text = "") {
   const el = document.createElement("span");
   el.className = cls;
+  el.textContent = text;
   return el;
 }
 
 export class ChartFigure {
-  /** chart: {id, title, format(v)} from the device view's chart list. */
-  constructor(chart) {
+  /** chart: {id, title, unit: {format}}; handlers: {onHover(t|null), onZoom(a, b), onKey(action)} */
+  constructor(chart, handlers) {
     this.chart = chart;
+    this.h = handlers;
     this.spec = null;
-    this.hover = () => null;
+    this.plot = null;
+    this.drag = null;
     this.el = document.createElement("figure");
     this.el.className = "chart";
     this.el.dataset.testid = "chart";
     this.el.dataset.chart = chart.id;
     const cap = document.createElement("figcaption");
-    const title = span("title");
-    title.textContent = chart.title;
     this.when = span("when");
     this.legend = document.createElement("ul");
     this.legend.className = "legend";
-    cap.append(title, this.when, this.legend);
-    this.svg = svgEl("svg", { class: "plot", role: "img", "aria-label": `${chart.title} over time` });
+    cap.append(span("title", chart.title), this.when, this.legend);
+    this.svg = svgEl("svg", {
+      class: "plot", role: "img", tabindex: "0",
+      "aria-label": `${chart.title} over time. Drag to zoom; arrow keys pan, plus and minus zoom.`,
+    });
     const empty = document.createElement("p");
     empty.className = "empty-chart";
     empty.textContent = "No data in this range.";
     this.el.append(cap, this.svg, empty);
-    this.svg.addEventListener("pointermove", (ev) => this._hover(ev.clientX));
-    this.svg.addEventListener("pointerleave", () => this._hover(null));
+    this._listen();
   }
 
-  /** spec: {t, series: [{name, values}], start, end, percent} (see chart.js lineChart). */
+  _listen() {
+    const svg = this.svg;
+    svg.addEventListener("pointerdown", (ev) => {
+      if (!this.plot || ev.button !== 0) return;
+      this.drag = { x: ev.clientX, t: this.plot.tAt(ev.clientX) };
+      svg.setPointerCapture(ev.pointerId);
+    });
+    svg.addEventListener("pointermove", (ev) => {
+      if (!this.plot) return;
+      const at = this.plot.tAt(ev.clientX);
+      if (this.drag) this.plot.select(this.drag.t, at);
+      this.h.onHover(at);
+    });
+    svg.addEventListener("pointerup", (ev) => {
+      const drag = this.drag;
+      this.drag = null;
+      if (!drag || !this.plot) return;
+      this.plot.select(null);
+      if (Math.abs(ev.clientX - drag.x) >= DRAG_MIN_PX) this.h.onZoom(drag.t, this.plot.tAt(ev.clientX));
+    });
+    svg.addEventListener("pointercancel", () => {
+      this.drag = null;
+      if (this.plot) this.plot.select(null);
+    });
+    svg.addEventListener("pointerleave", () => {
+      if (!this.drag) this.h.onHover(null);
+    });
+    svg.addEventListener("keydown", (ev) => {
+      const action = KEYS[ev.key];
+      if (!action || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+      ev.preventDefault();
+      this.h.onKey(action);
+    });
+  }
+
+  /** spec: {t, series: [{name, key, values, hottest}], start, end, thresholds, bands}. */
   draw(spec) {
-    this.spec = { ...spec, format: this.chart.format };
-    this.hover = lineChart(this.svg, this.spec);
+    this.spec = { ...spec, unit: this.chart.unit };
+    this.plot = lineChart(this.svg, this.spec);
     const hasData = spec.series.some((s) => s.values.some((v) => typeof v === "number"));
     this.el.classList.toggle("nodata", !hasData);
+    this.el.dataset.thresholds = String((spec.thresholds || []).length);
     this._legend(spec.series.map((s) => lastNumber(s.values)));
   }
 
@@ -61,21 +105,27 @@ export class ChartFigure {
       );
     }
     [...this.legend.children].forEach((li, i) => {
-      li.children[1].textContent = items[i].name;
-      li.children[2].textContent = values[i] === null ? "–" : this.chart.format(values[i]);
+      const s = items[i];
+      li.dataset.key = s.key || "";
+      li.classList.toggle("hottest", Boolean(s.hottest));
+      li.children[1].textContent = s.hottest ? `${s.name} (hottest)` : s.name;
+      li.children[2].textContent = values[i] === null ? "–" : this.chart.unit.format(values[i]);
     });
   }
 
-  _hover(clientX) {
-    if (!this.spec) return;
-    const at = this.hover(clientX);
-    this.el.classList.toggle("hovering", Boolean(at));
-    if (!at) {
+  /** Put the crosshair at `t` (null: take it away and show the newest values). */
+  crosshair(t) {
+    if (!this.plot) return;
+    const i = this.plot.cursor(t);
+    this.el.classList.toggle("hovering", i !== null);
+    if (i === null) {
       this.when.textContent = "";
+      delete this.el.dataset.crosshair;
       this._legend(this.spec.series.map((s) => lastNumber(s.values)));
       return;
     }
-    this.when.textContent = localTime(at.t);
-    this._legend(at.values.map((v) => (typeof v === "number" ? v : null)));
+    this.when.textContent = localTime(this.spec.t[i]);
+    this.el.dataset.crosshair = String(this.spec.t[i]);
+    this._legend(this.spec.series.map((s) => (typeof s.values[i] === "number" ? s.values[i] : null)));
   }
 }

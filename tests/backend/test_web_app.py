@@ -136,9 +136,14 @@ async def test_rest_endpoints_answer_with_their_documented_shapes(serve: Serve) 
     code, body = await served.get(f"/api/devices/dev-a?start={t - 60}&end={t + 60}"
                                   "&keys=cpu.percent,memory.used_percent&points=10")
     assert code == 200
-    assert set(body) == {"device", "keys", "history", "sequence"}
+    assert set(body) == {"device", "keys", "history", "sequence", "first_seen", "marks",
+                         "latest"}
     assert body["device"]["id"] == "dev-a"
+    assert [(m["rule"], m["threshold"], m["keys"]) for m in body["marks"]["thresholds"]] == [
+        ("high_cpu", 90.0, ["cpu.percent"])]
+    assert body["marks"]["periods"] == [] and t - 60 < body["first_seen"] < t + 60
     assert body["keys"] == ["cpu.percent", "memory.used_percent"]
+    assert body["latest"] == {"cpu.percent": 12.0, "memory.used_percent": 40.0}
     assert body["history"]["series"] == {"cpu.percent": [10.0, 11.0, 12.0],
                                          "memory.used_percent": [40.0, 40.0, 40.0]}
     assert body["history"]["t"] == [t - 2, t - 1, t] and body["history"]["resolution"] == "raw"

@@ -187,11 +187,14 @@ async def test_device_view_picks_chart_series_from_known_keys(page: Page) -> Non
           "net.rx_bytes_per_s[lo]", "net.rx_bytes_per_s[eth0]", "net.tx_bytes_per_s[eth0]",
           "temp.celsius[coretemp/Core 0]"]);
     """)
-    assert picked == {
-        "cpu": ["cpu.percent"], "memory": ["memory.used_percent"],
+    assert picked == {  # every key has a chart (tests/browser/test_device_view_js.py: more)
+        "cpu": ["cpu.percent"], "cpu-cores": ["cpu.core_percent[0]"],
+        "memory": ["memory.used_percent"],
         "disk": ["disk.used_percent[/]", "disk.used_percent[/data]"],
+        "disk-free": ["disk.free_bytes[/]"],
+        "net:eth0": ["net.rx_bytes_per_s[eth0]", "net.tx_bytes_per_s[eth0]"],
+        "net:lo": ["net.rx_bytes_per_s[lo]"],
         "temp": ["temp.celsius[coretemp/Core 0]"],
-        "net": ["net.rx_bytes_per_s[eth0]", "net.tx_bytes_per_s[eth0]"],
     }
 
 

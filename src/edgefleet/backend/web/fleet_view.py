@@ -17,6 +17,7 @@ from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.metadata import MetadataStore
 from edgefleet.backend.web.exposition import DeviceSeries, render
 from edgefleet.backend.web.fleet_meta import DeviceMeta, RateMeter, backend_figures
+from edgefleet.backend.web.marks import periods, thresholds
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
 from edgefleet.wire.base import split_key
 
@@ -207,11 +208,27 @@ class FleetViewModel:
         row = self._row(device, self.b.alerts.severities())
         if row is None:
             return None
-        known = sorted(self._latest.get(device, (0.0, {}))[1])
+        latest = self._latest.get(device, (0.0, {}))[1]
+        known = sorted(latest)
         wanted = keys or [k for k in known if _chartable(k)] or list(DEFAULT_KEYS)
         history = await asyncio.to_thread(self.b.store.history, device, start, end, wanted, points)
         return {"device": row, "keys": known, "history": history_json(history, wanted),
-                "sequence": self.b.ingest.sequence(device)}
+                "sequence": self.b.ingest.sequence(device), "latest": dict(latest),
+                "first_seen": self._first_seen(device),
+                "marks": self._marks(device, known, (start, end))}
+
+    def _first_seen(self, device: str) -> float | None:
+        row = self.b.fleet.device(device)
+        return None if row is None else row.first_seen
+
+    def _marks(self, device: str, known: list[str], span: tuple[float, float]) -> dict[str, Any]:
+        """Thresholds and pending/firing periods to draw on the device's charts."""
+        centre = self.b.alerts
+        active = centre.state.active(device)
+        return {"thresholds": thresholds(centre.rules, device, known),
+                "periods": periods(centre.rules, device, active,
+                                   [a.to_dict() for a in centre.recent if a.device == device],
+                                   span)}
 
     def sequences(self) -> dict[str, Any]:
         """Per device: stream, first and last seq received, distinct count, lost."""
