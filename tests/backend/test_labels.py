@@ -112,6 +112,10 @@ async def test_forget_keeps_history_hides_the_device_and_a_return_is_new(serve: 
     assert [r["id"] for r in body["devices"]] == ["dev-a"]
     assert (await served.get("/api/devices/dev-b"))[0] == 404
     assert (await served.get("/api/alerts"))[1]["firing"] == []  # its alert is not listed
+    assert served.backend.alerts.firing == {}  # resolved, not just hidden: no more reminders
+    last = next(a for a in served.backend.alerts.recent if a.device == "dev-b")
+    assert last.kind == "resolved" and last.summary.endswith("(device forgotten)")
+    assert not served.backend.alerts.state.active("dev-b")
     assert served.backend.store.history("dev-b", t - 60, t + 60).ts == [t]  # kept
     assert await delete(served, "/api/devices/dev-b") == (404, {"error": "unknown device 'dev-b'"})
 

@@ -146,6 +146,25 @@ class AlertCenter:
             self.expire(now)
         return out
 
+    def forget(self, device: str, now: float) -> list[dict[str, Any]]:
+        """``device`` was forgotten (decommissioned): each of its firing alerts resolves
+        (once, its summary says why), its pending conditions and offline watch are dropped,
+        and reminders for it stop; returns the public form of the events."""
+        self.offline.pop(device, None)
+        events = [
+            Alert.new(kind="resolved", rule=a.rule, device=device, instance=a.instance,
+                      severity=a.severity, value=a.value, threshold=a.threshold,
+                      labels=a.labels, summary=f"{a.summary} (device forgotten)",
+                      started_at=a.started_at, at=now)
+            for a in list(self._by_device.get(device, {}).values())
+        ]
+        conditions = list(self.state.device(device))
+        if conditions:
+            self.state.remove({device: conditions})
+        self._dirty.add(device)
+        self._must_save = True
+        return self._emit(events)
+
     def emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
         return self._emit(events)

@@ -183,8 +183,8 @@ class FleetViewModel:
         self._latest.pop(device, None)
         self._spark.pop(device, None)
         now = time.time()
-        for event in self.b.alerts.on_presence(device, True, now, now):
-            self.hub.alert(event)  # its offline alert, if any, resolves
+        for event in self.b.alerts.forget(device, now):
+            self.hub.alert(event)  # its firing alerts resolve; nothing of it stays pending
         if self.b.acker is not None:
             self.b.acker.forget(device)
         self.hub.touch(set())
