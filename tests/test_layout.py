@@ -129,7 +129,7 @@ def test_the_walk_sees_the_real_imports() -> None:
     # guards the walker itself: a test that found no edges could never fail
     assert "edgefleet.wire.base" in GRAPH["edgefleet.wire.messages"]  # module level
     assert "edgefleet.backend.greengrass" in GRAPH["edgefleet.backend.main"]  # inside a function
-    assert "edgefleet.backend.alerts.centre" in GRAPH["edgefleet.backend.web.fleet_view"]  # typing
+    assert "edgefleet.backend.alerts.centre" in GRAPH["edgefleet.backend.web.parts"]  # typing
     assert "edgefleet.wire.messages" in GRAPH["edgefleet.backend.settings"]
 
 

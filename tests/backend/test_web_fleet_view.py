@@ -24,7 +24,8 @@ from edgefleet.backend.alerts.rules import load_rules
 from edgefleet.backend.runtime import Backend
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.store.writer import Message
-from edgefleet.backend.web.fleet_view import FleetParts, FleetViewModel
+from edgefleet.backend.web.fleet_view import FleetViewModel
+from edgefleet.backend.web.parts import FleetParts
 from edgefleet.backend.web.shapes import problem_rank
 from edgefleet.wire.messages import metrics_topic, status_topic
 

@@ -34,8 +34,9 @@ from edgefleet.backend.store.fleet_state import FleetState
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.quarantine import Quarantine
 from edgefleet.backend.store.writer import BatchWriter, Message
-from edgefleet.backend.web.fleet_view import FleetParts, FleetViewModel
+from edgefleet.backend.web.fleet_view import FleetViewModel
 from edgefleet.backend.web.hub import Hub
+from edgefleet.backend.web.parts import FleetParts
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
 from edgefleet.notify import AlertDispatcher, BudgetSettings, Notifier, Outbox

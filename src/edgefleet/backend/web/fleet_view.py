@@ -9,58 +9,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.metadata import MetadataStore
 from edgefleet.backend.web.exposition import DeviceSeries, render
 from edgefleet.backend.web.fleet_meta import DeviceMeta, RateMeter, backend_figures
 from edgefleet.backend.web.marks import periods, thresholds
-from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
+from edgefleet.backend.web.metrics_text import metrics_text
+from edgefleet.backend.web.parts import FleetParts
+from edgefleet.backend.web.shapes import device_row, history_json, problem_rank
 from edgefleet.wire.base import split_key
-
-if TYPE_CHECKING:
-    from edgefleet.backend.alerts.centre import AlertCenter
-    from edgefleet.backend.alerts.feed import FeedMonitor
-    from edgefleet.backend.ingest.acks import Acker
-    from edgefleet.backend.ingest.handler import Ingest
-    from edgefleet.backend.ingest.inbox import Inbox
-    from edgefleet.backend.store.fleet_state import FleetState
-    from edgefleet.backend.store.fleet_store import FleetStore
-    from edgefleet.backend.store.quarantine import Quarantine
-    from edgefleet.backend.store.writer import BatchWriter
-    from edgefleet.backend.web.hub import Hub
-    from edgefleet.notify import AlertDispatcher
-
-Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
-"""One Prometheus metric family: name, type, help, labelled values."""
 
 SPARK_POINTS = 30
 SPARK_KEY = "cpu.percent"
 DEFAULT_KEYS = ("cpu.percent", "memory.used_percent", "load.load1")
-
-
-@dataclass(frozen=True)
-class FleetParts:
-    """The running parts the fleet view reads; :class:`edgefleet.backend.runtime.Backend` builds
-    them and hands them over, so the view never sees the whole backend."""
-
-    store: FleetStore
-    ingest: Ingest
-    fleet: FleetState
-    alerts: AlertCenter
-    dispatcher: AlertDispatcher
-    hub: Hub
-    writer: BatchWriter
-    quarantine: Quarantine
-    feed: FeedMonitor
-    inbox: Inbox
-    connected: asyncio.Event  # set while the broker link is up
-    acker: Acker | None = None  # commit watermarks to devices (None: turned off)
-    received: Sequence[int] = ()  # messages per broker connection (K > 1 only)
-    groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # rules-file groups
 
 
 class FleetViewModel:
@@ -68,7 +32,7 @@ class FleetViewModel:
 
     def __init__(self, parts: FleetParts) -> None:
         self.b = parts
-        self.hub: Hub = parts.hub
+        self.hub = parts.hub
         self._latest: dict[str, tuple[float, dict[str, float]]] = {}
         self._spark: dict[str, deque[float]] = {}
         self.meta = DeviceMeta(MetadataStore(parts.store.path), parts.groups)
@@ -255,99 +219,8 @@ class FleetViewModel:
         }
 
     def metrics_text(self) -> str:
-        c = self.b.ingest.counters()
-        s = self.b.fleet.summary(time.time())
-        d = self.b.dispatcher.stats()
-        rejected = [({"reason": r}, float(n)) for r, n in sorted(c.rejected_total.items())]
-        if self.b.inbox.dropped:
-            rejected.append(({"reason": "inbox_full"}, float(self.b.inbox.dropped)))
-        return prometheus([
-            ("edgefleet_ingest_messages_total", "counter", "MQTT messages handled",
-             [({}, c.messages_total)]),
-            ("edgefleet_ingest_samples_total", "counter", "new samples accepted",
-             [({}, c.samples_total)]),
-            ("edgefleet_ingest_samples_per_second", "gauge", "samples/s over 10 s",
-             [({}, s.samples_per_s)]),
-            ("edgefleet_ingest_duplicates_total", "counter", "duplicate samples removed",
-             [({}, c.duplicates_total)]),
-            ("edgefleet_ingest_rejected_total", "counter", "messages rejected, by reason",
-             rejected or [({"reason": "none"}, 0.0)]),
-            ("edgefleet_ingest_refused_keys_total", "counter",
-             "metric keys refused from accepted samples, by reason",
-             _labelled("reason", c.refused_keys_total)),
-            ("edgefleet_ingest_refused_samples_total", "counter", "samples refused, by reason",
-             _labelled("reason", c.refused_samples_total)),
-            ("edgefleet_ingest_anomalies_total", "counter",
-             "odd but accepted input (seq jumps, identity conflicts), by kind",
-             _labelled("kind", c.anomalies_total)),
-            ("edgefleet_lost_samples", "gauge", "sequence gaps never filled",
-             [({}, c.lost_samples)]),
-            ("edgefleet_agent_dropped_samples", "gauge", "samples agents dropped (queue full)",
-             [({}, c.agent_dropped)]),
-            ("edgefleet_stream_resets_total", "counter", "agents whose seq restarted",
-             [({}, c.stream_resets_total)]),
-            ("edgefleet_devices", "gauge", "devices by state",
-             [({"state": "online"}, s.online), ({"state": "offline"}, s.offline)]),
-            ("edgefleet_alerts_firing", "gauge", "alerts firing",
-             [({}, len(self.b.alerts.firing))]),
-            ("edgefleet_alert_outbox_depth", "gauge", "alerts waiting for Slack",
-             [({}, d.outbox_depth)]),
-            ("edgefleet_alert_notifications_suppressed_total", "counter",
-             "alert events over the notification budget (summarised, not posted)",
-             [({}, d.suppressed_alerts)]),
-            ("edgefleet_alert_keys_expired_total", "counter",
-             "idle alert conditions forgotten (no sample for a while)",
-             [({}, self.b.alerts.expired_total)]),
-            ("edgefleet_slack_messages_total", "counter", "Slack messages sent",
-             [({}, d.sent_messages)]),
-            ("edgefleet_websocket_clients", "gauge", "dashboard WebSocket clients",
-             [({}, len(self.hub.clients))]),
-            ("edgefleet_websocket_slow_disconnects_total", "counter", "clients too slow",
-             [({}, self.hub.slow_disconnects)]),
-            ("edgefleet_websocket_frames_total", "counter", "update frames broadcast",
-             [({}, self.hub.frames_sent)]),
-            *self._service_metrics(),
-        ])
-
-    def _service_metrics(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
-        b = self.b
-        return [
-            ("edgefleet_feed_up", "gauge", "1 while the backend hears its fleet, 0 when lost",
-             [({}, 1.0 if b.feed.ok else 0.0)]),
-            ("edgefleet_quarantined_messages_total", "counter",
-             "messages the store could not take, set aside", [({}, float(b.quarantine.total))]),
-            ("edgefleet_store_failures_total", "counter", "failed attempts to store a batch",
-             [({}, float(b.writer.failures_total))]),
-            ("edgefleet_store_failing", "gauge", "1 while storing fails",
-             [({}, 0.0 if b.writer.failing is None else 1.0)]),
-            ("edgefleet_inbox_messages", "gauge", "received messages waiting to be stored",
-             [({}, float(len(b.inbox)))]),
-            ("edgefleet_inbox_full_waits_total", "counter",
-             "times the broker link waited for room in the inbox", [({}, float(b.inbox.waits))]),
-            *self._delivery_metrics(),
-        ]
-
-    def _delivery_metrics(self) -> list[Family]:
-        b, out = self.b, list[Family]()
-        if b.acker is not None:
-            out += [
-                ("edgefleet_watermarks_published_total", "counter",
-                 "commit watermarks sent to devices", [({}, float(b.acker.published_total))]),
-                ("edgefleet_watermarks_failed_total", "counter",
-                 "watermark publishes that failed (retried)", [({}, float(b.acker.failed_total))]),
-                ("edgefleet_watermarks_pending", "gauge", "watermarks waiting to be published",
-                 [({}, float(b.acker.pending))]),
-            ]
-        if b.received:
-            out.append(("edgefleet_connection_messages_total", "counter",
-                        "messages received per broker connection (shared subscription)",
-                        [({"connection": str(k)}, float(n))
-                         for k, n in enumerate(b.received, 1)]))
-        return out
-
-
-def _labelled(label: str, counts: Mapping[str, int]) -> list[tuple[dict[str, str], float]]:
-    return [({label: name}, float(n)) for name, n in sorted(counts.items())]
+        """The backend's own figures as Prometheus text (``/metrics``)."""
+        return metrics_text(self.b)
 
 
 def _chartable(key: str) -> bool:
