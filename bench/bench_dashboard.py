@@ -230,8 +230,13 @@ def cpu_s(proc: psutil.Process | None) -> float:
 class Backend:
     """``python -m edgefleet backend`` with default WebSocket settings, on the local broker."""
 
-    def __init__(self, broker: Mosquitto, workdir: Path) -> None:
+    def __init__(self, broker: Mosquitto, workdir: Path, connections: int = 1) -> None:
         cert, key, ca = broker.identity("backend")
+        for k in range(1, connections + 1 if connections > 1 else 1):
+            cert, key, ca = broker.identity(f"backend-{k}")  # Mosquitto: one CN each
+        if connections > 1:
+            cert = Path(str(cert).replace(f"backend-{connections}", "backend-{n}"))
+            key = Path(str(key).replace(f"backend-{connections}", "backend-{n}"))
         self.url = f"http://{HOST}:{free_port(HOST)}"
         self.log_path = workdir / "backend.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_BACKEND_")}
@@ -239,6 +244,7 @@ class Backend:
             "endpoint": HOST, "port": broker.port, "cert_file": cert, "key_file": key,
             "ca_file": ca, "db_path": workdir / "fleet.db", "http_host": HOST,
             "http_port": self.url.rsplit(":", 1)[1], "aws_limits": "false",
+            "connections": connections,
         }
         for name, value in settings.items():
             self.env[f"EDGE_BACKEND_{name.upper()}"] = str(value)
@@ -777,7 +783,7 @@ async def fanout_phases(r: Run) -> None:
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
     with broker_in(workdir) as broker:
-        r = Run(args, broker, Backend(broker, workdir),
+        r = Run(args, broker, Backend(broker, workdir, args.connections),
                 Simulator(broker, workdir, args.devices, args.interval))
         try:
             await start_fleet(r)
@@ -789,10 +795,27 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
                 print("(a) skipped: no /usr/bin/chromium (or --no-browser)", flush=True)
             await fanout_phases(r)
             report_fanout(r)
+            report_loss(r)
         finally:
             r.sim.stop()
             r.backend.stop()
     print_result("bench_dashboard", r.figures, **r.extra)
+
+
+def report_loss(r: Run) -> None:
+    """Nothing lost on the way: the backend's loss and refusal counters, per connection."""
+    values: dict[str, float] = {}
+    for line in r.backend.metrics().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    lost = int(values.get("edgefleet_lost_samples", 0))
+    rejected = int(sum(v for k, v in values.items() if k.startswith("edgefleet_ingest_rejected")))
+    shares = [int(v) for k, v in sorted(values.items())
+              if k.startswith("edgefleet_connection_messages_total")]
+    print(f"  loss: {lost} samples lost, {rejected} messages rejected; connections "
+          f"{r.args.connections}, messages per connection {shares or 'n/a'}", flush=True)
+    r.figures.append(figure("samples lost", lost, "samples", "0", lost == 0 and rejected == 0))
 
 
 def report_page(page: dict[str, Any], r: Run) -> None:
@@ -919,6 +942,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100, help="clients in the fan-out phase")
     parser.add_argument("--connect-timeout", type=float, default=150.0, help="s for the fleet")
     parser.add_argument("--no-browser", action="store_true", help="skip (a)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="the backend's broker connections (K > 1: shared subscriptions)")
     parser.add_argument("--scale", action="store_true",
                         help="1,000 vs 10,000 devices without a broker (bench/_dashboard_scale.py)")
     args = parser.parse_args()
