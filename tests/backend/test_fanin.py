@@ -12,13 +12,14 @@ import pytest
 
 from backend.test_service import RULES, stored, until
 from conftest import ClientFactory
-from devices import Device
+from devices import Device, status_payload
 from edgefleet.backend.alerts.rules import load_rules
 from edgefleet.backend.main import transport_factory
 from edgefleet.backend.runtime import Backend
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.dev.broker import Mosquitto
 from edgefleet.transport.pool import TransportPool
+from edgefleet.wire.base import status_topic
 from fault.blackhole import BlackholeProxy
 
 DEVICES, SAMPLES, K = 20, 60, 4
@@ -35,6 +36,24 @@ def pool_settings(broker: Mosquitto, port: int, db: Path) -> BackendSettings:
         key_file=Path(str(key).replace(f"backend-{K}", "backend-{n}")),
         connections=K,
     )
+
+
+async def status_and_last_will(mqtt_client: ClientFactory, backend: Backend) -> None:
+    """Status and the Last Will reach the backend through the shared subscription: a device
+    announced online and then lost (its Will published by the broker) is shown offline."""
+    session = time.time()  # the Will carries the session's time, as the agent's does
+    will = (status_topic("dev-will"), status_payload("dev-will", "offline", session))
+    client = mqtt_client("dev-will", will=will)
+    await asyncio.wait_for(client.connected.wait(), 15)
+    await client.publish(status_topic("dev-will"),
+                         status_payload("dev-will", "online", session, 0.5))
+    await until(lambda: (backend.fleet.device("dev-will") or Row()).status == "online")
+    await client.stop(send_will=True)  # as when a device dies
+    await until(lambda: (backend.fleet.device("dev-will") or Row()).status == "offline")
+
+
+class Row:
+    status = "unknown"
 
 
 @pytest.mark.slow
@@ -75,6 +94,7 @@ async def test_k_connections_share_the_load_and_a_dropped_link_loses_nothing(
         text = backend.view.metrics_text()
         for k, got in enumerate(pool.received, 1):
             assert f'edgefleet_connection_messages_total{{connection="{k}"}} {got}' in text
+        await status_and_last_will(mqtt_client, backend)
     finally:
         backend.stop()
         await asyncio.wait_for(task, 15)
