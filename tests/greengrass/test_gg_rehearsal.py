@@ -56,14 +56,19 @@ class Installed:
         )
 
     @contextlib.contextmanager
-    def run(self, log: Path, **config: Any) -> Iterator[subprocess.Popen[bytes]]:
-        """The Run step as a process (its own session); SIGTERM and reap on exit."""
+    def run(
+        self, log: Path, extra_env: dict[str, str] | None = None, **config: Any
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """The Run step as a process (its own session); SIGTERM and reap on exit.
+        ``extra_env``: settings a nucleus would hand over IPC (live keys such as the
+        interval are not in the recipe's Setenv), given to the process directly here."""
         n = self.nucleus
         merged = n.config(**config)
+        env = n.env(merged, self.bin_dir) | (extra_env or {})
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 ["sh", "-c", n.script("Run", merged)], cwd=n.work,
-                env=n.env(merged, self.bin_dir), stdout=out, stderr=out, start_new_session=True,
+                env=env, stdout=out, stderr=out, start_new_session=True,
             )
             try:
                 yield proc
@@ -189,13 +194,14 @@ async def test_failed_reinstall_leaves_the_running_venv_in_place(
     cert, key, ca = broker.identity(n.thing)
     settings = {
         "transport": "mqtt", "endpoint": "127.0.0.1", "port": broker.port,
-        "certFile": str(cert), "keyFile": str(key), "caFile": str(ca), "intervalS": 0.2,
+        "certFile": str(cert), "keyFile": str(key), "caFile": str(ca),
     }
     broken = _second_version(agent_installed, "0.1.1")
     wheel = next(broken.artifacts.glob("edgefleet-*.whl"))
     wheel.write_bytes(wheel.read_bytes()[: wheel.stat().st_size // 2])  # a corrupted wheel
     log = tmp_path / "agent-run.log"
-    with agent_installed.run(log, **settings) as proc:
+    fast = {"EDGE_AGENT_INTERVAL_S": "0.2"}  # a live key: over IPC under a real nucleus
+    with agent_installed.run(log, fast, **settings) as proc:
         await got.wait_for(lambda: len(got.unique_seqs(n.thing)) >= 2, 40)
         failed = await asyncio.to_thread(agent_installed.install, broken)
         assert failed.returncode == 1, failed.stdout + failed.stderr
