@@ -67,17 +67,18 @@ def site_changes(policy: InhibitPolicy, counts: Mapping[str, SiteCount],
                 and count.offline > share * count.members)
         current = firing.get(group)
         if over and current is None:
-            events.append(_site("firing", policy, group, count, count.since, now))
+            events.append(_site("firing", policy, group, count, started=count.since, now=now))
         elif not over and current is not None:
-            events.append(_site("resolved", policy, group, count, current.started_at, now))
+            events.append(_site("resolved", policy, group, count,
+                                started=current.started_at, now=now))
     for group, current in firing.items():
         if group not in counts:  # the group left the rules file
             events.append(_site("resolved", policy, group, SiteCount(0, 0, now),
-                                current.started_at, now))
+                                started=current.started_at, now=now))
     return events
 
 
-def _site(kind: str, policy: InhibitPolicy, group: str, count: SiteCount,
+def _site(kind: str, policy: InhibitPolicy, group: str, count: SiteCount, *,
           started: float, now: float) -> Alert:
     share = policy.group_offline_share or 0.0
     summary = SITE_SUMMARY.format(group=group, offline=count.offline, members=count.members)

@@ -11,7 +11,6 @@ import math
 import re
 from datetime import time as dtime
 from typing import Annotated, Any, Literal
-
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (

@@ -21,6 +21,7 @@ from edgefleet.backend.store.history import MAX_KEYS
 from edgefleet.backend.store.metadata import LabelError
 from edgefleet.backend.web.access import WebAccess
 from edgefleet.backend.web.hub import CLOSE_TOO_SLOW, Hub
+from edgefleet.backend.web.silence_api import SilenceDesk, add_silence_routes
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.wire.messages import METRIC_KEY_PATTERN
 
@@ -148,12 +149,14 @@ def disable_websocket_compression() -> None:
 
 
 def create_app(
-    view: FleetView, *, token: str | None = None, access: WebAccess | None = None
+    view: FleetView, *, token: str | None = None, access: WebAccess | None = None,
+    silences: SilenceDesk | None = None,
 ) -> Quart:
     """Build the app around a running backend's view of the fleet.
 
     ``access``: which Host names and Origins are answered; by default those of a loopback
-    listener (build it with :meth:`WebAccess.build` from the settings).
+    listener (build it with :meth:`WebAccess.build` from the settings). ``silences``: the
+    running alert centre's silences (``/api/silences``, ``/api/maintenance``), if any.
     """
     app = Quart(__name__, static_folder=None)
     static = dashboard_dir()
@@ -210,6 +213,8 @@ def create_app(
         return jsonify(view.alerts())
 
     _add_admin(app, view)
+    if silences is not None:
+        add_silence_routes(app, silences)
     _add_websocket(app, view, token)
     return app
 
