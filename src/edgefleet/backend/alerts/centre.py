@@ -150,7 +150,7 @@ class AlertCenter:
         for device, since in list(self.offline.items()):
             out += self._offline(device, True, since, now)
         out += self._flush(now)
-        self._send(self.gate.recheck(self.firing, self.gate.scene(self.offline, self.firing), now))
+        self.regate(now)
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
             heard = [a for key, a in self.firing.items() if key not in self.gate.muted]
@@ -164,6 +164,10 @@ class AlertCenter:
         """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
         now = max([self._now, *(e.at for e in events)])
         return self._emit(events) + self._flush(now)
+
+    def regate(self, now: float) -> None:
+        """Re-decide which firing alerts are muted; send the held ones whose mute ended."""
+        self._send(self.gate.recheck(self.firing, self.gate.scene(self.offline, self.firing), now))
 
     def _flush(self, now: float) -> list[dict[str, Any]]:
         """The gate's hook: add site alerts, then send what is not muted (gate.py)."""

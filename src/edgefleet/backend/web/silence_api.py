@@ -63,6 +63,7 @@ class SilenceDesk:
                      "of the fleet; send confirm: true to create it")
             return 409, {"error": error, "preview": shown}
         self.centre.silences.add(silence, now)
+        self.centre.regate(now)
         log.info("silence created", extra=kv(id=silence.id, author=silence.author,
                                              matchers=silence.matcher.public(),
                                              until=silence.ends_at, hides=len(shown["firing"])))
@@ -71,6 +72,7 @@ class SilenceDesk:
     def expire(self, silence_id: str, now: float) -> dict[str, Any] | None:
         """End the silence now; None if unknown."""
         found = self.centre.silences.expire(silence_id, now)
+        self.centre.regate(now)
         if found is not None:
             log.info("silence expired", extra=kv(id=silence_id, author=found.author))
         return None if found is None else {"silence": found.public(now)}
