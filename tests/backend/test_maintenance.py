@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fakeslack import FakeSlack, _no_proxy  # noqa: F401 - fixture
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.rules import parse_rules
@@ -24,6 +23,7 @@ from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.errors import ConfigError
 from edgefleet.notify import AlertDispatcher, Outbox
 from edgefleet.notify.slack import SlackNotifier
+from fakeslack import FakeSlack, _no_proxy  # noqa: F401 - fixture
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 HOUR = 3600.0

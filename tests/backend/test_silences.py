@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fakeslack import FakeSlack, _no_proxy  # noqa: F401 - fixture
 from test_labels import _listening
 from test_web_app import Serve, Served, serve, until  # noqa: F401 - fixture
 from test_web_fleet_view import status
@@ -27,6 +26,7 @@ from edgefleet.backend.web.silence_api import SilenceDesk
 from edgefleet.cli import main as cli_main
 from edgefleet.dev.broker import free_port
 from edgefleet.wire.messages import status_topic
+from fakeslack import FakeSlack, _no_proxy  # noqa: F401 - fixture
 
 
 async def call(served: Served, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -37,11 +37,7 @@ async def call(served: Served, method: str, path: str, body: Any = None) -> tupl
 
 async def start(serve: Serve, slack: FakeSlack) -> tuple[Served, SilenceDesk, float]:
     served = await serve(slack_webhook_url=slack.webhook_url, alert_group_window_s=0)
-    desk = SilenceDesk(served.backend.alerts)
-    app = create_app(served.backend.view, silences=desk)
-    test_app = app.test_app()
-    await test_app.startup()
-    served.client = test_app.test_client()
+    desk = served.backend.view.silences
     t = time.time()
     for device in ("dev-a", "dev-b"):  # two calm devices: dev-b is half the fleet
         served.transport.deliver(status_topic(device), status(device, "online", t, 5.0), None)
@@ -162,7 +158,7 @@ async def test_cli_adds_lists_and_expires_through_a_running_backend(
         port, stop = free_port(), asyncio.Event()
         config = Config()
         config.bind = [f"127.0.0.1:{port}"]
-        app = create_app(served.backend.view, silences=desk)
+        app = create_app(served.backend.view)
         task = asyncio.create_task(hypercorn_serve(app, config, shutdown_trigger=stop.wait))
         cli = ["silence", "--url", f"http://127.0.0.1:{port}"]
         add = [*cli, "add", "--device", "dev-b", "--duration", "2h", "--author", "cli-user",

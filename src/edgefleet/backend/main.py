@@ -15,7 +15,6 @@ from edgefleet.backend.alerts.rules import default_rules_path, load_rules
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.web.access import WebAccess
 from edgefleet.backend.web.app import create_app, disable_websocket_compression
-from edgefleet.backend.web.silence_api import SilenceDesk
 from edgefleet.common.logs import kv
 from edgefleet.common.settings import check_cert_file, check_private_key, load_settings
 from edgefleet.errors import ConfigError
@@ -133,8 +132,7 @@ def run_backend(config: Path | None = None) -> int:
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
         access = WebAccess.build(settings.http_host, allowed_hosts=settings.allowed_hosts,
                                  allowed_origins=settings.allowed_origins)
-        app = create_app(backend.view, token=token, access=access,
-                         silences=SilenceDesk(backend.alerts))
+        app = create_app(backend.view, token=token, access=access)
         disable_websocket_compression()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

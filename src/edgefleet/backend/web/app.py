@@ -42,6 +42,7 @@ class FleetView(Protocol):
     """What the web layer reads from the running backend."""
 
     hub: Hub
+    silences: SilenceDesk  # /api/silences and /api/maintenance
 
     def device_rows(self) -> list[dict[str, Any]]: ...
     def summary(self) -> dict[str, Any]: ...
@@ -149,14 +150,12 @@ def disable_websocket_compression() -> None:
 
 
 def create_app(
-    view: FleetView, *, token: str | None = None, access: WebAccess | None = None,
-    silences: SilenceDesk | None = None,
+    view: FleetView, *, token: str | None = None, access: WebAccess | None = None
 ) -> Quart:
     """Build the app around a running backend's view of the fleet.
 
     ``access``: which Host names and Origins are answered; by default those of a loopback
-    listener (build it with :meth:`WebAccess.build` from the settings). ``silences``: the
-    running alert centre's silences (``/api/silences``, ``/api/maintenance``), if any.
+    listener (build it with :meth:`WebAccess.build` from the settings).
     """
     app = Quart(__name__, static_folder=None)
     static = dashboard_dir()
@@ -213,8 +212,7 @@ def create_app(
         return jsonify(view.alerts())
 
     _add_admin(app, view)
-    if silences is not None:
-        add_silence_routes(app, silences)
+    add_silence_routes(app, view.silences)
     _add_websocket(app, view, token)
     return app
 

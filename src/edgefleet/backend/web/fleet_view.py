@@ -19,6 +19,7 @@ from edgefleet.backend.web.exposition import DeviceSeries, render
 from edgefleet.backend.web.fleet_meta import DeviceMeta, RateMeter, backend_figures
 from edgefleet.backend.web.marks import periods, thresholds
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank, prometheus
+from edgefleet.backend.web.silence_api import SilenceDesk
 from edgefleet.wire.base import split_key
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class FleetViewModel:
     def __init__(self, parts: FleetParts) -> None:
         self.b = parts
         self.hub: Hub = parts.hub
+        self.silences = SilenceDesk(parts.alerts)
         self._latest: dict[str, tuple[float, dict[str, float]]] = {}
         self._spark: dict[str, deque[float]] = {}
         self.meta = DeviceMeta(MetadataStore(parts.store.path), parts.groups)

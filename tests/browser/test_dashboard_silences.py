@@ -26,7 +26,6 @@ from edgefleet.backend.alerts.rules import load_rules  # noqa: E402
 from edgefleet.backend.runtime import Backend  # noqa: E402
 from edgefleet.backend.settings import BackendSettings  # noqa: E402
 from edgefleet.backend.web.app import create_app  # noqa: E402
-from edgefleet.backend.web.silence_api import SilenceDesk  # noqa: E402
 from edgefleet.dev.broker import free_port  # noqa: E402
 
 expect = playwright_api.expect
@@ -53,7 +52,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         config = Config()
         config.bind = [f"127.0.0.1:{port}"]
         config.accesslog = None
-        app = create_app(backend.view, silences=SilenceDesk(backend.alerts))
+        app = create_app(backend.view)
         await serve(app, config, shutdown_trigger=backend_stop.wait)
 
     task = asyncio.create_task(backend.run(http))
