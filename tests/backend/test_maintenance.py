@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.backend.alerts.centre import AlertCenter
+from edgefleet.backend.alerts.centre import REMIND_EVERY_S, AlertCenter
 from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.records import AcceptedSample
@@ -190,3 +190,22 @@ def test_bad_windows_are_refused_with_one_line(section: str, message: str) -> No
         parse_rules(text, source="r.yaml")
     assert str(info.value).startswith(f"rules file r.yaml: {message}")
     assert "\n" not in str(info.value)
+
+
+async def test_a_release_after_a_long_window_is_one_message_not_two(make: object) -> None:
+    """Down for 5 hours (reminders every 4): the release stands for the reminder due now."""
+    long_window = RULES.replace(datetime.fromtimestamp(T0 + HOUR, UTC).isoformat(),
+                                datetime.fromtimestamp(T0 + 5 * HOUR, UTC).isoformat())
+    c: Centre = make(long_window)  # type: ignore[operator]
+    c.now = T0 + 60
+    c.presence("lab-2", False)
+    c.centre.tick(c.now)
+    c.now = T0 + 5 * HOUR + 1
+    c.centre._reminded_at = -REMIND_EVERY_S  # let this tick look for reminders
+    c.centre.tick(c.now)
+    sent = await c.deliver()
+    assert sent == ["offline|lab-2||firing|1800000060.000"]
+    c.now = T0 + 9 * HOUR  # the next reminder comes as usual
+    c.centre._reminded_at = -REMIND_EVERY_S
+    c.centre.tick(c.now)
+    assert (await c.deliver())[1:] == ["offline|lab-2||firing|1800000060.000#repeat-2"]

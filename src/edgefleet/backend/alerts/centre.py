@@ -122,7 +122,7 @@ class AlertCenter:
         changes, events = evaluate_changes(self.rules, self.state, batch, now)
         self.state.apply(changes)
         self._dirty.update(changes)
-        return self._emit(events) + self._flush(now)
+        return self._emit(events) + self._flush(now, sites=False)
 
     def on_presence(
         self, device: str, online: bool, since: float, now: float
@@ -154,7 +154,8 @@ class AlertCenter:
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
             heard = [a for key, a in self.firing.items() if key not in self.gate.muted]
-            self._send(self.dispatcher.reminders(heard, now))
+            self._send(r for r in self.dispatcher.reminders(heard, now)
+                       if r.event_id != self.gate.covered.get(r.key))
         if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
             self._expired_at = time.monotonic()
             self.expire(now)
@@ -166,16 +167,23 @@ class AlertCenter:
         return self._emit(events) + self._flush(now)
 
     def regate(self, now: float) -> None:
-        """Re-decide which firing alerts are muted; send the held ones whose mute ended."""
-        self._send(self.gate.recheck(self.firing, self.gate.scene(self.offline, self.firing), now))
+        """Re-decide which firing alerts are muted; send the held ones whose mute ended (their
+        message stands for the reminder due now, if one is: one message, not two)."""
+        released = self.gate.recheck(self.firing, self.gate.scene(self.offline, self.firing), now)
+        self._send(released)
+        for reminder in self.dispatcher.reminders(released, now):
+            self.gate.covered[reminder.key] = reminder.event_id
 
-    def _flush(self, now: float) -> list[dict[str, Any]]:
-        """The gate's hook: add site alerts, then send what is not muted (gate.py)."""
+    def _flush(self, now: float, *, sites: bool = True) -> list[dict[str, Any]]:
+        """The gate's hook: add site alerts (who is offline changes with presence reports
+        only: not after samples), then send what is not muted (gate.py)."""
         self._now = max(self._now, now)
-        sites = self.gate.site_events(self.offline, self.firing, self.state.devices(), now)
-        out = self._emit(sites)
+        out: list[dict[str, Any]] = []
+        if sites:
+            out = self._emit(self.gate.site_events(self.offline, self.firing,
+                                                   self.state.devices(), now))
         queued, self._queued = self._queued, []
-        self._send(self.gate.admit(queued, self.gate.scene(self.offline, self.firing), now))
+        self._send(self.gate.admit(queued, self.offline, self.firing, now))
         return out
 
     def expire(self, now: float) -> int:

@@ -64,6 +64,8 @@ class AlertGate:
         self.silences = silences
         self.held: dict[str, Alert] = {}  # key -> firing alert never sent
         self.muted: dict[str, Mute] = {}  # key -> why, for the firing alerts muted now
+        self.sites: dict[str, Alert] = {}  # group -> its firing site alert
+        self.covered: dict[str, str] = {}  # key -> reminder event id its release stands for
         self.known_devices: Callable[[], Iterable[str]] | None = None  # the fleet, by name
         self._groups: dict[str, tuple[str, ...]] = {}
         self._first_check = True
@@ -105,8 +107,15 @@ class AlertGate:
         found = self.silences.silencing(target, now)
         return None if found is None else Mute("silenced", found.id)
 
-    def admit(self, events: Sequence[Alert], scene: Scene, now: float) -> list[Alert]:
+    def admit(self, events: Sequence[Alert], offline: Mapping[str, float],
+              firing: Mapping[str, Alert], now: float) -> list[Alert]:
         """The events to send; muted firing events are held, their resolutions dropped."""
+        for event in events:  # a site alert of this batch inhibits the batch's own alerts
+            if event.rule == SITE_RULE and event.kind == "firing":
+                self.sites[event.device] = event
+            elif event.rule == SITE_RULE:
+                self.sites.pop(event.device, None)
+        scene = self.scene(offline, firing)
         out: list[Alert] = []
         for event in events:
             key = event.key
@@ -138,6 +147,9 @@ class AlertGate:
                 release.append(held)
         for key in [k for k in self.held if k not in firing]:
             del self.held[key]
+        for key in [k for k in self.covered if k not in firing]:
+            del self.covered[key]
+        self.sites = {a.device: a for a in firing.values() if a.rule == SITE_RULE}
         self.muted = muted
         self._first_check = False
         return release
@@ -146,7 +158,7 @@ class AlertGate:
                     fallback: Iterable[str], now: float) -> list[Alert]:
         """Site alerts firing or resolving (``inhibit.group_offline_share``)."""
         policy = self.rules.inhibit
-        current = {a.device: a for a in firing.values() if a.rule == SITE_RULE}
+        current = {g: a for g, a in self.sites.items() if a.key in firing}
         if policy.group_offline_share is None and not current:
             return []
         members: dict[str, list[str]] = {name: [] for name in self.rules.groups}
@@ -158,8 +170,7 @@ class AlertGate:
 
     def scene(self, offline: Mapping[str, float], firing: Mapping[str, Alert]) -> Scene:
         """The scene of the centre's current state."""
-        sites = frozenset(a.device for a in firing.values() if a.rule == SITE_RULE)
-        return Scene(offline, sites, FEED_KEY in firing)
+        return Scene(offline, frozenset(self.sites), FEED_KEY in firing)
 
     def preview(self, silence: Silence, firing: Iterable[Alert],
                 pending: Iterable[PendingAlert], fallback: Iterable[str]) -> dict[str, Any]:
