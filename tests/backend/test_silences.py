@@ -189,3 +189,17 @@ async def test_cli_adds_lists_and_expires_through_a_running_backend(
         served.send("dev-a", 1, t + 1, disk_used_percent=97.0)
         await sent(slack, "disk_full|dev-a||firing|")
         assert fired(slack, "too_hot|dev-b||firing|") == 1  # sent before the silence, not again
+
+
+def test_an_unreadable_stored_silence_is_skipped_not_fatal(tmp_path: Path) -> None:
+    now = time.time()
+    book = Silences(tmp_path / "fleet.db", groups_of=lambda _d: ())
+    kept = book.silence_device("pi-1", author="ann", duration_s=600)
+    book.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "fleet.db") as conn:
+        conn.execute("INSERT INTO silences VALUES ('bad', '{\"id\": \"bad\"}', ?)", (now + 60,))
+    again = Silences(tmp_path / "fleet.db", groups_of=lambda _d: ())
+    assert [s.id for s in again.all()] == [kept.id]
+    again.close()

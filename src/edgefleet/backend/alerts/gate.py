@@ -24,7 +24,7 @@ from typing import Any
 from edgefleet.backend.alerts.feed import FEED_KEY, FEED_RULE
 from edgefleet.backend.alerts.inhibit import SITE_RULE, count_sites, site_changes
 from edgefleet.backend.alerts.maintenance import window_for
-from edgefleet.backend.alerts.ruleset import OFFLINE_RULE, RuleSet
+from edgefleet.backend.alerts.ruleset import OFFLINE_RULE, Rule, RuleSet
 from edgefleet.backend.alerts.silences import Silence, Silences
 from edgefleet.backend.alerts.upkeep import PendingAlert
 from edgefleet.notify.model import Alert
@@ -182,15 +182,21 @@ class AlertGate:
         waiting = [p for p in pending
                    if matcher.matches(book.target(p.rule, p.device, p.severity))]
         fleet = self.fleet(fallback)
-        covered = sum(1 for device in fleet if self._covers(silence, device))
+        rules = [r for r in (self.rules.offline, *self.rules.rules)
+                 if matcher.rule is None or fnmatchcase(r.name, matcher.rule)]
+        covered = sum(1 for device in fleet if self._covers(silence, device, rules))
         share = covered / len(fleet) if fleet else 0.0
         return {"firing": alerts, "pending": waiting, "devices": covered, "fleet": len(fleet),
                 "share": round(share, 4), "confirm_share": book.confirm_share,
                 "needs_confirm": share > book.confirm_share and not math.isclose(
                     share, book.confirm_share)}
 
-    def _covers(self, silence: Silence, device: str) -> bool:
-        for rule in (self.rules.offline, *self.rules.rules):
+    def _covers(self, silence: Silence, device: str, rules: Sequence[Rule]) -> bool:
+        """True when ``silence`` would hide some alert of ``device`` (of ``rules``, the ones
+        its rule glob admits: the walk stays small on a large fleet)."""
+        if silence.matcher.device is not None and not fnmatchcase(device, silence.matcher.device):
+            return False
+        for rule in rules:
             params = self.rules.params(rule, device)
             labels = {**rule.labels, **self.silences.labels_of(device)}
             target = self.silences.target(rule.name, device, params.severity, labels)

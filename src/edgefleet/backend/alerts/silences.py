@@ -16,6 +16,7 @@ one-line message (:class:`SilenceError`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import threading
@@ -27,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.backend.alerts.rules_schema import parse_duration
+from edgefleet.common.logs import kv
 from edgefleet.common.sqlitetx import connect_wal, transaction
 from edgefleet.notify.model import SEVERITIES
+
+log = logging.getLogger(__name__)
 
 KEEP_EXPIRED_S = 7 * 86400.0
 MAX_DURATION_S = 366 * 86400.0
@@ -215,8 +219,12 @@ class Silences:
             rows = self._conn.execute("SELECT doc FROM silences").fetchall()
         self._all: dict[str, Silence] = {}
         for (text,) in rows:
-            doc = json.loads(text)
-            self._all[str(doc["id"])] = _from_doc(doc)
+            try:
+                found = _from_doc(json.loads(text))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.error("a stored silence is unreadable; skipped", extra=kv(error=str(exc)))
+                continue
+            self._all[found.id] = found
         self.version = 0  # bumped on every change (the alert gate re-checks then)
 
     def all(self) -> list[Silence]:
