@@ -9,9 +9,12 @@ the device is back; while the backend's feed is lost, device alerts are held."""
 
 from __future__ import annotations
 
+import pytest
 from test_maintenance import T0, Centre, ids, make  # noqa: F401 - fixture
 
 from edgefleet.backend.alerts.feed import feed_event
+from edgefleet.backend.alerts.rules import parse_rules
+from edgefleet.errors import ConfigError
 
 SITE = [f"site-a-{i:02d}" for i in range(20)]
 RULES = """
@@ -102,3 +105,19 @@ async def test_a_lost_feed_holds_device_alerts(make: object) -> None:
     c.centre.tick(c.now)
     sent = await c.deliver()
     assert ids(sent, "high_cpu|") == [f"high_cpu|pi-1||firing|{T0 + 30:.3f}"]
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("inhibit: {group_offline_share: 1.5}",
+     "inhibit field 'group_offline_share': Input should be less than 1"),
+    ("inhibit: {group_offline_share: 0}",
+     "inhibit field 'group_offline_share': Input should be greater than 0"),
+    ("inhibit: {group_min_devices: 0}",
+     "inhibit field 'group_min_devices': Input should be greater than or equal to 1"),
+    ("inhibit: {severity: loud}", "inhibit field 'severity': must be one of"),
+    ("inhibit: {sites: true}", "inhibit field 'sites': unknown key"),
+])
+def test_a_bad_inhibit_section_is_refused_with_one_line(section: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_rules(f"version: 1\n{section}\n", source="r.yaml")
+    assert str(info.value).startswith(f"rules file r.yaml: {message}"), str(info.value)
