@@ -121,3 +121,20 @@ def test_a_bad_inhibit_section_is_refused_with_one_line(section: str, message: s
     with pytest.raises(ConfigError) as info:
         parse_rules(f"version: 1\n{section}\n", source="r.yaml")
     assert str(info.value).startswith(f"rules file r.yaml: {message}"), str(info.value)
+
+
+async def test_a_restart_keeps_the_site_alert_while_the_site_is_down(
+    make: object, tmp_path: object
+) -> None:
+    c: Centre = make(RULES)  # type: ignore[operator]
+    online(c, SITE)
+    c.now = T0 + 30
+    for device in SITE:
+        c.presence(device, False)
+    c.centre.tick(c.now)
+    assert await c.deliver() == [f"site_offline|site-a||firing|{T0 + 30:.3f}"]
+    after: Centre = make(RULES)  # type: ignore[operator]  # same database: a restart
+    after.now = T0 + 60
+    after.centre.tick(after.now)  # no presence report yet: the site is still down
+    assert await after.deliver() == [f"site_offline|site-a||firing|{T0 + 30:.3f}"]
+    assert "site_offline|site-a|" in after.centre.firing

@@ -161,11 +161,15 @@ class AlertGate:
         current = {g: a for g, a in self.sites.items() if a.key in firing}
         if policy.group_offline_share is None and not current:
             return []
+        down = dict(offline)  # after a restart, presence is known again only from reports:
+        for alert in firing.values():  # a firing offline alert still says "down"
+            if alert.rule == OFFLINE_RULE:
+                down.setdefault(alert.device, alert.started_at)
         members: dict[str, list[str]] = {name: [] for name in self.rules.groups}
         for device in self.fleet(fallback):
             for group in self.groups_of(device):
                 members[group].append(device)
-        counts = count_sites(members, members.__getitem__, offline)
+        counts = count_sites(members, members.__getitem__, down)
         return site_changes(policy, counts, current, now)
 
     def scene(self, offline: Mapping[str, float], firing: Mapping[str, Alert]) -> Scene:
