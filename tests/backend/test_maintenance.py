@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,9 +65,10 @@ class Centre:
         await self.dispatcher.run_once()
         return self.slack.event_ids()
 
-    def sample(self, device: str, **metrics: float) -> None:
-        self.centre.on_samples([AcceptedSample(device, int(self.now), self.now, metrics)],
-                               self.now)
+    def sample(self, device: str, **metrics: float) -> list[dict[str, Any]]:
+        """The public events (what the page gets)."""
+        return self.centre.on_samples([AcceptedSample(device, int(self.now), self.now, metrics)],
+                                      self.now)
 
     def presence(self, device: str, online: bool) -> None:
         self.centre.on_presence(device, online, self.now, self.now)
@@ -98,7 +100,8 @@ def ids(events: list[str], prefix: str) -> list[str]:
 async def test_a_groups_window_holds_a_reboot_and_an_offline_alert(make: object) -> None:
     c: Centre = make()  # type: ignore[operator]
     c.now = T0 + 60
-    c.sample("lab-1", **{"vitals.rebooted": 1.0})
+    [event] = c.sample("lab-1", **{"vitals.rebooted": 1.0})  # the page sees why: held
+    assert event["muted"] == {"kind": "maintenance", "by": "lab-patching"}
     c.presence("lab-2", False)
     c.presence("shop-1", False)  # not in the window: alerts as usual
     c.centre.tick(c.now)

@@ -122,7 +122,7 @@ class AlertCenter:
         changes, events = evaluate_changes(self.rules, self.state, batch, now)
         self.state.apply(changes)
         self._dirty.update(changes)
-        return self._emit(events) + self._flush(now, sites=False)
+        return self._marked(self._emit(events) + self._flush(now, sites=False))
 
     def on_presence(
         self, device: str, online: bool, since: float, now: float
@@ -151,6 +151,7 @@ class AlertCenter:
             out += self._offline(device, True, since, now)
         out += self._flush(now)
         self.regate(now)
+        self._marked(out)
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
             heard = [a for key, a in self.firing.items() if key not in self.gate.muted]
@@ -164,7 +165,14 @@ class AlertCenter:
     def emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
         now = max([self._now, *(e.at for e in events)])
-        return self._emit(events) + self._flush(now)
+        return self._marked(self._emit(events) + self._flush(now))
+
+    def _marked(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Public events, a muted firing one with ``muted`` (see :meth:`gate_public`)."""
+        for doc in events:
+            if doc["kind"] == "firing" and (mute := self.gate.muted.get(doc["key"])):
+                doc["muted"] = mute.public()
+        return events
 
     def regate(self, now: float) -> None:
         """Re-decide which firing alerts are muted; send the held ones whose mute ended (their
