@@ -299,6 +299,7 @@ class Backend:
             self.store.add_samples([], also=save)
         await self.dispatcher.stop()
         self.outbox.close()
+        self.alerts.silences.close()
         self.quarantine.close()
         self.store.close()
         log.info("backend stopped")
