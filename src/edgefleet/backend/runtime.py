@@ -114,6 +114,10 @@ class Backend:
             quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
             connected=self.transport.connected, acker=self.acker, groups=rules.groups,
             received=self.transport.received if isinstance(self.transport, TransportPool) else ()))
+        # silences and inhibition see the fleet's devices, their labels, the confirm share
+        self.alerts.gate.known_devices = lambda: (row.device for row in self.fleet.devices())
+        self.alerts.silences.labels_of = lambda device: self.view.meta.labels.get(device, {})
+        self.alerts.silences.confirm_share = s.silence_confirm_share
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: AckHandle | None = None) -> None:
@@ -296,6 +300,7 @@ class Backend:
             self.store.add_samples([], also=save)
         await self.dispatcher.stop()
         self.outbox.close()
+        self.alerts.silences.close()
         self.quarantine.close()
         self.store.close()
         log.info("backend stopped")

@@ -48,6 +48,7 @@ class BackendSettings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     alert_group_window_s: float = Field(default=10.0, ge=0)
     alert_repeat_s: float = Field(default=4 * 3600.0, ge=60)
+    silence_confirm_share: float = Field(default=0.2, ge=0, le=1)
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
