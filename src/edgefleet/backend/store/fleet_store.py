@@ -35,8 +35,9 @@ from edgefleet.backend.store.history import (
     select_sql,
     value_sql,
 )
+from edgefleet.backend.store.migrate import CURRENT, VERSION_TABLE, apply_steps, check_version
 from edgefleet.backend.store.schema import (
-    SCHEMA,
+    MIGRATIONS,
     SCHEMA_VERSION,
     SELECT_CURSORS,
     SELECT_DEVICES,
@@ -58,6 +59,8 @@ _log = logging.getLogger(__name__)
 class FleetStore:
     """Devices, metrics history, dedup cursors and component state in one SQLite file."""
 
+    kind = "sqlite"
+
     def __init__(
         self,
         path: Path | str,
@@ -74,10 +77,7 @@ class FleetStore:
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
         self._writer = connect(self.path)
         try:
-            with transaction(self._writer):
-                for statement in SCHEMA:
-                    self._writer.execute(statement)
-                self._check_version()
+            self._migrate()
             self._reader = connect(self.path)
         except BaseException:
             self._writer.close()
@@ -245,6 +245,23 @@ class FleetStore:
         return [(ts, value) for ts, value in reversed(rows) if value is not None]
 
     # -- internals -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Bring the file to the newest schema version (see ``migrate.py``)."""
+        with transaction(self._writer):
+            self._writer.execute(VERSION_TABLE)
+            (found,) = self._writer.execute(CURRENT).fetchone()
+        check_version(int(found), len(MIGRATIONS), str(self.path))
+
+        def step(version: int, statements: Sequence[str]) -> None:
+            with transaction(self._writer):
+                for statement in statements:
+                    self._writer.execute(statement)
+                self._writer.execute("INSERT INTO schema_version VALUES (?)", (version,))
+
+        apply_steps(int(found), MIGRATIONS, step)
+        with transaction(self._writer):
+            self._check_version()
 
     def _check_version(self) -> None:
         self._writer.execute(
