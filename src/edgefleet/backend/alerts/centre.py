@@ -41,7 +41,7 @@ from edgefleet.backend.alerts.engine import (
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
 from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.notify import Alert, AlertDispatcher
@@ -81,7 +81,9 @@ def _load_recent(text: str | None) -> list[Alert]:
 class AlertCenter:
     """Owns the alert state; every change in it goes through here."""
 
-    def __init__(self, rules: RuleSet, store: FleetStore, dispatcher: AlertDispatcher) -> None:
+    def __init__(
+        self, rules: RuleSet, store: FleetStoreContract, dispatcher: AlertDispatcher
+    ) -> None:
         self.rules = rules
         self.store = store
         self.dispatcher = dispatcher

@@ -18,6 +18,7 @@ from typing import Protocol
 from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow, History
 from edgefleet.backend.store.tx import StoreTx
+from edgefleet.notify.outbox_db import SqlDb
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -51,6 +52,11 @@ class FleetStoreContract(Protocol):
 
     def close(self) -> None:
         """Release the database; everything committed stays."""
+        ...
+
+    def open_db(self) -> SqlDb:
+        """The fleet database for the tables other parts keep in it (the outbox, device
+        metadata), for ``Outbox(...)`` and ``MetadataStore(...)``."""
         ...
 
     def devices(self) -> list[DeviceRow]:

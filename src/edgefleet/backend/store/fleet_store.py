@@ -52,6 +52,7 @@ from edgefleet.backend.store.schema import (
 from edgefleet.backend.store.tx import PUT_STATE, StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.common.sqlitetx import transaction
+from edgefleet.notify.outbox_db import SqlDb, SqliteDb
 
 _log = logging.getLogger(__name__)
 
@@ -155,6 +156,11 @@ class FleetStore:
                 )
         _log.info("store compacted", extra=kv(rolled=rolled, cutoff=cutoff, path=str(self.path)))
         return rolled
+
+    def open_db(self) -> SqlDb:
+        """A new connection to the file for the outbox and the metadata (``synchronous=FULL``:
+        a sent mark survives a power cut)."""
+        return SqliteDb(self.path, synchronous="FULL")
 
     def close(self) -> None:
         """Close both connections; everything committed stays in the file."""

@@ -31,6 +31,7 @@ from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow, History
 from edgefleet.backend.store.history import BUCKET_S
 from edgefleet.backend.store.pg_compact import compact as compact_days
+from edgefleet.backend.store.pg_db import PgDb
 from edgefleet.backend.store.pg_history import find_keys, q, read_history
 from edgefleet.backend.store.pg_schema import (
     INSERT_RAW,
@@ -55,6 +56,7 @@ from edgefleet.backend.store.schema import (
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.errors import EdgefleetError
+from edgefleet.notify.outbox_db import SqlDb
 
 _log = logging.getLogger(__name__)
 Conn = Connection[Any]
@@ -176,6 +178,10 @@ class PgFleetStore:
         _log.info("store compacted", extra=kv(rolled=rolled, partitions_dropped=dropped,
                                               db=self.url))
         return rolled
+
+    def open_db(self) -> SqlDb:
+        """The database on this store's pool, for the outbox and the metadata."""
+        return PgDb(self._pool)
 
     def close(self) -> None:
         """Close the pool; everything committed stays in the database."""

@@ -14,30 +14,15 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, cast
 
-from psycopg import Connection, Cursor
+from psycopg import Connection
 
 from edgefleet.backend.store.migrate import CURRENT, VERSION_TABLE, apply_steps, check_version
+from edgefleet.backend.store.pg_db import QmarkConnection
 from edgefleet.backend.store.pg_schema import MIGRATION_LOCK, MIGRATIONS, PUT_STATE
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
 
 _log = logging.getLogger(__name__)
-
-
-class QmarkConnection:
-    """A psycopg connection that runs SQL written with ``?`` placeholders (the outbox's
-    portable statements, which contain no other ``?`` and no ``%``)."""
-
-    def __init__(self, conn: Connection[Any]) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor[Any]:
-        return self._conn.execute(sql.replace("?", "%s").encode(), params)
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Cursor[Any]:
-        cur = self._conn.cursor()
-        cur.executemany(sql.replace("?", "%s").encode(), rows)
-        return cur
 
 
 class PgStoreTx(StoreTx):
