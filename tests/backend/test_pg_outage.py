@@ -7,6 +7,7 @@ PostgreSQL, since this test stops it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import psycopg
@@ -67,6 +68,7 @@ async def test_postgres_stopped_under_load_loses_nothing_and_healthz_is_503_mean
             assert body["status"] == "degraded" and not body["store"]["ok"]
             assert body["reason"].startswith("storing fails: ")
             await loader
+            assert await asyncio.to_thread(backend.store.compact, time.time()) == 0  # next time
             assert not (tmp_path / "fleet.db").exists()  # PostgreSQL only, no SQLite beside
             assert len(r.t.acked) == 30  # nothing acknowledged that is not stored
 

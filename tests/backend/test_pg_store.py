@@ -21,8 +21,9 @@ from edgefleet.backend.store.contract import open_store
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.metadata import MetadataStore
 from edgefleet.backend.store.migrate import SchemaTooNewError
+from edgefleet.backend.store.pg_errors import StoreConnectError, redact
 from edgefleet.backend.store.pg_schema import DAY_S, MIGRATIONS
-from edgefleet.backend.store.pg_store import PgFleetStore, StoreConnectError, redact
+from edgefleet.backend.store.pg_store import PgFleetStore
 from edgefleet.backend.store.quarantine import Quarantine
 from edgefleet.backend.store.schema import SCHEMA
 from edgefleet.backend.store.tx import StoreTx
@@ -127,24 +128,48 @@ def test_two_backends_storing_the_same_samples_store_them_once(postgres: Postgre
 
 def test_each_day_has_a_partition_and_retention_drops_whole_old_days(postgres: Postgres) -> None:
     url = schema_url(postgres)
-    store = PgFleetStore(url, raw_retention_s=DAY_S, bucket_retention_s=30 * DAY_S)
+    now = [DAY0 - 10 * DAY_S]
+    store = PgFleetStore(url, raw_retention_s=DAY_S, bucket_retention_s=30 * DAY_S,
+                         clock=lambda: now[0])
+    early = sample(9000, DAY0 + 1, **{"mem.used_percent": 7.0})  # a clock 10 days ahead
+    store.add_samples([early])
+    assert partitions(url) == ["raw_other"]
+    now[0] = DAY0 + 2 * DAY_S
     for day in range(3):  # 3 days, a sample every 10 minutes
         store.add_samples([sample(day * 1000 + i, DAY0 + day * DAY_S + i * 600)
                            for i in range(144)])
-    parts = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-             "WHERE i.inhparent = 'raw'::regclass ORDER BY 1")
-    assert [row[0] for row in query(url, parts)] == ["raw_d19700", "raw_d19701", "raw_d19702"]
+    assert partitions(url) == ["raw_d19700", "raw_d19701", "raw_d19702", "raw_other"]
+    assert query(url, "SELECT count(*) FROM raw_d19700") == [(145,)]  # the early one moved in
     rolled = store.compact(DAY0 + 3 * DAY_S + 3600)  # cutoff: day 2 at 01:00
-    assert rolled == 144 * 2 + 6
-    assert [row[0] for row in query(url, parts)] == ["raw_d19702"]  # days 0 and 1 dropped
+    assert rolled == 144 * 2 + 6 + 1
+    assert partitions(url) == ["raw_d19702", "raw_other"]  # days 0 and 1 dropped
     hist = store.history("dev-a", DAY0, DAY0 + 3 * DAY_S, keys=["cpu.percent"], max_points=4)
     assert hist.source == "mixed" and len(hist.ts) == 3  # a day per point, every sample in
     assert hist.avg["cpu.percent"] == [71.5, 1071.5, 2071.5]
     store.add_samples([sample(5, DAY0 + 5)])  # a late sample for a dropped day: made again
     assert store.compact(DAY0 + 3 * DAY_S + 3600) == 1
-    day0 = store.history("dev-a", DAY0, DAY0 + DAY_S, keys=["cpu.percent"], max_points=2)
+    day0 = store.history("dev-a", DAY0, DAY0 + DAY_S, keys=["cpu.percent", "mem.used_percent"],
+                         max_points=2)
     assert day0.max["cpu.percent"] == [143.0]  # merged into the day's buckets
+    assert day0.avg["mem.used_percent"] == [7.0]
     store.close()
+
+
+def test_samples_of_any_valid_time_make_no_more_partitions(postgres: Postgres) -> None:
+    url = schema_url(postgres)
+    store = PgFleetStore(url, clock=lambda: DAY0)
+    spread = [sample(i, i * 7.0 * DAY_S + 1) for i in range(2000)]  # 1970 to 2008, a week apart
+    store.add_samples([*spread, sample(2000, 32503680000.0), sample(2001, DAY0 + 60)])
+    assert partitions(url) == ["raw_d19700", "raw_other"]  # today's, and one for the rest
+    assert store.latest("dev-a") == {"cpu.percent": 2000.0}  # year 3000
+    assert store.history("dev-a", 0, 14 * DAY_S).avg["cpu.percent"] == [0.0, 1.0]
+    store.close()
+
+
+def partitions(url: str) -> list[str]:
+    rows = query(url, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                      "WHERE i.inhparent = 'raw'::regclass ORDER BY 1")
+    return [str(row[0]) for row in rows]
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Each day partition older than the cutoff is aggregated in SQL (per device, bucket and key:
 count, sum, min, max), merged with the buckets already there, and then DROPPED in the same
 transaction: retention costs one ``DROP TABLE``, not a delete of every row. The partition
-of the day the cutoff falls in keeps its newer rows; its older ones are deleted. A sample
+of the day the cutoff falls in keeps its newer rows; its older ones are deleted, as are the
+old rows of ``raw_other`` (days without a partition). A sample
 is always in exactly one of the tables, as on SQLite. One backend compacts at a time (an
 advisory lock; the others skip the run).
 """
@@ -51,9 +52,12 @@ def compact(conn: Conn, now: float, raw_retention_s: float,
         conn.commit()
         for day in days:
             with conn.transaction():
-                count, whole = _roll(conn, day, cutoff)
+                count, whole = _roll(conn, partition_name(day), cutoff,
+                                     whole=(day + 1) * DAY_S <= cutoff)
             rolled += count
             dropped += whole
+        with conn.transaction():  # the days without a partition of their own
+            rolled += _roll(conn, "raw_other", cutoff, whole=False)[0]
         with conn.transaction():
             conn.execute("DELETE FROM buckets WHERE start < %s", (now - bucket_retention_s,))
     finally:
@@ -63,11 +67,9 @@ def compact(conn: Conn, now: float, raw_retention_s: float,
     return rolled, dropped
 
 
-def _roll(conn: Conn, day: int, cutoff: float) -> tuple[int, bool]:
-    """Roll the rows of ``day``'s partition before ``cutoff``; drop it when that is all of
-    them. Returns ``(rows rolled, dropped)``."""
-    name = partition_name(day)
-    whole = (day + 1) * DAY_S <= cutoff
+def _roll(conn: Conn, name: str, cutoff: float, *, whole: bool) -> tuple[int, bool]:
+    """Roll the rows of partition ``name`` before ``cutoff``; with ``whole`` (they are all
+    before it) drop the partition. Returns ``(rows rolled, dropped)``."""
     cond, params = ("", ()) if whole else (" WHERE ts < %s", (cutoff,))
     row = conn.execute(q(select_sql("SELECT count(*) FROM", name, cond)), params).fetchone()
     count = 0 if row is None else int(row[0])

@@ -17,7 +17,22 @@ from __future__ import annotations
 
 from typing import Literal
 
+from edgefleet.errors import EdgefleetError
+
 PgKind = Literal["transient", "data", "bug"]
+
+
+class StoreConnectError(EdgefleetError):
+    """The PostgreSQL of ``EDGE_BACKEND_DATABASE_URL`` cannot be reached at start."""
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and errors."""
+    head, sep, tail = url.rpartition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, user = head.partition("//")
+    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
 
 
 def pg_error_kind(exc: BaseException) -> PgKind | None:

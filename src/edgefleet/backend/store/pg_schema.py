@@ -3,7 +3,10 @@
 The tables mirror the SQLite ones (``schema.py``) with PostgreSQL types: times are
 ``double precision`` (``real`` would be 4 bytes), sample bodies ``jsonb``. ``raw`` is
 partitioned by range of ``ts``, one partition per UTC day (``raw_d<day number>``), made on
-demand by :func:`partition_ddl`; retention drops whole partitions. ``UNIQUE (device, ts,
+demand by :func:`partition_ddl` for days within the retention and a couple of days ahead;
+samples of other days (a device clock far off: any time from 1970 to 3000 is valid) go to
+the default partition ``raw_other``, so no input can make thousands of partitions.
+Retention drops whole partitions. ``UNIQUE (device, ts,
 seq)`` makes the database itself refuse a sample stored twice (two backends on one
 database, a redelivery after a crash): inserts say ``ON CONFLICT DO NOTHING``. The
 partition key must be part of a unique key; a resent sample carries its original ``ts``,
@@ -11,6 +14,8 @@ so ``(device, ts, seq)`` names it as well as ``(device, stream, seq)`` does.
 """
 
 from __future__ import annotations
+
+from edgefleet.backend.store.history import select_sql
 
 DAY_S = 86400
 _T = "double precision"
@@ -27,6 +32,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "holes bytea NOT NULL, lost_prior bigint NOT NULL, retired text NOT NULL)",
         f"CREATE TABLE raw (device bigint NOT NULL, ts {_T} NOT NULL, seq bigint NOT NULL, "
         "body jsonb NOT NULL, UNIQUE (device, ts, seq)) PARTITION BY RANGE (ts)",
+        "CREATE TABLE raw_other PARTITION OF raw DEFAULT",  # days without a partition
         "CREATE TABLE buckets (device bigint NOT NULL, start bigint NOT NULL, "
         "body jsonb NOT NULL, PRIMARY KEY (device, start))",
         "CREATE INDEX buckets_start ON buckets (start)",
@@ -110,8 +116,14 @@ def day_of_partition(name: str) -> int | None:
     return sign * int(digits) if name.startswith("raw_d") and digits.isdigit() else None
 
 
-def partition_ddl(day: int) -> str:
-    """``CREATE TABLE`` of the partition of ``day`` (names and bounds are integers made here,
-    never text from a client)."""
-    return (f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF raw "
-            f"FOR VALUES FROM ({day * DAY_S}) TO ({(day + 1) * DAY_S})")
+def partition_ddl(day: int) -> tuple[str, ...]:
+    """The statements that make ``day``'s partition: a table, the day's rows moved into it
+    from ``raw_other`` (samples that came before the day had a partition), attached. Names
+    and bounds are integers made here, never text from a client."""
+    name, low, high = partition_name(day), day * DAY_S, (day + 1) * DAY_S
+    return (
+        f"CREATE TABLE {name} (LIKE raw INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
+        select_sql("WITH moved AS (DELETE FROM raw_other WHERE ts >=", str(low), "AND ts <",
+                   str(high), "RETURNING *) INSERT INTO", name, "SELECT * FROM moved"),
+        f"ALTER TABLE raw ATTACH PARTITION {name} FOR VALUES FROM ({low}) TO ({high})",
+    )

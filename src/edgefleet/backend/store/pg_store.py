@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import psycopg
 from psycopg import Connection
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -32,6 +34,7 @@ from edgefleet.backend.records import AcceptedSample, DeviceRow, History
 from edgefleet.backend.store.history import BUCKET_S
 from edgefleet.backend.store.pg_compact import compact as compact_days
 from edgefleet.backend.store.pg_db import PgDb
+from edgefleet.backend.store.pg_errors import StoreConnectError, redact
 from edgefleet.backend.store.pg_history import find_keys, q, read_history
 from edgefleet.backend.store.pg_schema import (
     INSERT_RAW,
@@ -42,6 +45,7 @@ from edgefleet.backend.store.pg_schema import (
     day_of,
     day_of_partition,
     partition_ddl,
+    partition_name,
 )
 from edgefleet.backend.store.pg_tx import PgStoreTx, migrate
 from edgefleet.backend.store.schema import (
@@ -55,24 +59,11 @@ from edgefleet.backend.store.schema import (
 )
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
-from edgefleet.errors import EdgefleetError
 from edgefleet.notify.outbox_db import SqlDb
 
 _log = logging.getLogger(__name__)
 Conn = Connection[Any]
-
-
-class StoreConnectError(EdgefleetError):
-    """The PostgreSQL of ``EDGE_BACKEND_DATABASE_URL`` cannot be reached at start."""
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for logs and errors."""
-    head, sep, tail = url.rpartition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, user = head.partition("//")
-    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
+AHEAD_DAYS = 2  # day partitions made ahead of the clock (device clocks run a little fast)
 
 
 class PgFleetStore:
@@ -83,7 +74,7 @@ class PgFleetStore:
     def __init__(
         self, url: str, *, raw_retention_s: float = 24 * 3600.0,
         bucket_retention_s: float = 30 * 86400.0, pool_size: int = 8,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float = 10.0, clock: Callable[[], float] = time.time,
     ) -> None:
         if raw_retention_s < BUCKET_S or bucket_retention_s < raw_retention_s:
             raise ValueError("need bucket_retention_s >= raw_retention_s >= 300")
@@ -91,6 +82,7 @@ class PgFleetStore:
         self.raw_retention_s = raw_retention_s
         self.bucket_retention_s = bucket_retention_s
         self.duplicates_total = 0  # samples the database already had (another backend's)
+        self._clock = clock  # which days get a partition of their own
         self._wlock = threading.Lock()
         self._ids: dict[str, int] = {}
         self._days: set[int] | None = None  # partitions known to exist; None: read again
@@ -167,12 +159,19 @@ class PgFleetStore:
     def compact(self, now: float, *, chunk: int = 20_000) -> int:
         """Roll raw samples older than the raw retention into buckets (whole days: their
         partitions are dropped), drop expired buckets. One backend at a time compacts; the
-        others return 0. ``chunk`` is not used: a day's partition is rolled in one
-        transaction. Returns the number of raw samples rolled up."""
+        others return 0, as does a run PostgreSQL is not there for (logged; each day is
+        its own transaction, so the next run carries on). ``chunk`` is not used: a day's
+        partition is rolled in one transaction. Returns the number of raw samples rolled up."""
         del chunk
-        with self._pool.connection() as conn:
-            rolled, dropped = compact_days(conn, now, self.raw_retention_s,
-                                           self.bucket_retention_s)
+        try:
+            with self._pool.connection() as conn:
+                rolled, dropped = compact_days(conn, now, self.raw_retention_s,
+                                               self.bucket_retention_s)
+        except psycopg.OperationalError as exc:  # PostgreSQL away: the next run does it
+            _log.error("store compaction failed; next time", extra=kv(
+                error=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__))
+            self._days = None
+            return 0
         if dropped:
             self._days = None
         _log.info("store compacted", extra=kv(rolled=rolled, partitions_dropped=dropped,
@@ -287,18 +286,24 @@ class PgFleetStore:
         return {str(name): int(dev) for name, dev in found}
 
     def _ensure_partitions(self, days: set[int]) -> None:
-        """Create the day partitions a batch needs, each in a short transaction of its own
-        (serialised across backends by an advisory lock)."""
+        """Create the day partitions a batch needs (days within the bucket retention and up to
+        :data:`AHEAD_DAYS` ahead; other samples go to ``raw_other``), in a short transaction
+        before the batch's, serialised across backends by an advisory lock."""
         if self._days is None:
             with self._pool.connection() as conn:
                 names = [row[0] for row in conn.execute(PARTITIONS)]
             self._days = {d for d in map(day_of_partition, names) if d is not None}
-        missing = sorted(days - self._days)
+        now_day = day_of(self._clock())
+        oldest = day_of(self._clock() - self.bucket_retention_s) - 1
+        missing = sorted(d for d in days - self._days if oldest <= d <= now_day + AHEAD_DAYS)
         if not missing:
             return
         with self._pool.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
             for day in missing:
-                conn.execute(q(partition_ddl(day)))
+                row = conn.execute("SELECT to_regclass(%s)", (partition_name(day),)).fetchone()
+                if row is None or row[0] is None:  # another backend may have made it
+                    for statement in partition_ddl(day):
+                        conn.execute(q(statement))
         self._days.update(missing)
         _log.info("history partitions created", extra=kv(days=missing[:10], count=len(missing)))
