@@ -289,21 +289,24 @@ class PgFleetStore:
         """Create the day partitions a batch needs (days within the bucket retention and up to
         :data:`AHEAD_DAYS` ahead; other samples go to ``raw_other``), in a short transaction
         before the batch's, serialised across backends by an advisory lock."""
-        if self._days is None:
+        known = self._days  # compaction may reset self._days from its thread meanwhile
+        if known is None:
             with self._pool.connection() as conn:
                 names = [row[0] for row in conn.execute(PARTITIONS)]
-            self._days = {d for d in map(day_of_partition, names) if d is not None}
+            known = {d for d in map(day_of_partition, names) if d is not None}
         now_day = day_of(self._clock())
         oldest = day_of(self._clock() - self.bucket_retention_s) - 1
-        missing = sorted(d for d in days - self._days if oldest <= d <= now_day + AHEAD_DAYS)
-        if not missing:
-            return
-        with self._pool.connection() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
-            for day in missing:
-                row = conn.execute("SELECT to_regclass(%s)", (partition_name(day),)).fetchone()
-                if row is None or row[0] is None:  # another backend may have made it
-                    for statement in partition_ddl(day):
-                        conn.execute(q(statement))
-        self._days.update(missing)
-        _log.info("history partitions created", extra=kv(days=missing[:10], count=len(missing)))
+        missing = sorted(d for d in days - known if oldest <= d <= now_day + AHEAD_DAYS)
+        if missing:
+            with self._pool.connection() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+                for day in missing:
+                    row = conn.execute("SELECT to_regclass(%s)", (partition_name(day),)).fetchone()
+                    if row is None or row[0] is None:  # another backend may have made it
+                        for statement in partition_ddl(day):
+                            conn.execute(q(statement))
+        if missing or known is not self._days:
+            self._days = known | set(missing)
+        if missing:
+            _log.info("history partitions created", extra=kv(days=missing[:10],
+                                                             count=len(missing)))
