@@ -80,6 +80,21 @@ class BackendSettings(BaseSettings):
     max_streams_per_device: int = Field(default=8, ge=1, le=1000)
     max_seq_jump: int = Field(default=1_000_000, ge=10_000, le=2**53)
 
+    # --- database (issue 17) ---
+    # postgresql://user:password@host:port/db (libpq URL, e.g. ?sslmode=require): the fleet
+    # store, outbox and metadata in PostgreSQL; absent: SQLite at db_path (docs/backend.md)
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(default=8, ge=2, le=100)
+    database_connect_timeout_s: float = Field(default=10.0, ge=1, le=300)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+                ("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
+        return value
+
     # --- web access (issue 14: Host and Origin checks, see web/access.py) ---
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -43,7 +43,7 @@ from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSna
 from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.alerts.silences import Silences
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.notify import Alert, AlertDispatcher
@@ -83,7 +83,9 @@ def _load_recent(text: str | None) -> list[Alert]:
 class AlertCenter:
     """Owns the alert state; every change in it goes through here."""
 
-    def __init__(self, rules: RuleSet, store: FleetStore, dispatcher: AlertDispatcher) -> None:
+    def __init__(
+        self, rules: RuleSet, store: FleetStoreContract, dispatcher: AlertDispatcher
+    ) -> None:
         self.rules = rules
         self.store = store
         self.dispatcher = dispatcher
@@ -110,7 +112,7 @@ class AlertCenter:
         self._reminded_at = -REMIND_EVERY_S
         # --- silences, maintenance, inhibition (gate.py): events wait in ``_queued`` until
         # ``_flush`` decides, once per batch or tick, which go to the outbox.
-        self.silences = Silences(store.path, groups_of=lambda _device: ())
+        self.silences = Silences(store.open_db(), groups_of=lambda _device: ())
         self.gate = AlertGate(rules, self.silences)
         self.silences.groups_of = self.gate.groups_of
         self._queued: list[Alert] = []

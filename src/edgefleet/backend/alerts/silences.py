@@ -29,8 +29,8 @@ from typing import Any
 
 from edgefleet.backend.alerts.rules_schema import parse_duration
 from edgefleet.common.logs import kv
-from edgefleet.common.sqlitetx import connect_wal, transaction
 from edgefleet.notify.model import SEVERITIES
+from edgefleet.notify.outbox_db import SqlDb, SqliteDb
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ MAX_TEXT = 200  # characters of a matcher, author
 MAX_COMMENT = 1000
 MATCH_FIELDS = ("device", "group", "rule", "severity")
 TABLE = ("CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, doc TEXT NOT NULL, "
-         "ends_at REAL NOT NULL) WITHOUT ROWID")
+         "ends_at DOUBLE PRECISION NOT NULL)")  # plain SQL: SQLite and PostgreSQL
 
 
 class SilenceError(ValueError):
@@ -206,17 +206,20 @@ class Silences:
     ``groups_of(device)`` and ``labels_of(device)`` say what a device belongs to (the
     backend sets ``labels_of`` to the device labels of the page; by default none)."""
 
-    def __init__(self, path: Path | str, groups_of: Callable[[str], Iterable[str]]) -> None:
+    def __init__(
+        self, db: SqlDb | Path | str, groups_of: Callable[[str], Iterable[str]],
+    ) -> None:
+        """``db``: the fleet database (``FleetStoreContract.open_db()``), or a SQLite path."""
         self.groups_of = groups_of
         self.labels_of: Callable[[str], Mapping[str, str]] = lambda _device: {}
         self.confirm_share = 0.2
         self._lock = threading.Lock()
-        self._conn = connect_wal(path)
-        with self._lock, transaction(self._conn):
-            self._conn.execute(TABLE)
-            self._conn.execute("DELETE FROM silences WHERE ends_at < ?",
-                               (time.time() - KEEP_EXPIRED_S,))
-            rows = self._conn.execute("SELECT doc FROM silences").fetchall()
+        self._db: SqlDb = SqliteDb(db) if isinstance(db, (Path, str)) else db
+        with self._lock, self._db.write() as conn:
+            conn.execute(TABLE)
+            conn.execute("DELETE FROM silences WHERE ends_at < ?",
+                         (time.time() - KEEP_EXPIRED_S,))
+            rows = conn.execute("SELECT doc FROM silences").fetchall()
         self._all: dict[str, Silence] = {}
         for (text,) in rows:
             try:
@@ -282,14 +285,15 @@ class Silences:
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
     def _write(self, silence: Silence) -> None:
         doc = silence.public(silence.created_at)
         del doc["state"]
-        with self._lock, transaction(self._conn):
-            self._conn.execute("INSERT OR REPLACE INTO silences VALUES (?, ?, ?)",
-                               (silence.id, json.dumps(doc), silence.ends_at))
+        with self._lock, self._db.write() as conn:
+            conn.execute("INSERT INTO silences VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                         "SET doc = excluded.doc, ends_at = excluded.ends_at",
+                         (silence.id, json.dumps(doc), silence.ends_at))
 
 
 def silence_device(book: Silences, device: str, *, author: str, duration_s: float,

@@ -37,7 +37,7 @@ class FleetViewModel:
         self.silences = SilenceDesk(parts.alerts)
         self._latest: dict[str, tuple[float, dict[str, float]]] = {}
         self._spark: dict[str, deque[float]] = {}
-        self.meta = DeviceMeta(MetadataStore(parts.store.path), parts.groups)
+        self.meta = DeviceMeta(MetadataStore(parts.store.open_db()), parts.groups)
         self._rejected = RateMeter()
         for row in parts.fleet.devices():
             latest = parts.store.latest(row.device)
