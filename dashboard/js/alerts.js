@@ -28,6 +28,15 @@ export function alertItem(alert, timeField) {
   time.dataset.ts = String(ts);
   time.textContent = ago(ts);
   li.append(sev, link, time);
+  if (alert.muted) { // firing, but sending nothing: silenced, in maintenance or inhibited
+    li.dataset.muted = alert.muted.kind;
+    const muted = document.createElement("span");
+    muted.className = "muted-by";
+    muted.dataset.testid = "alert-muted";
+    muted.textContent = alert.muted.kind;
+    muted.title = `${alert.muted.kind} by ${alert.muted.by}: nothing is sent`;
+    li.append(muted);
+  }
   return li;
 }
 
@@ -91,7 +100,7 @@ export function byUrgency(a, b) {
 }
 
 export class AlertFeed {
-  constructor(root, { onChange }) {
+  constructor(root, { onChange, decorate = null }) {
     this.root = root;
     this.firingList = root.querySelector("[data-testid=alerts-firing]");
     this.recentList = root.querySelector("[data-testid=alerts-recent]");
@@ -102,6 +111,7 @@ export class AlertFeed {
     this.pendingSection = root.querySelector("[data-testid=alerts-pending-section]");
     this.pendingCount = root.querySelector("[data-testid=alerts-pending-count]");
     this.onChange = onChange;
+    this.decorate = decorate; // (li, alert) => void: adds buttons to a firing alert
     this.firing = new Map(); // key -> alert
     this.pending = new Map(); // key -> pending alert
   }
@@ -170,7 +180,11 @@ export class AlertFeed {
 
   _renderFiring() {
     const frag = document.createDocumentFragment();
-    for (const a of [...this.firing.values()].sort(byUrgency)) frag.append(alertItem(a, "started_at"));
+    for (const a of [...this.firing.values()].sort(byUrgency)) {
+      const li = alertItem(a, "started_at");
+      if (this.decorate) this.decorate(li, a);
+      frag.append(li);
+    }
     this.firingList.replaceChildren(frag);
     this.count.textContent = String(this.firing.size);
     this.firingNone.hidden = this.firing.size > 0;

@@ -7,6 +7,7 @@ import { ForgetDialog } from "./admin.js";
 import { AlertFeed } from "./alerts.js";
 import { DeviceView } from "./device.js";
 import { FeedState } from "./feed.js";
+import { Silences } from "./silences.js";
 import { syncClock } from "./format.js";
 import { Insights } from "./insights.js";
 import { ConnState, renderHealth, renderSummary } from "./summary.js";
@@ -64,8 +65,18 @@ const insights = new Insights($("insights"));
 const forgetDialog = new ForgetDialog($("forget-dialog"), {
   onForgotten: (id) => table.update([], [id]),
 });
+const silences = new Silences($("silences"), $("silence-dialog"), {
+  onChange: async () => { // who is muted changed: the firing list shows it
+    try {
+      feed.replace(await api.alerts());
+    } catch {
+      // the WebSocket's reconnect handles a backend that is gone
+    }
+  },
+});
 const feed = new AlertFeed($("alert-feed"), {
   onChange: () => device.visible && device.refreshAlerts(),
+  decorate: (li, alert) => li.append(silences.button(alert)),
 });
 const device = new DeviceView($("device-view"), {
   getRow: (id) => table.get(id),
@@ -231,3 +242,4 @@ setInterval(() => {
 
 route();
 socket.start();
+silences.refresh();

@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_provision_parser(sub)
     _add_simulate_parser(sub)
     _add_device_parser(sub)
+    from edgefleet.backend.web.silence_client import add_parser as add_silence_parser
+
+    add_silence_parser(sub)
     return parser
 
 

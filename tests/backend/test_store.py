@@ -1,5 +1,7 @@
 """The fleet store: batched writes, restart, SIGKILL safety, compaction and history queries.
 
+Every test taking ``store`` or ``open_store`` runs against SQLite and PostgreSQL
+(``store_backends.py``); the file-level ones (schema row, SIGKILL, integrity) are SQLite's.
 No test here measures time; the SIGKILL test waits on the child's output, not a clock.
 """
 
@@ -10,27 +12,21 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.backend.store_backends import OpenStore, open_store, postgres, store  # noqa: F401
 
 from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import AcceptedSample, DeviceRow
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.history import BUCKET_S, choose_step
 from edgefleet.wire.messages import metrics_topic
 
 T0 = 1_700_000_100.0 - (1_700_000_100.0 % 3600)  # an hour boundary
 DEV = "dev-1"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore(tmp_path / "fleet.db", raw_retention_s=3600, bucket_retention_s=86400)
-    yield opened
-    opened.close()
 
 
 def samples(count: int, *, device: str = DEV, start: float = T0, every: float = 10.0,
@@ -53,14 +49,13 @@ def metrics_payload(seqs: list[int], stream: str = "s1") -> bytes:
 # -- writes, reads, restart ----------------------------------------------------------------
 
 
-def test_samples_come_back_in_ts_order_after_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "fleet.db"
-    first = FleetStore(path)
+def test_samples_come_back_in_ts_order_after_reopen(open_store: OpenStore) -> None:
+    first = open_store()
     backlog = samples(5, start=T0 - 100)  # replayed later, taken earlier
     assert first.add_samples(samples(3, start=T0)) == 3
     assert first.add_samples(backlog) == 5
     first.close()
-    again = FleetStore(path)
+    again = open_store()
     hist = again.history(DEV, T0 - 200, T0 + 100, keys=["cpu.percent"])
     assert hist.step_s == 0.0
     assert hist.source == "raw"
@@ -68,10 +63,9 @@ def test_samples_come_back_in_ts_order_after_reopen(tmp_path: Path) -> None:
     assert hist.avg["cpu.percent"] == [0.0, 1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 2.0]
     assert again.latest(DEV) == {"cpu.percent": 2.0, "mem.used_percent": 48.0}
     assert [d.device for d in again.devices()] == [DEV]
-    again.close()
 
 
-def test_device_rows_are_upserted(store: FleetStore) -> None:
+def test_device_rows_are_upserted(store: FleetStoreContract) -> None:
     row = DeviceRow(DEV, first_seen=10.0, last_seen=20.0, status="online", status_ts=20.0,
                     health={"dropped_total": 4}, agent_version="0.1.0", interval_s=5.0)
     store.add_samples([], devices=[row])
@@ -82,22 +76,21 @@ def test_device_rows_are_upserted(store: FleetStore) -> None:
     assert (got.first_seen, got.last_seen, got.status, got.health) == (10.0, 30.0, "offline", None)
 
 
-def test_unknown_devices_of_samples_get_rows(store: FleetStore) -> None:
+def test_unknown_devices_of_samples_get_rows(store: FleetStoreContract) -> None:
     store.add_samples(samples(2, device="a") + samples(1, device="b", start=T0 + 5))
     rows = {row.device: row for row in store.devices()}
     assert set(rows) == {"a", "b"}
     assert rows["b"].first_seen == T0 + 5
 
 
-def test_component_state_survives_reopen(tmp_path: Path) -> None:
-    first = FleetStore(tmp_path / "fleet.db")
+def test_component_state_survives_reopen(open_store: OpenStore) -> None:
+    first = open_store()
     assert first.get_state("alerts") is None
     first.put_state("alerts", '{"v": 1}')
     first.put_state("alerts", '{"v": 2}')
     first.close()
-    again = FleetStore(tmp_path / "fleet.db")
+    again = open_store()
     assert again.get_state("alerts") == '{"v": 2}'
-    again.close()
 
 
 def test_a_file_of_another_schema_version_is_refused(tmp_path: Path) -> None:
@@ -109,7 +102,7 @@ def test_a_file_of_another_schema_version_is_refused(tmp_path: Path) -> None:
         FleetStore(tmp_path / "fleet.db")
 
 
-def test_sparkline_is_the_newest_values_oldest_first(store: FleetStore) -> None:
+def test_sparkline_is_the_newest_values_oldest_first(store: FleetStoreContract) -> None:
     store.add_samples(samples(100))
     spark = store.recent_sparkline(DEV, "cpu.percent", points=5)
     assert spark == [(T0 + i * 10, float(i)) for i in range(95, 100)]
@@ -117,7 +110,7 @@ def test_sparkline_is_the_newest_values_oldest_first(store: FleetStore) -> None:
     assert store.recent_sparkline("nobody", "cpu.percent") == []
 
 
-def test_keys_with_quotes_and_brackets_are_read(store: FleetStore) -> None:
+def test_keys_with_quotes_and_brackets_are_read(store: FleetStoreContract) -> None:
     odd = 'disk.used_percent[/mnt/"x"]'
     store.add_samples([AcceptedSample(DEV, 0, T0, {odd: 7.0, "disk.used_percent[/]": 3.0})])
     hist = store.history(DEV, T0 - 1, T0 + 1)
@@ -176,9 +169,8 @@ def test_sigkill_keeps_every_batch_add_samples_returned_for(tmp_path: Path) -> N
     store.close()
 
 
-def test_a_duplicate_after_restart_is_still_a_duplicate(tmp_path: Path) -> None:
-    path = tmp_path / "fleet.db"
-    store, ingest = FleetStore(path), Ingest()
+def test_a_duplicate_after_restart_is_still_a_duplicate(open_store: OpenStore) -> None:
+    store, ingest = open_store(), Ingest()
     pending: list[AcceptedSample] = []
     for seqs in ([0, 1, 2], [3, 4], [6, 7]):
         pending += ingest.handle(metrics_topic(DEV), metrics_payload(seqs), now=T0).samples
@@ -187,7 +179,7 @@ def test_a_duplicate_after_restart_is_still_a_duplicate(tmp_path: Path) -> None:
     assert ingest.handle(metrics_topic(DEV), metrics_payload([8]), now=T0).samples
     store.close()
 
-    store, ingest = FleetStore(path), Ingest()
+    store, ingest = open_store(), Ingest()
     ingest.restore(store.cursors())
     (row,) = store.devices()
     assert row.device == DEV and row.lost_samples == ingest.lost(DEV) == 1
@@ -197,13 +189,12 @@ def test_a_duplicate_after_restart_is_still_a_duplicate(tmp_path: Path) -> None:
     assert ingest.lost(DEV) == 0
     old = ingest.handle(metrics_topic(DEV), metrics_payload([0], stream="s0"), now=T0)
     assert old.stream_reset  # an unknown stream, not a duplicate
-    store.close()
 
 
 # -- compaction ------------------------------------------------------------------------------
 
 
-def test_compaction_rolls_old_samples_into_buckets(store: FleetStore) -> None:
+def test_compaction_rolls_old_samples_into_buckets(store: FleetStoreContract) -> None:
     store.add_samples(samples(360, start=T0))  # one hour, 10 s apart: 12 buckets of 30
     now = T0 + 3600 + 1800  # raw retention is 1 h: the first half hour rolls up
     assert store.compact(now) == 180
@@ -219,7 +210,7 @@ def test_compaction_rolls_old_samples_into_buckets(store: FleetStore) -> None:
     assert store.compact(now) == 0  # nothing left to roll
 
 
-def test_history_across_the_watermark_reads_both_tables(store: FleetStore) -> None:
+def test_history_across_the_watermark_reads_both_tables(store: FleetStoreContract) -> None:
     store.add_samples(samples(360, start=T0))
     store.compact(T0 + 3600 + 1800)
     hist = store.history(DEV, T0, T0 + 3600, keys=["cpu.percent"], max_points=100)
@@ -228,7 +219,7 @@ def test_history_across_the_watermark_reads_both_tables(store: FleetStore) -> No
     assert store.latest(DEV)["cpu.percent"] == 359.0
 
 
-def test_late_backlog_merges_into_existing_buckets(store: FleetStore) -> None:
+def test_late_backlog_merges_into_existing_buckets(store: FleetStoreContract) -> None:
     store.add_samples(samples(30, start=T0, every=10.0))  # one bucket: 0..29
     store.compact(T0 + 7200)
     late = [AcceptedSample(DEV, 99, T0 + 5.0, {"cpu.percent": 100.0, "new.key": 1.0})]
@@ -240,13 +231,13 @@ def test_late_backlog_merges_into_existing_buckets(store: FleetStore) -> None:
     assert hist.avg["new.key"] == [1.0]
 
 
-def test_quiet_device_latest_falls_back_to_buckets(store: FleetStore) -> None:
+def test_quiet_device_latest_falls_back_to_buckets(store: FleetStoreContract) -> None:
     store.add_samples(samples(30, start=T0))
     store.compact(T0 + 86400 / 2)
     assert store.latest(DEV) == {"cpu.percent": 14.5, "mem.used_percent": 35.5}
 
 
-def test_expired_buckets_are_deleted(store: FleetStore) -> None:
+def test_expired_buckets_are_deleted(store: FleetStoreContract) -> None:
     store.add_samples(samples(30, start=T0))
     store.compact(T0 + 86400 + 3600)  # bucket retention is one day in this fixture
     hist = store.history(DEV, T0 - 3600, T0 + 3600, keys=["cpu.percent"])
@@ -256,7 +247,7 @@ def test_expired_buckets_are_deleted(store: FleetStore) -> None:
 # -- history resolution ----------------------------------------------------------------------
 
 
-def test_short_range_is_raw_and_long_range_is_thinned(store: FleetStore) -> None:
+def test_short_range_is_raw_and_long_range_is_thinned(store: FleetStoreContract) -> None:
     store.add_samples(samples(360))  # an hour at 10 s
     raw = store.history(DEV, T0, T0 + 600, keys=["cpu.percent"], max_points=500)
     assert (raw.step_s, len(raw.ts)) == (0.0, 60)
@@ -268,7 +259,7 @@ def test_short_range_is_raw_and_long_range_is_thinned(store: FleetStore) -> None
     assert thin.max["cpu.percent"][:2] == [11.0, 23.0]
 
 
-def test_day_of_ten_second_samples_thins_to_max_points(store: FleetStore) -> None:
+def test_day_of_ten_second_samples_thins_to_max_points(store: FleetStoreContract) -> None:
     day = samples(8640)
     store.add_samples(day)
     hist = store.history(DEV, T0, T0 + 86400, max_points=500)
@@ -282,7 +273,7 @@ def test_day_of_ten_second_samples_thins_to_max_points(store: FleetStore) -> Non
     assert hour.avg["cpu.percent"][0] == 360.0
 
 
-def test_history_without_keys_uses_the_newest_sample_keys(store: FleetStore) -> None:
+def test_history_without_keys_uses_the_newest_sample_keys(store: FleetStoreContract) -> None:
     store.add_samples([AcceptedSample(DEV, 0, T0, {"old.key": 1.0}),
                        AcceptedSample(DEV, 1, T0 + 10, {"cpu.percent": 2.0, "load.1": 3.0})])
     hist = store.history(DEV, T0, T0 + 60)
@@ -290,7 +281,7 @@ def test_history_without_keys_uses_the_newest_sample_keys(store: FleetStore) -> 
     assert store.history(DEV, T0, T0 + 5).avg == {"old.key": [1.0]}
 
 
-def test_history_of_unknown_device_or_keys_is_empty(store: FleetStore) -> None:
+def test_history_of_unknown_device_or_keys_is_empty(store: FleetStoreContract) -> None:
     store.add_samples(samples(3))
     assert store.history("nobody", T0, T0 + 60).ts == []
     hist = store.history(DEV, T0, T0 + 60, keys=["nope"])
@@ -318,7 +309,7 @@ def test_choose_step(span: float, points: int, buckets: bool, step: float) -> No
     (0, 10, 11, 0),
 ])
 def test_extreme_cursors_store_and_the_loss_reads_capped(
-    store: FleetStore, base: int, high: int, received: int, lost_prior: int
+    store: FleetStoreContract, base: int, high: int, received: int, lost_prior: int
 ) -> None:
     cursor = SeqCursor("s", base, high, received, holes=0, lost_prior=lost_prior)
     store.add_samples([AcceptedSample(DEV, high, T0, {"cpu.percent": 1.0})],

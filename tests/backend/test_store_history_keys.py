@@ -2,7 +2,8 @@
 
 A key with a ``"`` cannot go through ``json_extract`` and is read with a ``json_each`` scan of
 every row; a request for 256 of them (the API's limit) used to scan the range 256 times.
-Work is measured in SQLite virtual-machine steps (a progress handler), not in time.
+Work is measured in SQLite virtual-machine steps (a progress handler), not in time. The
+last test reads odd and absent keys through both stores (``store_backends.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from tests.backend.store_backends import open_store, postgres, store  # noqa: F401
 
 from edgefleet.backend.records import AcceptedSample
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.history import read_history
 
@@ -81,3 +84,16 @@ def test_present_absent_and_odd_keys_keep_their_values(
         assert set(hist.avg[ODD]) == {61.0}
         assert hist.avg['temp.celsius[nope"]'] == [None] * n
         assert hist.avg["never.seen"] == [None] * n
+
+
+def test_present_absent_and_odd_keys_through_either_store(store: FleetStoreContract) -> None:
+    metrics = {"cpu.percent": 5.0, ODD: 61.0, 'a"b\\c[x]': 7.0}
+    store.add_samples([AcceptedSample("dev", i, T0 + i, metrics) for i in range(600)])
+    keys = ["cpu.percent", ODD, 'a"b\\c[x]', 'temp.celsius[nope"]', "never.seen"]
+    for points in (100, 1000):  # averaged buckets, then raw points
+        hist = store.history("dev", T0, T0 + 600, keys=keys, max_points=points)
+        n = len(hist.ts)
+        assert n == (600 if points == 1000 else 60)
+        assert set(hist.avg["cpu.percent"]) == {5.0} and set(hist.avg[ODD]) == {61.0}
+        assert set(hist.max['a"b\\c[x]']) == {7.0}
+        assert hist.avg['temp.celsius[nope"]'] == hist.avg["never.seen"] == [None] * n

@@ -367,13 +367,17 @@ async def test_identity_conflict_is_flagged_on_the_row(page: Page) -> None:
 
 
 async def _serve_app(route: Route) -> None:
-    """The real index.html under /app/, its static files, GET /app/api/auth and history."""
+    """The real index.html under /app/, its static files, GET /app/api/auth, alerts,
+    silences and history."""
     path = urlparse(route.request.url).path.removeprefix("/app")
     if path == "/api/auth":
         await route.fulfill(json={"required": False})
         return
     if path == "/api/alerts":  # nothing pending any more
         await route.fulfill(json={"firing": [], "pending": [], "recent": []})
+        return
+    if path == "/api/silences":  # the silences list (silences.js): none
+        await route.fulfill(json={"silences": [], "confirm_share": 0.2})
         return
     if path.startswith("/api/devices/"):  # the device view's history: none in this test
         await route.fulfill(json={"keys": [], "history": {"t": [], "series": {}}})

@@ -30,8 +30,8 @@ from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.ingest.inbox import Inbound, Inbox
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.settings import BackendSettings
+from edgefleet.backend.store.contract import open_store
 from edgefleet.backend.store.fleet_state import FleetState
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.quarantine import Quarantine
 from edgefleet.backend.store.writer import BatchWriter, Message
 from edgefleet.backend.web.fleet_view import FleetViewModel
@@ -69,7 +69,10 @@ class Backend:
                  transport_factory: TransportFactory) -> None:
         self.s = s
         now = time.time()
-        self.store = FleetStore(s.db_path, raw_retention_s=s.raw_retention_s)
+        url = s.database_url.get_secret_value() if s.database_url else None
+        self.store = open_store(url, s.db_path, raw_retention_s=s.raw_retention_s,
+                                pool_size=s.database_pool_size,
+                                connect_timeout_s=s.database_connect_timeout_s)
         self.ingest = Ingest(
             max_keys=s.max_keys_per_device, max_instances=s.max_instances_per_family,
             max_streams=s.max_streams_per_device, max_seq_jump=s.max_seq_jump)
@@ -78,8 +81,9 @@ class Backend:
             self.store.devices(), now=now, lost=self.ingest.lost,
             stale_after_intervals=s.stale_after_intervals, stale_min_s=s.stale_min_s,
         )
-        self.outbox = Outbox(s.db_path)  # a table in the fleet database, written with the batch
-        self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))  # older file
+        self.outbox = Outbox(self.store.open_db())  # in the fleet database, written with batches
+        if self.store.kind == "sqlite":  # an outbox file of older versions
+            self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))
         self.dispatcher = AlertDispatcher(
             outbox=self.outbox, notifier=build_notifier(s),
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
@@ -114,6 +118,10 @@ class Backend:
             quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
             connected=self.transport.connected, acker=self.acker, groups=rules.groups,
             received=self.transport.received if isinstance(self.transport, TransportPool) else ()))
+        # silences and inhibition see the fleet's devices, their labels, the confirm share
+        self.alerts.gate.known_devices = lambda: (row.device for row in self.fleet.devices())
+        self.alerts.silences.labels_of = lambda device: self.view.meta.labels.get(device, {})
+        self.alerts.silences.confirm_share = s.silence_confirm_share
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: AckHandle | None = None) -> None:
@@ -259,7 +267,8 @@ class Backend:
     async def run(self, serve_http: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         """Connect, ingest, tick, dispatch and serve HTTP until :meth:`stop`."""
         log.info("backend starting", extra=kv(
-            db=str(self.s.db_path), devices=len(self.fleet.devices()),
+            db=str(self.s.db_path) if self.store.kind == "sqlite" else self.store.kind,
+            devices=len(self.fleet.devices()),
             http=f"{self.s.http_host}:{self.s.http_port}", slack=_slack_kind(self.s)))
         await self.dispatcher.start()
         self.transport.start()
@@ -296,6 +305,7 @@ class Backend:
             self.store.add_samples([], also=save)
         await self.dispatcher.stop()
         self.outbox.close()
+        self.alerts.silences.close()
         self.quarantine.close()
         self.store.close()
         log.info("backend stopped")

@@ -48,6 +48,7 @@ class BackendSettings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     alert_group_window_s: float = Field(default=10.0, ge=0)
     alert_repeat_s: float = Field(default=4 * 3600.0, ge=60)
+    silence_confirm_share: float = Field(default=0.2, ge=0, le=1)
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
@@ -78,6 +79,21 @@ class BackendSettings(BaseSettings):
     max_instances_per_family: int = Field(default=200, ge=1, le=100_000)
     max_streams_per_device: int = Field(default=8, ge=1, le=1000)
     max_seq_jump: int = Field(default=1_000_000, ge=10_000, le=2**53)
+
+    # --- database (issue 17) ---
+    # postgresql://user:password@host:port/db (libpq URL, e.g. ?sslmode=require): the fleet
+    # store, outbox and metadata in PostgreSQL; absent: SQLite at db_path (docs/backend.md)
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(default=8, ge=2, le=100)
+    database_connect_timeout_s: float = Field(default=10.0, ge=1, le=300)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+                ("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
+        return value
 
     # --- web access (issue 14: Host and Origin checks, see web/access.py) ---
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -3,8 +3,9 @@
 The backend writes new entries with :meth:`Outbox.add` through the connection of its own
 open write transaction, the one that also saves what is firing (``FleetStore.add_samples``),
 so an alert's state and its outbox entry are committed together or not at all. The
-dispatcher reads and updates the table through the :class:`Outbox`'s own connection; every
-write there is one ``common.sqlitetx`` transaction. SQL is kept plain (no JSON functions, one
+dispatcher reads and updates the table through the :class:`Outbox`'s own database handle
+(``outbox_db.py``: the SQLite file, or the fleet store's PostgreSQL pool); every write there
+is one transaction. SQL is kept plain (no JSON functions, one
 ``ON CONFLICT DO NOTHING``) so that another database can hold the table later.
 
 Every alert is stored under its ``event_id`` at most once: an id that is pending, sent or
@@ -35,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.common.logs import kv
-from edgefleet.common.sqlitetx import connect_wal, transaction
 from edgefleet.errors import EdgefleetError
 from edgefleet.notify.model import Alert
+from edgefleet.notify.outbox_db import SqlConn, SqlDb, SqliteDb
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,22 @@ class OutboxEntry:
 class Outbox:
     """Exactly-once store of alerts to notify about, in the table ``outbox``."""
 
-    def __init__(self, path: str | Path, *, retention_s: float = RETENTION_S) -> None:
+    def __init__(self, where: str | Path | SqlDb, *, retention_s: float = RETENTION_S) -> None:
+        """``where``: the fleet database file (SQLite), or the database handle of the fleet
+        store (PostgreSQL: its schema steps make the table)."""
         self._retention = retention_s
         self._lock = threading.Lock()
-        self._db = connect_wal(path, synchronous="FULL")  # a sent mark survives a power cut
-        with transaction(self._db):
-            for statement in SCHEMA:
-                self._db.execute(statement)
+        if isinstance(where, (str, Path)):
+            self._sql: SqlDb = SqliteDb(where, synchronous="FULL")  # a sent mark survives
+            with self._sql.write() as db:  # a power cut
+                for statement in SCHEMA:
+                    db.execute(statement)
+        else:
+            self._sql = where
 
     @staticmethod
     def add(
-        conn: sqlite3.Connection, alerts: Iterable[Alert], *, now: float, delay: float = 0.0
+        conn: SqlConn, alerts: Iterable[Alert], *, now: float, delay: float = 0.0
     ) -> int:
         """Add new alerts through ``conn``, INSIDE the caller's open transaction; due at
         ``now + delay`` or with their open group. Returns how many were new."""
@@ -108,8 +114,8 @@ class Outbox:
 
     def enqueue(self, alerts: Iterable[Alert], *, now: float, delay: float = 0.0) -> int:
         """:meth:`add` in a transaction of its own; return how many were new."""
-        with self._lock, transaction(self._db):
-            return self.add(self._db, alerts, now=now, delay=delay)
+        with self._lock, self._sql.write() as db:
+            return self.add(db, alerts, now=now, delay=delay)
 
     def import_file(self, path: str | Path) -> int:
         """Carry over the rows of an outbox file of an older version, every state kept (so a
@@ -120,8 +126,8 @@ class Outbox:
         if not path.exists():
             return 0
         rows = _read_old(path)
-        with self._lock, transaction(self._db):
-            added = sum(max(self._db.execute(_INSERT, row).rowcount, 0) for row in rows)
+        with self._lock, self._sql.write() as db:
+            added = sum(max(db.execute(_INSERT, row).rowcount, 0) for row in rows)
         for suffix in ("", "-wal", "-shm"):
             old = path.with_name(path.name + suffix)
             if old.exists():
@@ -133,8 +139,8 @@ class Outbox:
 
     def due(self, now: float, *, limit: int = 1000) -> list[OutboxEntry]:
         """Pending entries with a due time <= ``now``, oldest due first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._lock, self._sql.read() as db:
+            rows = db.execute(
                 "SELECT alert, attempts, enqueued_at, due_at FROM outbox"
                 " WHERE state = 'pending' AND due_at <= ?"
                 " ORDER BY due_at, enqueued_at, rowid LIMIT ?",
@@ -144,8 +150,8 @@ class Outbox:
 
     def next_due(self) -> float | None:
         """The earliest due time of any pending entry, or None when nothing is pending."""
-        with self._lock:
-            row = self._db.execute(
+        with self._lock, self._sql.read() as db:
+            row = db.execute(
                 "SELECT MIN(due_at) FROM outbox WHERE state = 'pending'"
             ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -165,8 +171,8 @@ class Outbox:
     def suppressed(self) -> tuple[list[tuple[str, str, int]], float | None]:
         """Suppressed entries no summary covered yet: ``(device, rule, count)`` rows, most
         first, and when the oldest was suppressed (None when there are none)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._lock, self._sql.read() as db:
+            rows = db.execute(
                 "SELECT device, rule, COUNT(*), MIN(done_at) FROM outbox"
                 " WHERE state = 'suppressed' AND last_error IS NULL GROUP BY device, rule"
             ).fetchall()
@@ -176,8 +182,8 @@ class Outbox:
 
     def mark_summarised(self, until: float) -> int:
         """Suppressed entries up to ``until`` are covered by a summary; return how many."""
-        with self._lock, transaction(self._db):
-            cur = self._db.execute(
+        with self._lock, self._sql.write() as db:
+            cur = db.execute(
                 "UPDATE outbox SET last_error = ? WHERE state = 'suppressed'"
                 " AND last_error IS NULL AND done_at <= ?",
                 (SUMMARISED, until),
@@ -186,8 +192,8 @@ class Outbox:
 
     def sent_since(self, since: float) -> list[tuple[str, str, float]]:
         """``(device, rule, sent_at)`` of every entry sent at or after ``since``."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._lock, self._sql.read() as db:
+            rows = db.execute(
                 "SELECT device, rule, done_at FROM outbox WHERE state = 'sent' AND done_at >= ?",
                 (since,),
             ).fetchall()
@@ -195,8 +201,8 @@ class Outbox:
 
     def defer(self, event_ids: Sequence[str], until: float, reason: str = "") -> None:
         """Keep these entries pending until ``until`` and count one more failed attempt."""
-        with self._lock, transaction(self._db):
-            self._db.executemany(
+        with self._lock, self._sql.write() as db:
+            db.executemany(
                 "UPDATE outbox SET due_at = ?, attempts = attempts + 1, last_error = ?"
                 " WHERE event_id = ? AND state = 'pending'",
                 [(until, reason, event_id) for event_id in event_ids],
@@ -204,8 +210,8 @@ class Outbox:
 
     def postpone(self, until: float) -> int:
         """Move every pending entry due before ``until`` to ``until`` (a server-wide pause)."""
-        with self._lock, transaction(self._db):
-            cur = self._db.execute(
+        with self._lock, self._sql.write() as db:
+            cur = db.execute(
                 "UPDATE outbox SET due_at = ? WHERE state = 'pending' AND due_at < ?",
                 (until, until),
             )
@@ -217,39 +223,39 @@ class Outbox:
 
     def counts(self) -> dict[str, int]:
         """Rows per state: ``pending``, ``sent``, ``failed``, ``suppressed`` (absent when zero)."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        with self._lock, self._sql.read() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         return {str(state): int(count) for state, count in rows}
 
     def state_of(self, event_id: str) -> str | None:
         """``pending``, ``sent``, ``failed``, or None for an unknown (or pruned) id."""
-        with self._lock:
-            row = self._db.execute(
+        with self._lock, self._sql.read() as db:
+            row = db.execute(
                 "SELECT state FROM outbox WHERE event_id = ?", (event_id,)
             ).fetchone()
         return None if row is None else str(row[0])
 
     def prune(self, now: float) -> int:
         """Delete sent and failed rows finished more than ``retention_s`` ago; return how many."""
-        with self._lock, transaction(self._db):
-            return self._prune(now)
+        with self._lock, self._sql.write() as db:
+            return self._prune(db, now)
 
     def close(self) -> None:
         """Close the database; pending rows stay on disk for the next start."""
         with self._lock:
-            self._db.close()
+            self._sql.close()
 
     def _finish(self, event_ids: Sequence[str], state: str, reason: str | None, now: float) -> None:
-        with self._lock, transaction(self._db):
-            self._db.executemany(
+        with self._lock, self._sql.write() as db:
+            db.executemany(
                 "UPDATE outbox SET state = ?, done_at = ?, last_error = COALESCE(?, last_error)"
                 " WHERE event_id = ? AND state = 'pending'",
                 [(state, now, reason, event_id) for event_id in event_ids],
             )
-            self._prune(now)
+            self._prune(db, now)
 
-    def _prune(self, now: float) -> int:
-        cur = self._db.execute(
+    def _prune(self, db: SqlConn, now: float) -> int:
+        cur = db.execute(
             "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
             (now - self._retention,),
         )

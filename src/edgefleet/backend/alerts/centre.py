@@ -38,10 +38,12 @@ from edgefleet.backend.alerts.engine import (
     pending,
     prune,
 )
+from edgefleet.backend.alerts.gate import AlertGate
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
 from edgefleet.backend.alerts.ruleset import RuleSet
+from edgefleet.backend.alerts.silences import Silences
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.notify import Alert, AlertDispatcher
@@ -81,7 +83,9 @@ def _load_recent(text: str | None) -> list[Alert]:
 class AlertCenter:
     """Owns the alert state; every change in it goes through here."""
 
-    def __init__(self, rules: RuleSet, store: FleetStore, dispatcher: AlertDispatcher) -> None:
+    def __init__(
+        self, rules: RuleSet, store: FleetStoreContract, dispatcher: AlertDispatcher
+    ) -> None:
         self.rules = rules
         self.store = store
         self.dispatcher = dispatcher
@@ -106,6 +110,13 @@ class AlertCenter:
         self._generation = 0
         self._saved_at = self._expired_at = time.monotonic()
         self._reminded_at = -REMIND_EVERY_S
+        # --- silences, maintenance, inhibition (gate.py): events wait in ``_queued`` until
+        # ``_flush`` decides, once per batch or tick, which go to the outbox.
+        self.silences = Silences(store.open_db(), groups_of=lambda _device: ())
+        self.gate = AlertGate(rules, self.silences)
+        self.silences.groups_of = self.gate.groups_of
+        self._queued: list[Alert] = []
+        self._now = 0.0
 
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""
@@ -113,12 +124,14 @@ class AlertCenter:
         changes, events = evaluate_changes(self.rules, self.state, batch, now)
         self.state.apply(changes)
         self._dirty.update(changes)
-        return self._emit(events)
+        return self._marked(self._emit(events) + self._flush(now, sites=False))
 
     def on_presence(
         self, device: str, online: bool, since: float, now: float
     ) -> list[dict[str, Any]]:
-        """A device went offline (``since`` = last seen) or came back."""
+        """A device went offline (``since`` = last seen) or came back (the gate decides at
+        the next tick or save, once every transition of the tick is known)."""
+        self._now = max(self._now, now)
         if online:
             self.offline.pop(device, None)
         else:
@@ -138,9 +151,14 @@ class AlertCenter:
         out: list[dict[str, Any]] = []
         for device, since in list(self.offline.items()):
             out += self._offline(device, True, since, now)
+        out += self._flush(now)
+        self.regate(now)
+        self._marked(out)
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
-            self._send(self.dispatcher.reminders(self.firing.values(), now))
+            heard = [a for key, a in self.firing.items() if key not in self.gate.muted]
+            self._send(r for r in self.dispatcher.reminders(heard, now)
+                       if r.event_id != self.gate.covered.get(r.key))
         if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
             self._expired_at = time.monotonic()
             self.expire(now)
@@ -167,7 +185,35 @@ class AlertCenter:
 
     def emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
-        return self._emit(events)
+        now = max([self._now, *(e.at for e in events)])
+        return self._marked(self._emit(events) + self._flush(now))
+
+    def _marked(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Public events, a muted firing one with ``muted`` (see :meth:`gate_public`)."""
+        for doc in events:
+            if doc["kind"] == "firing" and (mute := self.gate.muted.get(doc["key"])):
+                doc["muted"] = mute.public()
+        return events
+
+    def regate(self, now: float) -> None:
+        """Re-decide which firing alerts are muted; send the held ones whose mute ended (their
+        message stands for the reminder due now, if one is: one message, not two)."""
+        released = self.gate.recheck(self.firing, self.gate.scene(self.offline, self.firing), now)
+        self._send(released)
+        for reminder in self.dispatcher.reminders(released, now):
+            self.gate.covered[reminder.key] = reminder.event_id
+
+    def _flush(self, now: float, *, sites: bool = True) -> list[dict[str, Any]]:
+        """The gate's hook: add site alerts (who is offline changes with presence reports
+        only: not after samples), then send what is not muted (gate.py)."""
+        self._now = max(self._now, now)
+        out: list[dict[str, Any]] = []
+        if sites:
+            out = self._emit(self.gate.site_events(self.offline, self.firing,
+                                                   self.state.devices(), now))
+        queued, self._queued = self._queued, []
+        self._send(self.gate.admit(queued, self.offline, self.firing, now))
+        return out
 
     def expire(self, now: float) -> int:
         """Forget keys that are not firing and got no sample for a while; return how many."""
@@ -183,7 +229,7 @@ class AlertCenter:
     def _emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         if not events:
             return []
-        self._send(events)
+        self._queued.extend(events)  # the gate sends them (``_flush``)
         for alert in events:
             key, device = alert.key, alert.device
             mine = self._by_device.setdefault(device, {})
@@ -210,6 +256,8 @@ class AlertCenter:
         store's open batch transaction (in a worker thread, before acknowledging), or None
         when nothing needs saving yet: always after events, else every few seconds. Only
         the devices whose alert state changed since the last committed save are in it."""
+        if self._queued:  # offline reports no tick decided on yet (gate.py)
+            self._flush(self._now)
         with self._lock:
             for devices, with_recent in self._unsaved.values():  # rolled back (or in flight)
                 self._dirty |= devices
@@ -271,11 +319,19 @@ class AlertCenter:
         firing = sorted(self.firing.values(), key=lambda a: (severity_rank(a.severity), a.key))
         waiting = pending(self.rules, self.state)
         return {
-            "firing": [public_alert(a) for a in firing],
+            "firing": [self.gate_public(a) for a in firing],
             "pending": [dataclasses.asdict(p) for p in waiting[:PENDING_MAX]],
             "pending_total": len(waiting),
             "recent": [public_alert(a) for a in self.recent],
         }
+
+    def gate_public(self, alert: Alert) -> dict[str, Any]:
+        """A firing alert; a muted one has ``muted``: why it sends nothing (``{"kind", "by"}``)."""
+        mute = self.gate.muted.get(alert.key)
+        doc = public_alert(alert)
+        if mute is not None:
+            doc["muted"] = mute.public()
+        return doc
 
     def pending_public(self) -> list[dict[str, Any]]:
         """The pending list of :meth:`public` alone (every WebSocket update carries it)."""

@@ -34,7 +34,7 @@ from edgefleet.backend.alerts.state import (
     conditions_from_rows,
     device_rows,
 )
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.notify.model import Alert
@@ -82,7 +82,7 @@ class _Plan:
 class AlertPersistence:
     """Per-device alert documents in a :class:`FleetStore`; thread-safe saves."""
 
-    def __init__(self, store: FleetStore) -> None:
+    def __init__(self, store: FleetStoreContract) -> None:
         self.store = store
         self.writes_total = 0  # documents written (a changed device's document is one)
         self._lock = threading.Lock()

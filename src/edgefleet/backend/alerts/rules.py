@@ -10,13 +10,17 @@ raises :class:`~edgefleet.errors.ConfigError` with ONE line naming the rule and 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from edgefleet.backend.alerts.inhibit import InhibitPolicy
+from edgefleet.backend.alerts.maintenance import WEEKDAYS, MaintenanceWindow, Weekly
 from edgefleet.backend.alerts.rules_schema import (
+    MaintenanceSpec,
     OfflineOverrideSpec,
     OverrideSpec,
     RulesFile,
@@ -117,6 +121,27 @@ def _check_semantics(doc: RulesFile) -> None:
                 _check_side(rule.op, threshold, override.clear, loc)
     for j, offline_override in enumerate(doc.offline.overrides):
         _check_override(offline_override, doc.groups, ("offline", "overrides", j))
+    for i, window in enumerate(doc.maintenance):
+        _check_window(window, doc.groups, ("maintenance", i))
+
+
+def _check_window(
+    window: MaintenanceSpec, groups: Mapping[str, object], loc: tuple[int | str, ...]
+) -> None:
+    """A window needs devices or groups, and start+end or weekly (not both)."""
+    if not window.devices and not window.groups:
+        raise _Invalid((*loc, "groups"), "a maintenance window needs groups or devices")
+    for group in window.groups:
+        if group not in groups:
+            known = ", ".join(sorted(groups)) or "none defined"
+            raise _Invalid((*loc, "groups"), f"unknown group {group!r} (known: {known})")
+    scheduled = window.start is not None or window.end is not None
+    if scheduled == (window.weekly is not None):
+        raise _Invalid(loc, "give start and end (scheduled) or weekly (recurring), one of them")
+    if scheduled and (window.start is None or window.end is None):
+        raise _Invalid((*loc, "end" if window.end is None else "start"), "is required")
+    if window.start is not None and window.end is not None and window.end <= window.start:
+        raise _Invalid((*loc, "end"), "must be after start")
 
 
 def _check_values(family: str, spec: RuleSpec | OverrideSpec, loc: tuple[int | str, ...]) -> None:
@@ -166,7 +191,25 @@ def _compile(doc: RulesFile, source: str) -> RuleSet:
     offline = Rule(OFFLINE_RULE, "", None, ">=", Params(0.0, 0.0, off.for_s, off.severity,
                    off.enabled), dict(off.labels), off.summary,
                    tuple(_compile_override(o, groups) for o in off.overrides))
-    return RuleSet(tuple(rules), offline, groups, doc.replay_grace, source)
+    inh = doc.inhibit
+    inhibit = InhibitPolicy(inh.device_offline, inh.feed_lost, inh.group_offline_share,
+                            inh.group_min_devices, inh.severity)
+    windows = tuple(_compile_window(w, groups) for w in doc.maintenance)
+    return RuleSet(tuple(rules), offline, groups, doc.replay_grace, source, windows, inhibit)
+
+
+def _compile_window(
+    spec: MaintenanceSpec, groups: Mapping[str, tuple[str, ...]]
+) -> MaintenanceWindow:
+    devices = tuple(spec.devices) + tuple(g for name in spec.groups for g in groups[name])
+    weekly = None
+    if spec.weekly is not None:
+        w = spec.weekly
+        weekly = Weekly(tuple(sorted({WEEKDAYS.index(d) for d in w.days})),
+                        time.fromisoformat(w.at), w.duration, w.timezone)
+    start = None if spec.start is None else spec.start.timestamp()
+    end = None if spec.end is None else spec.end.timestamp()
+    return MaintenanceWindow(spec.name, devices, tuple(spec.groups), start, end, weekly)
 
 
 def _compile_override(spec: OfflineOverrideSpec, groups: Mapping[str, tuple[str, ...]]) -> Override:
@@ -187,7 +230,10 @@ def _describe(loc: tuple[int | str, ...], raw: object) -> str:
     elif len(rest) >= 2 and rest[0] == "groups":
         words.append(f"group {rest[1]!r}")
         rest = rest[2:]
-    elif len(rest) >= 2 and rest[0] in ("defaults", "offline"):
+    elif len(rest) >= 2 and rest[0] == "maintenance" and isinstance(rest[1], int):
+        words.append(f"maintenance[{rest[1]}]")
+        rest = rest[2:]
+    elif len(rest) >= 2 and rest[0] in ("defaults", "offline", "inhibit"):
         words.append(str(rest[0]))
         rest = rest[1:]
     if len(rest) >= 2 and rest[0] == "overrides" and isinstance(rest[1], int):

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import time as dtime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+)
 
+from edgefleet.backend.alerts.maintenance import WEEKDAYS
 from edgefleet.backend.alerts.ruleset import DEFAULT_REPLAY_GRACE_S, OFFLINE_RULE
 from edgefleet.notify.model import SEVERITIES
 
@@ -127,6 +137,53 @@ class RuleSpec(SpecModel):
     overrides: list[OverrideSpec] = Field(default_factory=list)
 
 
+def _check_clock(value: str) -> str:
+    try:
+        dtime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"must be a local time like 02:30 (got {value!r})") from None
+    return value
+
+
+def _check_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown time zone (an IANA name like Europe/Berlin)") from None
+    return value
+
+
+def _check_window_length(value: float) -> float:
+    if not 0 < value <= 7 * 86400:
+        raise ValueError(f"must be more than 0 and at most 7d (got {value:g} s)")
+    return value
+
+
+class WeeklySpec(SpecModel):
+    days: list[Annotated[str, _one_of(WEEKDAYS)]] = Field(min_length=1)
+    at: Annotated[str, AfterValidator(_check_clock)]
+    duration: Annotated[float, BeforeValidator(parse_duration),
+                        AfterValidator(_check_window_length)]
+    timezone: Annotated[str, AfterValidator(_check_zone)] = "UTC"
+
+
+class MaintenanceSpec(SpecModel):
+    name: Annotated[str, AfterValidator(_check_name)]
+    groups: list[str] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list)
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    weekly: WeeklySpec | None = None
+
+
+class InhibitSpec(SpecModel):
+    device_offline: bool = True
+    feed_lost: bool = True
+    group_offline_share: float | None = Field(default=None, gt=0, lt=1)
+    group_min_devices: int = Field(default=3, ge=1)
+    severity: SeverityName = "critical"
+
+
 class RulesFile(SpecModel):
     version: Literal[1]
     replay_grace: Duration = DEFAULT_REPLAY_GRACE_S
@@ -134,3 +191,5 @@ class RulesFile(SpecModel):
     offline: OfflineSpec = OfflineSpec()
     groups: dict[str, list[str]] = Field(default_factory=dict)
     rules: list[RuleSpec] = Field(default_factory=list)
+    maintenance: list[MaintenanceSpec] = Field(default_factory=list)
+    inhibit: InhibitSpec = InhibitSpec()

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
+from edgefleet.backend.alerts.inhibit import InhibitPolicy
+from edgefleet.backend.alerts.maintenance import MaintenanceWindow
+
 OFFLINE_RULE = "offline"
 DEFAULT_REPLAY_GRACE_S = 120.0
 _PARAMS_CACHE_MAX = 200_000
@@ -71,6 +74,8 @@ class RuleSet:
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     replay_grace_s: float = DEFAULT_REPLAY_GRACE_S
     source: str = "<memory>"
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    inhibit: InhibitPolicy = field(default_factory=InhibitPolicy)
     _by_family: dict[str, tuple[Rule, ...]] = field(init=False, repr=False)
     _params: dict[tuple[str, str], Params] = field(init=False, repr=False)
 

@@ -35,8 +35,9 @@ from edgefleet.backend.store.history import (
     select_sql,
     value_sql,
 )
+from edgefleet.backend.store.migrate import CURRENT, VERSION_TABLE, apply_steps, check_version
 from edgefleet.backend.store.schema import (
-    SCHEMA,
+    MIGRATIONS,
     SCHEMA_VERSION,
     SELECT_CURSORS,
     SELECT_DEVICES,
@@ -51,12 +52,15 @@ from edgefleet.backend.store.schema import (
 from edgefleet.backend.store.tx import PUT_STATE, StoreTx
 from edgefleet.common.logs import kv
 from edgefleet.common.sqlitetx import transaction
+from edgefleet.notify.outbox_db import SqlDb, SqliteDb
 
 _log = logging.getLogger(__name__)
 
 
 class FleetStore:
     """Devices, metrics history, dedup cursors and component state in one SQLite file."""
+
+    kind = "sqlite"
 
     def __init__(
         self,
@@ -74,10 +78,7 @@ class FleetStore:
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
         self._writer = connect(self.path)
         try:
-            with transaction(self._writer):
-                for statement in SCHEMA:
-                    self._writer.execute(statement)
-                self._check_version()
+            self._migrate()
             self._reader = connect(self.path)
         except BaseException:
             self._writer.close()
@@ -155,6 +156,11 @@ class FleetStore:
                 )
         _log.info("store compacted", extra=kv(rolled=rolled, cutoff=cutoff, path=str(self.path)))
         return rolled
+
+    def open_db(self) -> SqlDb:
+        """A new connection to the file for the outbox and the metadata (``synchronous=FULL``:
+        a sent mark survives a power cut)."""
+        return SqliteDb(self.path, synchronous="FULL")
 
     def close(self) -> None:
         """Close both connections; everything committed stays in the file."""
@@ -245,6 +251,23 @@ class FleetStore:
         return [(ts, value) for ts, value in reversed(rows) if value is not None]
 
     # -- internals -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Bring the file to the newest schema version (see ``migrate.py``)."""
+        with transaction(self._writer):
+            self._writer.execute(VERSION_TABLE)
+            (found,) = self._writer.execute(CURRENT).fetchone()
+        check_version(int(found), len(MIGRATIONS), str(self.path))
+
+        def step(version: int, statements: Sequence[str]) -> None:
+            with transaction(self._writer):
+                for statement in statements:
+                    self._writer.execute(statement)
+                self._writer.execute("INSERT INTO schema_version VALUES (?)", (version,))
+
+        apply_steps(int(found), MIGRATIONS, step)
+        with transaction(self._writer):
+            self._check_version()
 
     def _check_version(self) -> None:
         self._writer.execute(

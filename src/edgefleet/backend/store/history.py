@@ -190,7 +190,7 @@ def _read(
                               where=(dev, start - BUCKET_S, end), into=agg) if old else 0
     source: Source = ("mixed" if from_raw and from_buckets else "raw" if from_raw
                       else "buckets" if from_buckets else "none")
-    return _columns(device, span, keys, step=step, source=source, agg=agg)
+    return columns(device, span, keys, step=step, source=source, agg=agg)
 
 
 def _raw_points(
@@ -209,10 +209,11 @@ def _raw_points(
                    {k: list(v) for k, v in values.items()}, {k: list(v) for k, v in values.items()})
 
 
-def _columns(
+def columns(
     device: str, span: tuple[float, float], keys: Sequence[str], *, step: float,
     source: Source, agg: _Agg,
 ) -> History:
+    """A :class:`History` of the averaged ``agg`` (bucket index -> per key figures)."""
     order = sorted(agg)
     avg: dict[str, list[float | None]] = {key: [] for key in keys}
     low: dict[str, list[float | None]] = {key: [] for key in keys}
@@ -242,13 +243,13 @@ def compact_chunk(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
         select_sql("SELECT device, ts, body FROM raw INDEXED BY raw_ts WHERE", cond), (bound,)
     )
     for dev, ts, body in rows:
-        _add(fresh.setdefault((dev, int(ts // BUCKET_S) * BUCKET_S), {}), json.loads(body))
+        count_into(fresh.setdefault((dev, int(ts // BUCKET_S) * BUCKET_S), {}), json.loads(body))
     for (dev, start), figures in fresh.items():
         old = conn.execute(
             "SELECT body FROM buckets WHERE device = ? AND start = ?", (dev, start)
         ).fetchone()
         if old is not None:
-            _merge(figures, json.loads(old[0]))
+            merge_into(figures, json.loads(old[0]))
     conn.executemany(
         "INSERT OR REPLACE INTO buckets (device, start, body) VALUES (?, ?, ?)",
         [(dev, start, json.dumps(body, separators=(",", ":")))
@@ -257,7 +258,7 @@ def compact_chunk(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
     return int(conn.execute(select_sql("DELETE FROM raw WHERE", cond), (bound,)).rowcount)
 
 
-def _add(into: dict[str, list[float]], metrics: dict[str, float]) -> None:
+def count_into(into: dict[str, list[float]], metrics: dict[str, float]) -> None:
     """Count one sample's metrics into a bucket's ``{key: [n, sum, min, max]}``."""
     for key, value in metrics.items():
         slot = into.get(key)
@@ -272,7 +273,8 @@ def _add(into: dict[str, list[float]], metrics: dict[str, float]) -> None:
                 slot[3] = value
 
 
-def _merge(into: dict[str, list[float]], old: dict[str, list[float]]) -> None:
+def merge_into(into: dict[str, list[float]], old: dict[str, list[float]]) -> None:
+    """Add the figures of an older bucket body ``old`` into ``into``."""
     for key, (n, total, low, high) in old.items():
         mine = into.get(key)
         if mine is None:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from edgefleet.common.sqlitetx import connect_wal, transaction
+from edgefleet.notify.outbox_db import SqlDb, SqliteDb
 
 MAX_LABELS = 16  # per device
 MAX_VALUE = 64  # characters
@@ -65,20 +65,24 @@ def parse_assignments(items: Iterable[str]) -> tuple[dict[str, str], list[str]]:
 
 
 class MetadataStore:
-    """Labels and forgotten devices, in the fleet database file (its own connection)."""
+    """Labels and forgotten devices, in the fleet database (its own connection on SQLite;
+    the store's pool on PostgreSQL, whose schema steps make the tables)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, where: Path | str | SqlDb) -> None:
         self._lock = threading.Lock()
-        self._conn = connect_wal(path)
-        with self._lock, transaction(self._conn):
-            for statement in TABLES:
-                self._conn.execute(statement)
+        if isinstance(where, (str, Path)):
+            self._sql: SqlDb = SqliteDb(where)
+            with self._lock, self._sql.write() as db:
+                for statement in TABLES:
+                    db.execute(statement)
+        else:
+            self._sql = where
 
     def labels(self) -> dict[str, dict[str, str]]:
         """Every device's labels."""
         out: dict[str, dict[str, str]] = {}
-        with self._lock:
-            rows = self._conn.execute("SELECT device, key, value FROM device_labels").fetchall()
+        with self._lock, self._sql.read() as db:
+            rows = db.execute("SELECT device, key, value FROM device_labels").fetchall()
         for device, key, value in rows:
             out.setdefault(str(device), {})[str(key)] = str(value)
         return out
@@ -92,8 +96,8 @@ class MetadataStore:
         :data:`MAX_LABELS` (:class:`LabelError`)."""
         for key, value in sets.items():
             check_label(key, value)
-        with self._lock, transaction(self._conn):
-            rows = self._conn.execute(
+        with self._lock, self._sql.write() as db:
+            rows = db.execute(
                 "SELECT key, value FROM device_labels WHERE device = ?", (device,)).fetchall()
             labels = {str(k): str(v) for k, v in rows}
             for key in removes:
@@ -102,40 +106,41 @@ class MetadataStore:
             if len(labels) > MAX_LABELS:
                 raise LabelError(f"device {device[:60]!r} would have {len(labels)} labels; "
                                  f"at most {MAX_LABELS}")
-            self._conn.execute("DELETE FROM device_labels WHERE device = ?", (device,))
-            self._conn.executemany("INSERT INTO device_labels VALUES (?, ?, ?)",
+            db.execute("DELETE FROM device_labels WHERE device = ?", (device,))
+            db.executemany("INSERT INTO device_labels VALUES (?, ?, ?)",
                                    [(device, k, v) for k, v in labels.items()])
         return labels
 
     def forgotten(self) -> dict[str, float]:
         """Forgotten device names and when they were forgotten."""
-        with self._lock:
-            rows = self._conn.execute("SELECT device, at FROM device_forgotten").fetchall()
+        with self._lock, self._sql.read() as db:
+            rows = db.execute("SELECT device, at FROM device_forgotten").fetchall()
         return {str(d): float(at) for d, at in rows}
 
     def forget(self, device: str, at: float, *, purge: bool) -> int:
         """Mark ``device`` forgotten, drop its labels and, with ``purge``, its history.
 
         Returns the number of stored samples and buckets deleted (0 when kept)."""
-        with self._lock, transaction(self._conn):
-            self._conn.execute("DELETE FROM device_labels WHERE device = ?", (device,))
-            self._conn.execute("INSERT OR REPLACE INTO device_forgotten VALUES (?, ?, ?)",
-                               (device, at, int(purge)))
+        with self._lock, self._sql.write() as db:
+            db.execute("DELETE FROM device_labels WHERE device = ?", (device,))
+            db.execute("INSERT INTO device_forgotten VALUES (?, ?, ?) ON CONFLICT (device) "
+                       "DO UPDATE SET at = excluded.at, purged = excluded.purged",
+                       (device, at, int(purge)))
             if not purge:
                 return 0
-            ident = self._conn.execute(
+            ident = db.execute(
                 "SELECT id FROM devices WHERE name = ?", (device,)).fetchone()
             if ident is None:
                 return 0
-            deleted = self._conn.execute("DELETE FROM raw WHERE device = ?", ident).rowcount
-            deleted += self._conn.execute("DELETE FROM buckets WHERE device = ?", ident).rowcount
+            deleted = db.execute("DELETE FROM raw WHERE device = ?", ident).rowcount
+            deleted += db.execute("DELETE FROM buckets WHERE device = ?", ident).rowcount
         return int(deleted)
 
     def returned(self, device: str) -> None:
         """A forgotten device sent data again: it is a new appearance."""
-        with self._lock, transaction(self._conn):
-            self._conn.execute("DELETE FROM device_forgotten WHERE device = ?", (device,))
+        with self._lock, self._sql.write() as db:
+            db.execute("DELETE FROM device_forgotten WHERE device = ?", (device,))
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._sql.close()

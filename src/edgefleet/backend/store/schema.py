@@ -10,6 +10,7 @@ from typing import Any
 
 from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.records import DeviceRow
+from edgefleet.backend.store.metadata import TABLES as METADATA_TABLES
 from edgefleet.common.sqlitetx import connect_wal
 from edgefleet.notify.outbox import SCHEMA as OUTBOX_SCHEMA
 
@@ -32,6 +33,10 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     *OUTBOX_SCHEMA,  # alerts waiting for Slack, written in the same transactions (notify/outbox)
 )
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (*SCHEMA, *METADATA_TABLES),  # 1: the schema of the releases before versioning
+)
+"""Ordered schema steps of the SQLite store (``migrate.py``); append, never edit."""
 UPSERT_DEVICE = (
     "INSERT INTO devices (name, first_seen, last_seen, last_sample_ts, status, status_ts, "
     "session_ts, health, health_sent_at, agent_version, interval_s) "

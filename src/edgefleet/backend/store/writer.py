@@ -4,15 +4,18 @@
 fails:
 
 - a TRANSIENT error (``sqlite3.OperationalError`` such as a locked or full database, an
-  ``OSError``, a damaged database file) is retried with backoff (at most ``backoff_max_s``
-  apart); nothing is acknowledged and :attr:`BatchWriter.failing` says why (``/healthz``
-  answers 503 "degraded"). After ``give_up_s`` of failing without a break it raises
+  ``OSError``, a damaged database file; on PostgreSQL a lost connection, a restart, too
+  many connections, a serialization failure: see ``pg_errors.py``) is retried with
+  backoff (at most ``backoff_max_s`` apart); nothing is acknowledged and
+  :attr:`BatchWriter.failing` says why (``/healthz`` answers 503 "degraded"). After
+  ``give_up_s`` of failing without a break it raises
   :class:`StoreUnavailableError`: the backend exits non-zero and its supervisor restarts it
   (a fresh process reopens the file; the broker still holds every unacknowledged message);
 - an error of the DATA (``OverflowError``, ``ValueError``, ``sqlite3.DataError``,
-  ``IntegrityError``) is retried ``retries`` times, then the batch is stored message by
-  message so that only the message(s) that still fail are set aside in the
-  :class:`Quarantine` (and then acknowledged); the rest of the fleet's samples are stored;
+  ``IntegrityError``; psycopg's ``DataError`` and ``IntegrityError``) is retried
+  ``retries`` times, then the batch is stored message by message so that only the
+  message(s) that still fail are set aside in the :class:`Quarantine` (and then
+  acknowledged); the rest of the fleet's samples are stored;
 - anything else is a bug of the backend (``TypeError``, ``KeyError``, ...): it propagates,
   the ingest task fails and the backend exits non-zero with the traceback logged, instead of
   hiding the bug by quarantining every message.
@@ -35,7 +38,8 @@ from typing import Literal
 
 from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
+from edgefleet.backend.store.pg_errors import pg_error_kind
 from edgefleet.backend.store.quarantine import Quarantine, cause_of
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.common.logs import RateLimitedLog, kv
@@ -67,9 +71,12 @@ class StoreUnavailableError(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors of the disk or the database (locked, full, I/O, a damaged file), not
-    of the data being stored: quarantining messages cannot help with those."""
+    """True for errors of the disk or the database (locked, full, I/O, a damaged file, a
+    lost PostgreSQL connection), not of the data being stored: quarantining messages cannot
+    help with those."""
     if isinstance(exc, (sqlite3.OperationalError, OSError, TransientStoreError)):
+        return True
+    if pg_error_kind(exc) == "transient":
         return True
     return type(exc) in {sqlite3.DatabaseError, sqlite3.InternalError}
 
@@ -78,14 +85,17 @@ def error_kind(exc: BaseException) -> ErrorKind:
     """``transient`` (retry), ``data`` (retry, then quarantine) or ``bug`` (crash)."""
     if is_transient(exc):
         return "transient"
+    pg = pg_error_kind(exc)
+    if pg is not None:
+        return pg
     return "data" if isinstance(exc, DATA_ERRORS) else "bug"
 
 
 class BatchWriter:
-    """Stores batches through a :class:`FleetStore`; quarantines what cannot be stored."""
+    """Stores batches through a fleet store; quarantines what cannot be stored."""
 
     def __init__(
-        self, store: FleetStore, quarantine: Quarantine, *, retries: int = 3,
+        self, store: FleetStoreContract, quarantine: Quarantine, *, retries: int = 3,
         backoff_max_s: float = 5.0, give_up_s: float = 0.0,
     ) -> None:
         self.store = store

@@ -67,6 +67,11 @@ class AdminClient:
             raise AdminError(f"cannot reach the backend at {self.url}: {reason}") from None
 
 
+def quote_part(device: str) -> str:
+    """A path segment, every reserved character escaped."""
+    return urllib.parse.quote(device, safe="")
+
+
 def _quote(device: str) -> str:
     return urllib.parse.quote(device, safe="")
 

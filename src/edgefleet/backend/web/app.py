@@ -21,6 +21,7 @@ from edgefleet.backend.store.history import MAX_KEYS
 from edgefleet.backend.store.metadata import LabelError
 from edgefleet.backend.web.access import WebAccess
 from edgefleet.backend.web.hub import CLOSE_TOO_SLOW, Hub
+from edgefleet.backend.web.silence_api import SilenceDesk, add_silence_routes
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.wire.messages import METRIC_KEY_PATTERN
 
@@ -41,6 +42,7 @@ class FleetView(Protocol):
     """What the web layer reads from the running backend."""
 
     hub: Hub
+    silences: SilenceDesk  # /api/silences and /api/maintenance
 
     def device_rows(self) -> list[dict[str, Any]]: ...
     def summary(self) -> dict[str, Any]: ...
@@ -210,6 +212,7 @@ def create_app(
         return jsonify(view.alerts())
 
     _add_admin(app, view)
+    add_silence_routes(app, view.silences)
     _add_websocket(app, view, token)
     return app
 

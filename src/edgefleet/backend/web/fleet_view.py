@@ -20,6 +20,7 @@ from edgefleet.backend.web.marks import periods, thresholds
 from edgefleet.backend.web.metrics_text import metrics_text
 from edgefleet.backend.web.parts import FleetParts
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank
+from edgefleet.backend.web.silence_api import SilenceDesk
 from edgefleet.wire.base import split_key
 
 SPARK_POINTS = 30
@@ -33,9 +34,10 @@ class FleetViewModel:
     def __init__(self, parts: FleetParts) -> None:
         self.b = parts
         self.hub = parts.hub
+        self.silences = SilenceDesk(parts.alerts)
         self._latest: dict[str, tuple[float, dict[str, float]]] = {}
         self._spark: dict[str, deque[float]] = {}
-        self.meta = DeviceMeta(MetadataStore(parts.store.path), parts.groups)
+        self.meta = DeviceMeta(MetadataStore(parts.store.open_db()), parts.groups)
         self._rejected = RateMeter()
         for row in parts.fleet.devices():
             latest = parts.store.latest(row.device)

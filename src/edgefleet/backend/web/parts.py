@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from edgefleet.backend.ingest.acks import Acker
     from edgefleet.backend.ingest.handler import Ingest
     from edgefleet.backend.ingest.inbox import Inbox
+    from edgefleet.backend.store.contract import FleetStoreContract
     from edgefleet.backend.store.fleet_state import FleetState
-    from edgefleet.backend.store.fleet_store import FleetStore
     from edgefleet.backend.store.quarantine import Quarantine
     from edgefleet.backend.store.writer import BatchWriter
     from edgefleet.backend.web.hub import Hub
@@ -26,7 +26,7 @@ class FleetParts:
     """The running parts the fleet view reads; :class:`edgefleet.backend.runtime.Backend` builds
     them and hands them over, so the view never sees the whole backend."""
 
-    store: FleetStore
+    store: FleetStoreContract
     ingest: Ingest
     fleet: FleetState
     alerts: AlertCenter
