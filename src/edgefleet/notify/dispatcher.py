@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -49,15 +49,17 @@ class AlertDispatcher:
         stop_timeout_s: float = 15.0,
         budget: BudgetSettings | None = None,
         clock: Callable[[], float] = time.time,
+        buttons: bool = False,
+        on_sent: Callable[[Sequence[Alert]], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.group_window_s = group_window_s
         self._repeat = repeat_interval_s
         self._pacing = Pacing(group_window_s, backoff_initial_s, backoff_max_s,
-                              poll_interval_s, max(1, max_batch), max_lines)
+                              poll_interval_s, max(1, max_batch), max_lines, buttons)
         self._stop_timeout = stop_timeout_s
         self._clock = clock
-        self._delivery = Delivery(outbox, notifier, self._pacing, budget, clock)
+        self._delivery = Delivery(outbox, notifier, self._pacing, budget, clock, on_sent)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
+from edgefleet.backend.alerts.acks import AlertOps, default_silencer
 from edgefleet.backend.alerts.engine import (
     LiveAlertState,
     evaluate_changes,
@@ -38,6 +39,7 @@ from edgefleet.backend.alerts.engine import (
     pending,
     prune,
 )
+from edgefleet.backend.alerts.history import AlertHistory
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
 from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.records import AcceptedSample
@@ -81,7 +83,10 @@ def _load_recent(text: str | None) -> list[Alert]:
 class AlertCenter:
     """Owns the alert state; every change in it goes through here."""
 
-    def __init__(self, rules: RuleSet, store: FleetStore, dispatcher: AlertDispatcher) -> None:
+    def __init__(
+        self, rules: RuleSet, store: FleetStore, dispatcher: AlertDispatcher,
+        history: AlertHistory | None = None,
+    ) -> None:
         self.rules = rules
         self.store = store
         self.dispatcher = dispatcher
@@ -106,6 +111,9 @@ class AlertCenter:
         self._generation = 0
         self._saved_at = self._expired_at = time.monotonic()
         self._reminded_at = -REMIND_EVERY_S
+        # --- alert operations (issue 18, Slack): history, acks and snoozes ---
+        self.history = history
+        self.ops = AlertOps(self.firing, history, time.time, default_silencer())
 
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""
@@ -140,11 +148,18 @@ class AlertCenter:
             out += self._offline(device, True, since, now)
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
-            self._send(self.dispatcher.reminders(self.firing.values(), now))
+            self._send(self.due_reminders(now))
         if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
             self._expired_at = time.monotonic()
             self.expire(now)
+            if self.history is not None:  # issue 18: 30 days of history
+                self.history.prune(now)
         return out
+
+    def due_reminders(self, now: float) -> list[Alert]:
+        """The reminders due now, except for snoozed alerts (issue 18)."""
+        awake = [a for a in self.firing.values() if not self.ops.held(a.key, now)]
+        return self.dispatcher.reminders(awake, now)
 
     def emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
@@ -165,6 +180,8 @@ class AlertCenter:
         if not events:
             return []
         self._send(events)
+        if self.history is not None:  # issue 18: every transition, with who and when
+            self.history.record_many((a.kind, a.key, "engine", a.summary) for a in events)
         for alert in events:
             key, device = alert.key, alert.device
             mine = self._by_device.setdefault(device, {})
@@ -173,6 +190,7 @@ class AlertCenter:
             else:
                 self.firing.pop(key, None)
                 mine.pop(key, None)
+                self.ops.resolved(key)  # issue 18: an ack ends when the alert resolves
             self._dirty.add(device)
             self.recent.appendleft(alert)
             log.info("alert", extra=kv(kind=alert.kind, rule=alert.rule, device=device,
