@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -64,6 +65,15 @@ _OLD_COLUMNS = ("SELECT event_id, alert, state, enqueued_at, due_at, attempts, l
                 " done_at FROM outbox ORDER BY rowid")
 
 
+TABLE = "outbox"
+_TABLE_NAME = re.compile(r"^outbox(_[a-z0-9_]{1,40})?$")
+
+
+def _tabled(sql: str, table: str) -> str:
+    """``sql`` for another outbox table (a routed receiver's ``outbox_<name>``)."""
+    return sql if table == TABLE else sql.replace("outbox", table)
+
+
 class OutboxImportError(EdgefleetError):
     """An outbox file of an older version exists but cannot be read."""
 
@@ -81,35 +91,49 @@ class OutboxEntry:
 class Outbox:
     """Exactly-once store of alerts to notify about, in the table ``outbox``."""
 
-    def __init__(self, path: str | Path, *, retention_s: float = RETENTION_S) -> None:
+    def __init__(
+        self, path: str | Path, *, retention_s: float = RETENTION_S, table: str = TABLE
+    ) -> None:
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"outbox table must match {_TABLE_NAME.pattern} (got {table!r})")
+        self.table = table
         self._retention = retention_s
         self._lock = threading.Lock()
         self._db = connect_wal(path, synchronous="FULL")  # a sent mark survives a power cut
         with transaction(self._db):
             for statement in SCHEMA:
-                self._db.execute(statement)
+                self._run(statement)
+
+    def _run(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        return self._db.execute(_tabled(sql, self.table), *args)
+
+    def _runmany(self, sql: str, rows: Iterable[Any]) -> sqlite3.Cursor:
+        return self._db.executemany(_tabled(sql, self.table), rows)
 
     @staticmethod
     def add(
-        conn: sqlite3.Connection, alerts: Iterable[Alert], *, now: float, delay: float = 0.0
+        conn: sqlite3.Connection, alerts: Iterable[Alert], *, now: float, delay: float = 0.0,
+        table: str = "outbox",
     ) -> int:
         """Add new alerts through ``conn``, INSIDE the caller's open transaction; due at
         ``now + delay`` or with their open group. Returns how many were new."""
         added = 0
         for alert in alerts:
             row = conn.execute(
-                "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND group_key = ?",
+                _tabled("SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND group_key = ?",
+                        table),
                 (alert.group_key,),
             ).fetchone()
             due = now + delay if row[0] is None else float(row[0])
-            cur = conn.execute(_INSERT, (*_identity(alert), "pending", now, due, 0, None, None))
+            row = (*_identity(alert), "pending", now, due, 0, None, None)
+            cur = conn.execute(_tabled(_INSERT, table), row)
             added += max(cur.rowcount, 0)
         return added
 
     def enqueue(self, alerts: Iterable[Alert], *, now: float, delay: float = 0.0) -> int:
         """:meth:`add` in a transaction of its own; return how many were new."""
         with self._lock, transaction(self._db):
-            return self.add(self._db, alerts, now=now, delay=delay)
+            return self.add(self._db, alerts, now=now, delay=delay, table=self.table)
 
     def import_file(self, path: str | Path) -> int:
         """Carry over the rows of an outbox file of an older version, every state kept (so a
@@ -121,7 +145,7 @@ class Outbox:
             return 0
         rows = _read_old(path)
         with self._lock, transaction(self._db):
-            added = sum(max(self._db.execute(_INSERT, row).rowcount, 0) for row in rows)
+            added = sum(max(self._run(_INSERT, row).rowcount, 0) for row in rows)
         for suffix in ("", "-wal", "-shm"):
             old = path.with_name(path.name + suffix)
             if old.exists():
@@ -134,7 +158,7 @@ class Outbox:
     def due(self, now: float, *, limit: int = 1000) -> list[OutboxEntry]:
         """Pending entries with a due time <= ``now``, oldest due first."""
         with self._lock:
-            rows = self._db.execute(
+            rows = self._run(
                 "SELECT alert, attempts, enqueued_at, due_at FROM outbox"
                 " WHERE state = 'pending' AND due_at <= ?"
                 " ORDER BY due_at, enqueued_at, rowid LIMIT ?",
@@ -145,7 +169,7 @@ class Outbox:
     def next_due(self) -> float | None:
         """The earliest due time of any pending entry, or None when nothing is pending."""
         with self._lock:
-            row = self._db.execute(
+            row = self._run(
                 "SELECT MIN(due_at) FROM outbox WHERE state = 'pending'"
             ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -166,7 +190,7 @@ class Outbox:
         """Suppressed entries no summary covered yet: ``(device, rule, count)`` rows, most
         first, and when the oldest was suppressed (None when there are none)."""
         with self._lock:
-            rows = self._db.execute(
+            rows = self._run(
                 "SELECT device, rule, COUNT(*), MIN(done_at) FROM outbox"
                 " WHERE state = 'suppressed' AND last_error IS NULL GROUP BY device, rule"
             ).fetchall()
@@ -177,7 +201,7 @@ class Outbox:
     def mark_summarised(self, until: float) -> int:
         """Suppressed entries up to ``until`` are covered by a summary; return how many."""
         with self._lock, transaction(self._db):
-            cur = self._db.execute(
+            cur = self._run(
                 "UPDATE outbox SET last_error = ? WHERE state = 'suppressed'"
                 " AND last_error IS NULL AND done_at <= ?",
                 (SUMMARISED, until),
@@ -187,7 +211,7 @@ class Outbox:
     def sent_since(self, since: float) -> list[tuple[str, str, float]]:
         """``(device, rule, sent_at)`` of every entry sent at or after ``since``."""
         with self._lock:
-            rows = self._db.execute(
+            rows = self._run(
                 "SELECT device, rule, done_at FROM outbox WHERE state = 'sent' AND done_at >= ?",
                 (since,),
             ).fetchall()
@@ -196,7 +220,7 @@ class Outbox:
     def defer(self, event_ids: Sequence[str], until: float, reason: str = "") -> None:
         """Keep these entries pending until ``until`` and count one more failed attempt."""
         with self._lock, transaction(self._db):
-            self._db.executemany(
+            self._runmany(
                 "UPDATE outbox SET due_at = ?, attempts = attempts + 1, last_error = ?"
                 " WHERE event_id = ? AND state = 'pending'",
                 [(until, reason, event_id) for event_id in event_ids],
@@ -205,7 +229,7 @@ class Outbox:
     def postpone(self, until: float) -> int:
         """Move every pending entry due before ``until`` to ``until`` (a server-wide pause)."""
         with self._lock, transaction(self._db):
-            cur = self._db.execute(
+            cur = self._run(
                 "UPDATE outbox SET due_at = ? WHERE state = 'pending' AND due_at < ?",
                 (until, until),
             )
@@ -218,13 +242,13 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         """Rows per state: ``pending``, ``sent``, ``failed``, ``suppressed`` (absent when zero)."""
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+            rows = self._run("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         return {str(state): int(count) for state, count in rows}
 
     def state_of(self, event_id: str) -> str | None:
         """``pending``, ``sent``, ``failed``, or None for an unknown (or pruned) id."""
         with self._lock:
-            row = self._db.execute(
+            row = self._run(
                 "SELECT state FROM outbox WHERE event_id = ?", (event_id,)
             ).fetchone()
         return None if row is None else str(row[0])
@@ -241,7 +265,7 @@ class Outbox:
 
     def _finish(self, event_ids: Sequence[str], state: str, reason: str | None, now: float) -> None:
         with self._lock, transaction(self._db):
-            self._db.executemany(
+            self._runmany(
                 "UPDATE outbox SET state = ?, done_at = ?, last_error = COALESCE(?, last_error)"
                 " WHERE event_id = ? AND state = 'pending'",
                 [(state, now, reason, event_id) for event_id in event_ids],
@@ -249,7 +273,7 @@ class Outbox:
             self._prune(now)
 
     def _prune(self, now: float) -> int:
-        cur = self._db.execute(
+        cur = self._run(
             "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
             (now - self._retention,),
         )

@@ -41,6 +41,7 @@ from edgefleet.backend.alerts.engine import (
 )
 from edgefleet.backend.alerts.history import AlertHistory
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
+from edgefleet.backend.alerts.predict import Series, observe, predict_events
 from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.fleet_store import FleetStore
@@ -56,6 +57,7 @@ PENDING_MAX = 200  # pending alerts listed by GET /api/alerts (worst first)
 SAVE_EVERY_S = 5.0
 EXPIRE_EVERY_S = 60.0
 REMIND_EVERY_S = 30.0  # reminders are hours apart: no need to look every tick
+PREDICT_EVERY_S = 60.0  # issue 18: how often the predict_full rules fit
 PUBLIC_FIELDS = ("key", "rule", "device", "instance", "kind", "severity", "value", "threshold",
                  "summary", "started_at", "at", "labels")
 
@@ -114,10 +116,15 @@ class AlertCenter:
         # --- alert operations (issue 18, Slack): history, acks and snoozes ---
         self.history = history
         self.ops = AlertOps(self.firing, history, time.time, default_silencer())
+        self.series = Series()  # predict_full rules: recent points of the keys they watch
+        self._predicted_at = -PREDICT_EVERY_S
 
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""
         batch = [(s.device, s.ts, s.metrics) for s in samples]
+        if self.rules.predict:  # issue 18: the points the predict_full rules fit
+            for device, ts, metrics in batch:
+                observe(self.rules.predict, self.series, device, ts, metrics)
         changes, events = evaluate_changes(self.rules, self.state, batch, now)
         self.state.apply(changes)
         self._dirty.update(changes)
@@ -146,6 +153,9 @@ class AlertCenter:
         out: list[dict[str, Any]] = []
         for device, since in list(self.offline.items()):
             out += self._offline(device, True, since, now)
+        if self.rules.predict and time.monotonic() - self._predicted_at >= PREDICT_EVERY_S:
+            self._predicted_at = time.monotonic()  # issue 18: kind predict_full
+            out += self._emit(predict_events(self.rules.predict, self.series, self.firing, now))
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
             self._send(self.due_reminders(now))

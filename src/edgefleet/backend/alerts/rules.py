@@ -16,6 +16,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from edgefleet.backend.alerts.rules_ops import (
+    check_predict,
+    check_routes,
+    compile_predict,
+    compile_routes,
+)
 from edgefleet.backend.alerts.rules_schema import (
     OfflineOverrideSpec,
     OverrideSpec,
@@ -105,6 +111,14 @@ def _check_semantics(doc: RulesFile) -> None:
         family = rule.metric.partition("[")[0]
         if (reason := unknown_family(family)) is not None:
             raise _Invalid(("rules", i, "metric"), reason)
+        if rule.kind == "predict_full":  # issue 18
+            if (bad := check_predict(rule, ("rules", i))) is not None:
+                raise _Invalid(*bad)
+            continue
+        for name in ("op", "threshold"):
+            if getattr(rule, name) is None:
+                raise _Invalid(("rules", i, name), "is required")
+        assert rule.op is not None and rule.threshold is not None  # noqa: S101 - checked above
         _check_values(family, rule, ("rules", i))
         clear = rule.threshold if rule.clear is None else rule.clear
         _check_side(rule.op, rule.threshold, clear, ("rules", i, "clear"))
@@ -117,6 +131,8 @@ def _check_semantics(doc: RulesFile) -> None:
                 _check_side(rule.op, threshold, override.clear, loc)
     for j, offline_override in enumerate(doc.offline.overrides):
         _check_override(offline_override, doc.groups, ("offline", "overrides", j))
+    if doc.routes is not None and (bad := check_routes(doc.routes, doc.groups)) is not None:
+        raise _Invalid(*bad)  # issue 18
 
 
 def _check_values(family: str, spec: RuleSpec | OverrideSpec, loc: tuple[int | str, ...]) -> None:
@@ -151,6 +167,8 @@ def _compile(doc: RulesFile, source: str) -> RuleSet:
     rules = []
     for spec in doc.rules:
         family, _, rest = spec.metric.partition("[")
+        if spec.op is None or spec.threshold is None:
+            continue  # kind predict_full: compiled below
         base = Params(
             threshold=spec.threshold,
             clear=spec.threshold if spec.clear is None else spec.clear,
@@ -166,7 +184,8 @@ def _compile(doc: RulesFile, source: str) -> RuleSet:
     offline = Rule(OFFLINE_RULE, "", None, ">=", Params(0.0, 0.0, off.for_s, off.severity,
                    off.enabled), dict(off.labels), off.summary,
                    tuple(_compile_override(o, groups) for o in off.overrides))
-    return RuleSet(tuple(rules), offline, groups, doc.replay_grace, source)
+    return RuleSet(tuple(rules), offline, groups, doc.replay_grace, source,
+                   predict=compile_predict(doc), routes=compile_routes(doc))
 
 
 def _compile_override(spec: OfflineOverrideSpec, groups: Mapping[str, tuple[str, ...]]) -> Override:
@@ -187,6 +206,9 @@ def _describe(loc: tuple[int | str, ...], raw: object) -> str:
     elif len(rest) >= 2 and rest[0] == "groups":
         words.append(f"group {rest[1]!r}")
         rest = rest[2:]
+    elif rest and rest[0] == "routes":
+        words.append("routes")
+        rest = rest[1:]
     elif len(rest) >= 2 and rest[0] in ("defaults", "offline"):
         words.append(str(rest[0]))
         rest = rest[1:]
