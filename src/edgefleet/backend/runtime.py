@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.feed import FEED_KEY, FeedMonitor, feed_event
 from edgefleet.backend.alerts.history import AlertHistory
+from edgefleet.backend.alerts.receivers import build_dispatcher
 from edgefleet.backend.alerts.rules import RuleSet
 from edgefleet.backend.ingest.acks import Acker, AckPolicy
 from edgefleet.backend.ingest.handler import Ingest
@@ -39,7 +40,7 @@ from edgefleet.backend.web.fleet_view import FleetParts, FleetViewModel
 from edgefleet.backend.web.hub import Hub
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
-from edgefleet.notify import AlertDispatcher, BudgetSettings, Notifier, Outbox
+from edgefleet.notify import BudgetSettings, Notifier, Outbox
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
@@ -84,12 +85,14 @@ class Backend:
         self.outbox = Outbox(s.db_path)  # a table in the fleet database, written with the batch
         self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))  # older file
         self.history = AlertHistory(s.db_path, retention_s=s.alert_history_days * 86400)  # i18
-        self.dispatcher = AlertDispatcher(
-            outbox=self.outbox, notifier=build_notifier(s),
+        self.dispatcher = build_dispatcher(  # issue 18: routes (default receiver = as before)
+            rules, s.db_path, notifier=build_notifier(s),
+            bot_token=s.slack_bot_token.get_secret_value() if s.slack_bot_token else None,
+            api_url=s.slack_api_url, on_sent=self.history.notified, outbox=self.outbox,
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
             budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
                                   s.alert_budget_per_rule),
-            buttons=s.slack_app_token is not None, on_sent=self.history.notified,
+            buttons=s.slack_app_token is not None,
         )
         self.alerts = AlertCenter(rules, self.store, self.dispatcher, history=self.history)
         self.alerts.ops.snooze_s = s.alert_snooze_s
