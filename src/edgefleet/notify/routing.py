@@ -154,8 +154,11 @@ class RoutedDispatcher(AlertDispatcher):
             await other.start()
 
     async def stop(self) -> None:
+        """Stop every receiver's loop and close their outboxes (the default one's outbox
+        belongs to the backend)."""
         for other in self.receivers.values():
             await other.stop()
+            other.outbox.close()
         await super().stop()
 
     def stats(self) -> DispatcherStats:

@@ -175,9 +175,11 @@ class SlackActions:
         message = payload.get("message") or {}
         channel = (payload.get("channel") or {}).get("id")
         ts = (payload.get("container") or {}).get("message_ts") or message.get("ts")
-        if self._web is None or not channel or not ts:
-            return
-        blocks = updated_blocks(message.get("blocks") or [], notes, time.time())
+        old_blocks = message.get("blocks")
+        if self._web is None or not channel or not ts or not isinstance(old_blocks, list):
+            return  # without the message's blocks an update would wipe it
+        blocks = updated_blocks([b for b in old_blocks if isinstance(b, dict)], notes,
+                                time.time())
         try:
             await self._web.chat_update(channel=channel, ts=ts, blocks=blocks,
                                         text=str(message.get("text") or "edgefleet alert"))
