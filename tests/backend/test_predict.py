@@ -88,8 +88,10 @@ def test_series_keeps_one_point_per_step_and_a_bounded_span() -> None:
     for ts in range(0, 3600, 10):
         series.add("d1", "disk.used_percent[/]", float(ts), 1.0)
     points = series.points("d1", "disk.used_percent[/]")
-    assert len(points) == 12 and points[-1][0] == 3540.0
-    assert [b[0] - a[0] for a, b in itertools.pairwise(points)] == [60.0] * 11
+    assert len(points) == 11 and points[-1][0] == 3540.0  # 10 minutes back from the newest
+    assert [b[0] - a[0] for a, b in itertools.pairwise(points)] == [60.0] * 10
+    assert series.drop_stale(3540.0 + 601) == 1
+    assert series.pairs() == []
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class AlertCenter:
         # --- alert operations (issue 18, Slack): history, acks and snoozes ---
         self.history = history
         self.ops = AlertOps(self.firing, history, time.time, default_silencer())
-        self.series = Series()  # predict_full rules: recent points of the keys they watch
+        self.series = Series(keep_s=max((r.window_s for r in rules.predict), default=3600.0))
         self._predicted_at = -PREDICT_EVERY_S
 
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
@@ -156,6 +156,7 @@ class AlertCenter:
         if self.rules.predict and time.monotonic() - self._predicted_at >= PREDICT_EVERY_S:
             self._predicted_at = time.monotonic()  # issue 18: kind predict_full
             out += self._emit(predict_events(self.rules.predict, self.series, self.firing, now))
+            self.series.drop_stale(now)
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
             self._send(self.due_reminders(now))

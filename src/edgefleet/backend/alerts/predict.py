@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -32,6 +32,7 @@ from edgefleet.notify.model import Alert, alert_key
 
 MAX_FIT_POINTS = 120  # 7,140 pairs per fit
 FULL = 100.0
+STEP_S = 120.0  # the centre keeps one point per 2 minutes and key
 RESOLVE_FACTOR = 1.5  # hysteresis: resolve once the forecast is 1.5 x within away
 
 
@@ -89,38 +90,49 @@ def _thin(points: list[tuple[float, float]], limit: int) -> list[tuple[float, fl
 
 
 class Series:
-    """Recent points per key, at most one per ``step_s`` and none older than ``keep_s``."""
+    """Recent points per key: at most one per ``step_s``, none older than ``keep_s`` before
+    the newest, at most ``max_keys`` keys; two ``array('d')`` per key (16 bytes a point)."""
 
-    def __init__(self, *, step_s: float = 60.0, keep_s: float = 6 * 3600.0,
-                 max_keys: int = 100_000) -> None:
+    def __init__(self, *, step_s: float = STEP_S, keep_s: float = 3 * 3600.0,
+                 max_keys: int = 50_000) -> None:
         self.step_s = step_s
         self.keep_s = keep_s
         self.max_keys = max_keys
-        self._points: dict[tuple[str, str], deque[tuple[float, float]]] = {}
+        self._points: dict[tuple[str, str], tuple[array[float], array[float]]] = {}
 
     def add(self, device: str, key: str, ts: float, value: float) -> None:
         """Remember a point (ignored when too close to the previous one, or out of order)."""
+        if not math.isfinite(value):
+            return
         ring = self._points.get((device, key))
         if ring is None:
-            if len(self._points) >= self.max_keys or not math.isfinite(value):
+            if len(self._points) >= self.max_keys:
                 return
-            ring = self._points[(device, key)] = deque(maxlen=int(self.keep_s / self.step_s) + 2)
-        if ring and ts < ring[-1][0] + self.step_s:
+            ring = self._points[(device, key)] = (array("d"), array("d"))
+        times, values = ring
+        if times and ts < times[-1] + self.step_s:
             return
-        ring.append((ts, value))
+        times.append(ts)
+        values.append(value)
+        drop = next((i for i, t in enumerate(times) if t >= ts - self.keep_s), len(times))
+        if drop:
+            del times[:drop], values[:drop]
 
     def points(self, device: str, key: str) -> list[tuple[float, float]]:
         """The points kept for ``(device, key)``, oldest first."""
-        return list(self._points.get((device, key), ()))
+        ring = self._points.get((device, key))
+        return [] if ring is None else list(zip(ring[0], ring[1], strict=True))
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every ``(device, key)`` with points."""
         return list(self._points)
 
-    def forget(self, device: str) -> None:
-        """Drop every series of ``device``."""
-        for pair in [p for p in self._points if p[0] == device]:
-            del self._points[pair]
+    def drop_stale(self, now: float) -> int:
+        """Forget keys whose newest point is older than ``keep_s``; return how many."""
+        stale = [k for k, (times, _) in self._points.items() if times[-1] < now - self.keep_s]
+        for key in stale:
+            del self._points[key]
+        return len(stale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +158,16 @@ def replay(  # noqa: PLR0917 - the scenario and the rule's settings
         return Replay(None, None, 0, 0.0)
     firing, first_true, false_alerts = False, None, 0
     start, end = points[0][0], points[-1][0]
+    series = Series(keep_s=fit.window_s)  # what the alert centre keeps
     at, i = start, 0
     while at <= end:
         while i < len(points) and points[i][0] <= at:
+            series.add("d", "k", *points[i])
             i += 1
-        seen = points[:i]
         if naive:
-            now_firing = _naive_hours(seen, at, fit.full) * 3600 <= within_s
+            now_firing = _naive_hours(points[:i], at, fit.full) * 3600 <= within_s
         else:
-            made = forecast(seen, at, fit)
+            made = forecast(series.points("d", "k"), at, fit)
             now_firing = made.confident and made.hours_to_full * 3600 <= within_s
         if now_firing and not firing:
             true = full_at is not None and 0 <= full_at - at <= 2 * within_s
@@ -194,7 +207,7 @@ def predict_events(
 ) -> list[Alert]:
     """Fire where a rule's confident forecast says full within ``within_s``; resolve where
     the forecast is past ``RESOLVE_FACTOR * within_s`` (or the disk stopped growing)."""
-    events = []
+    events: list[Alert] = []
     for device, metric in series.pairs():
         family, _, rest = metric.partition("[")
         instance = rest[:-1] or None
