@@ -68,9 +68,9 @@ async def test_two_receivers_get_exactly_their_alerts(tmp_path: Path) -> None:
         assert devices(by["#db"]) == ["db-1", "db-2"]  # first match wins: db-2's cpu too
         assert devices(by["webhook"]) == ["web-1"]
         assert devices(by["#alerts"]) == ["web-2"]  # no route: the default receiver
-        assert dispatcher.stats().sent_alerts == 4
-        counts = {name: o.outbox.counts() for name, o in dispatcher.receivers.items()}
-        assert counts == {"dbteam": {"sent": 2}, "pager": {"sent": 1}}
+        counts = {name: Outbox(db, table=f"outbox_{name}").counts() for name in ("dbteam", "pager")}
+        assert counts == {"dbteam": {"sent": 2}, "pager": {"sent": 1}}  # each its own table
+        assert Outbox(db).counts() == {"sent": 1}
 
 
 def test_each_receiver_repeats_at_its_own_interval(tmp_path: Path) -> None:
@@ -147,3 +147,28 @@ def test_bad_routes_are_one_line_errors(routes: str, expected: str) -> None:
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"rules file r.yaml: {expected}"), message
+
+
+def test_routes_match_the_devices_own_labels() -> None:
+    rules = parse_rules("""
+version: 1
+routes:
+  receivers: {paris: {slack_channel: "#paris"}}
+  routes: [{match: {site: paris}, receiver: paris}]
+""")
+    tree = rules.routes
+    assert tree is not None
+    labels = {"d1": {"site": "paris"}, "d2": {"site": "lyon"}}
+
+    def device_labels(device: str) -> dict[str, str]:
+        return labels.get(device, {})
+
+    def no_groups(_: str) -> list[str]:
+        return []
+
+    assert tree.receivers_for(alert("cpu", "d1"), no_groups, device_labels) == ["paris"]
+    assert tree.receivers_for(alert("cpu", "d2"), no_groups, device_labels) == ["default"]
+    assert tree.receivers_for(alert("cpu", "d3"), no_groups, device_labels) == ["default"]
+    # the rule's own label comes first
+    moved = alert("cpu", "d2", site="paris")
+    assert tree.receivers_for(moved, no_groups, device_labels) == ["paris"]

@@ -89,6 +89,7 @@ class Backend:
             rules, s.db_path, notifier=build_notifier(s),
             bot_token=s.slack_bot_token.get_secret_value() if s.slack_bot_token else None,
             api_url=s.slack_api_url, on_sent=self.history.notified, outbox=self.outbox,
+            device_labels=lambda device: self.view.meta.labels.get(device, {}),
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
             budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
                                   s.alert_budget_per_rule),

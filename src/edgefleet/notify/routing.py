@@ -2,7 +2,8 @@
 
 A :class:`RouteTree` is a list of :class:`Route` s, read top-down. A route matches an alert when
 every ``match`` entry holds (values are globs): ``group`` (a group the device belongs to),
-``severity``, ``rule``, ``device``, or any other name, looked up in the alert's labels. A
+``severity``, ``rule``, ``device``, or any other name, looked up in the alert's labels (the
+rule's), then in the device's labels (``edgefleet labels``, the fleet API). A
 matching route with child routes tries them first; their receivers win, else the route's own
 ``receiver`` applies. The first matching route ends the search unless it says ``continue``.
 An alert no route takes goes to the ``default`` receiver: the backend's Slack settings as
@@ -47,7 +48,10 @@ class Route:
     cont: bool = False
     routes: tuple[Route, ...] = ()
 
-    def matches(self, alert: Alert, groups: Callable[[str], Iterable[str]]) -> bool:
+    def matches(
+        self, alert: Alert, groups: Callable[[str], Iterable[str]],
+        device_labels: Callable[[str], Mapping[str, str]] = lambda _: {},
+    ) -> bool:
         """True when every ``match`` entry holds for ``alert``."""
         for name, pattern in self.match.items():
             if name == "group":
@@ -56,6 +60,8 @@ class Route:
                 continue
             value = {"severity": alert.severity, "rule": alert.rule,
                      "device": alert.device}.get(name, alert.labels.get(name))
+            if value is None:
+                value = device_labels(alert.device).get(name)
             if value is None or not fnmatchcase(value, pattern):
                 return False
         return True
@@ -69,21 +75,23 @@ class RouteTree:
     routes: tuple[Route, ...] = ()
 
     def receivers_for(
-        self, alert: Alert, groups: Callable[[str], Iterable[str]]
+        self, alert: Alert, groups: Callable[[str], Iterable[str]],
+        device_labels: Callable[[str], Mapping[str, str]] = lambda _: {},
     ) -> list[str]:
         """The receivers of ``alert``, in order, without repeats (``default`` if none)."""
-        found = _walk(self.routes, alert, groups)
+        found = _walk(self.routes, alert, groups, device_labels)
         return list(dict.fromkeys(found)) or [DEFAULT_RECEIVER]
 
 
 def _walk(
-    routes: Sequence[Route], alert: Alert, groups: Callable[[str], Iterable[str]]
+    routes: Sequence[Route], alert: Alert, groups: Callable[[str], Iterable[str]],
+    device_labels: Callable[[str], Mapping[str, str]],
 ) -> list[str]:
     found: list[str] = []
     for route in routes:
-        if not route.matches(alert, groups):
+        if not route.matches(alert, groups, device_labels):
             continue
-        inner = _walk(route.routes, alert, groups)
+        inner = _walk(route.routes, alert, groups, device_labels)
         found += inner or ([route.receiver] if route.receiver else [])
         if not route.cont:
             break
@@ -95,16 +103,19 @@ class RoutedDispatcher(AlertDispatcher):
 
     def __init__(
         self, *, tree: RouteTree, receivers: Mapping[str, AlertDispatcher],
-        groups: Callable[[str], Iterable[str]], **default: object,
+        groups: Callable[[str], Iterable[str]],
+        device_labels: Callable[[str], Mapping[str, str]] = lambda _: {},
+        **default: object,
     ) -> None:
         super().__init__(**default)  # type: ignore[arg-type]
         self.tree = tree
         self.receivers = dict(receivers)
         self._groups = groups
+        self._device_labels = device_labels
 
     def targets(self, alert: Alert) -> list[AlertDispatcher]:
         """The dispatchers ``alert`` goes to."""
-        names = self.tree.receivers_for(alert, self._groups)
+        names = self.tree.receivers_for(alert, self._groups, self._device_labels)
         return [self if n == DEFAULT_RECEIVER else self.receivers[n] for n in names]
 
     def stage(self, conn: sqlite3.Connection, alerts: Iterable[Alert]) -> int:

@@ -10,7 +10,7 @@ Slack settings) plus one dispatcher per receiver, each with its own outbox table
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +31,7 @@ def table_name(receiver: str) -> str:
 def build_dispatcher(
     rules: RuleSet, db_path: Path, *, bot_token: str | None, api_url: str,
     on_sent: Callable[[Sequence[Alert]], None] | None,
+    device_labels: Callable[[str], Mapping[str, str]] = lambda _: {},
     **common: Any,
 ) -> AlertDispatcher:
     """The dispatcher for ``rules``; ``common`` are the AlertDispatcher arguments of the
@@ -42,7 +43,7 @@ def build_dispatcher(
                  for name, r in tree.receivers.items()}
     groups = _groups_of(rules)
     return RoutedDispatcher(tree=tree, receivers=receivers, groups=groups,
-                            on_sent=on_sent, **common)
+                            device_labels=device_labels, on_sent=on_sent, **common)
 
 
 def _dispatcher(  # noqa: PLR0917 - one receiver's parts
