@@ -66,6 +66,7 @@ def test_linear_and_sudden_fills_are_announced_ahead() -> None:
         assert result.lead_h is not None and result.lead_h >= 1.5
 
 
+@pytest.mark.slow  # replays 24 simulated series (~10 s)
 def test_the_docs_table_is_the_measured_one() -> None:
     text = DOCS.read_text(encoding="utf-8")
     for line in table():
