@@ -8,6 +8,17 @@
         await slack.wait_for_messages(1)
         slack.messages[0]["blocks"]
 
+Socket Mode side (the buttons): ``POST /api/apps.connections.open`` (the app-level token)
+answers a local ``ws://`` URL; ``GET /socket/<n>`` is that WebSocket: it says ``hello``,
+delivers the envelopes :meth:`FakeSlack.click` builds from a posted message (a
+``block_actions`` payload like Slack's: user, channel, container.message_ts, message,
+actions) and records their acks; ``POST /api/chat.update`` records message updates.
+
+    await slack.wait_for_socket()
+    envelope = await slack.click(slack.messages[0], "edgefleet_ack", user="U123")
+    await slack.wait_for_ack(envelope)
+    await slack.wait_for_updates(1)
+
 Routes: ``POST /api/chat.postMessage`` (Bearer token or ``token`` form field, JSON or form
 body; ``{"ok": false, "error": "invalid_auth"}`` for a wrong token, ``channel_not_found``
 for a channel not in ``channels``) and ``POST /webhook/<id>`` (``200 ok``; ``404
@@ -19,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -69,8 +80,16 @@ class FakeSlack:
         token: str = "xoxb-fake-token",  # noqa: S107 - only the local fake accepts it
         webhook_id: str = "T0000/B0000/fakehooksecret",
         channels: set[str] | None = None,
+        app_token: str = "xapp-fake-app-token",  # noqa: S107 - only the local fake accepts it
     ) -> None:
         self.token = token
+        self.app_token = app_token
+        self.updates: list[dict[str, Any]] = []
+        self.acks: list[str] = []
+        self.opened = 0
+        self.refused_opens = 0
+        self._sockets: list[web.WebSocketResponse] = []
+        self._envelopes = 0
         self.webhook_id = webhook_id
         self.channels = channels
         self.messages: list[dict[str, Any]] = []
@@ -84,6 +103,9 @@ class FakeSlack:
         app = web.Application()
         app.router.add_post("/api/chat.postMessage", self._post_message)
         app.router.add_post("/webhook/{hook:.+}", self._webhook)
+        app.router.add_post("/api/apps.connections.open", self._connections_open)
+        app.router.add_post("/api/chat.update", self._chat_update)
+        app.router.add_get("/socket/{n}", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -92,6 +114,8 @@ class FakeSlack:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -141,6 +165,110 @@ class FakeSlack:
         async with asyncio.timeout(within_s), self._received:
             await self._received.wait_for(lambda: len(self.messages) >= count)
 
+    # --- Socket Mode side ------------------------------------------------------------------
+    async def wait_for_socket(self, within_s: float = 10.0) -> None:
+        """Wait until a Socket Mode client is connected."""
+        async with asyncio.timeout(within_s), self._received:
+            await self._received.wait_for(lambda: bool(self._sockets))
+
+    async def wait_until(self, ready: Callable[[], bool], within_s: float = 10.0) -> None:
+        """Wait until ``ready()`` holds (checked after every message, update and ack)."""
+        async with asyncio.timeout(within_s), self._received:
+            await self._received.wait_for(ready)
+
+    async def wait_for_ack(self, envelope_id: str, within_s: float = 10.0) -> None:
+        """Wait until the client acked the envelope ``envelope_id``."""
+        async with asyncio.timeout(within_s), self._received:
+            await self._received.wait_for(lambda: envelope_id in self.acks)
+
+    async def wait_for_updates(self, count: int, within_s: float = 10.0) -> None:
+        """Wait until at least ``count`` chat.update calls were recorded."""
+        async with asyncio.timeout(within_s), self._received:
+            await self._received.wait_for(lambda: len(self.updates) >= count)
+
+    async def click(
+        self, message: dict[str, Any], action_id: str, *, user: str = "U0FAKE1"
+    ) -> str:
+        """Press the button ``action_id`` of a posted ``message`` (its latest version) as
+        ``user``: send a ``block_actions`` envelope over the socket; return its id."""
+        current = self.current(message)
+        button = next(
+            (element for block in current["blocks"] if block.get("type") == "actions"
+             for element in block.get("elements", []) if element.get("action_id") == action_id),
+            None)
+        if button is None:
+            raise AssertionError(f"message has no button {action_id!r}")
+        self._envelopes += 1
+        envelope_id = f"env-{self._envelopes}"
+        payload = {
+            "type": "block_actions", "user": {"id": user, "username": user.lower()},
+            "channel": {"id": current["channel"]}, "container": {
+                "type": "message", "message_ts": current["ts"], "channel_id": current["channel"]},
+            "message": {"ts": current["ts"], "text": current["text"], "blocks": current["blocks"]},
+            "actions": [{**button, "block_id": "edgefleet_actions", "type": "button",
+                         "action_ts": f"{time.time():.6f}"}],
+            "response_url": f"{self.api_url}response/{envelope_id}",
+        }
+        envelope = {"envelope_id": envelope_id, "type": "interactive", "payload": payload,
+                    "accepts_response_payload": False}
+        await self._sockets[-1].send_json(envelope)
+        return envelope_id
+
+    def current(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The latest version of a posted message (after any chat.update)."""
+        latest = message
+        for update in self.updates:
+            if update["ts"] == message["ts"] and update["channel"] == message["channel"]:
+                latest = {**message, "text": update["text"], "blocks": update["blocks"]}
+        return latest
+
+    async def _connections_open(self, request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token != self.app_token:
+            async with self._received:
+                self.refused_opens += 1
+                self._received.notify_all()
+            return self._answer("api", web.json_response({"ok": False, "error": "invalid_auth"}))
+        self.opened += 1
+        url = f"ws://127.0.0.1:{self._port}/socket/{self.opened}"
+        return self._answer("api", web.json_response({"ok": True, "url": url}))
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"type": "hello", "num_connections": 1,
+                            "connection_info": {"app_id": "A0FAKE"}})
+        async with self._received:
+            self._sockets.append(ws)
+            self._received.notify_all()
+        try:
+            async for frame in ws:
+                ack = _decoded(frame.data) if isinstance(frame.data, str) else None
+                if isinstance(ack, dict) and isinstance(ack.get("envelope_id"), str):
+                    async with self._received:
+                        self.acks.append(ack["envelope_id"])
+                        self._received.notify_all()
+        finally:
+            self._sockets.remove(ws)
+        return ws
+
+    async def _chat_update(self, request: web.Request) -> web.Response:
+        body = dict(await request.json()) if request.content_type == "application/json" else \
+            dict(await request.post())
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        known = any(m["ts"] == body.get("ts") and m["channel"] == body.get("channel")
+                    for m in self.messages)
+        error = "invalid_auth" if token != self.token else (
+            None if known else "message_not_found")
+        if error is not None:
+            return self._answer("api", web.json_response({"ok": False, "error": error}))
+        update = {"channel": body.get("channel"), "ts": body.get("ts"),
+                  "text": body.get("text"), "blocks": _decoded(body.get("blocks")) or []}
+        async with self._received:
+            self.updates.append(update)
+            self._received.notify_all()
+        return self._answer("api", web.json_response({"ok": True, **update}))
+
     def _outage(self) -> Outage | None:
         now = time.monotonic()
         while self._outages and self._outages[0].expired(now):
@@ -165,6 +293,7 @@ class FakeSlack:
             "text": body.get("text"),
             "blocks": _decoded(body.get("blocks")) or [],
             "metadata": _decoded(body.get("metadata")),
+            "ts": body.get("ts") or f"{time.time():.6f}",
         }
         async with self._received:
             self.messages.append(message)
@@ -191,8 +320,8 @@ class FakeSlack:
             error = "no_text"
         if error is not None:
             return self._answer("api", web.json_response({"ok": False, "error": error}))
-        await self._record("api", body)
-        ts = f"{time.time():.6f}"
+        ts = f"{time.time():.6f}.{len(self.messages)}"
+        await self._record("api", {**body, "ts": ts})
         reply = {"ok": True, "channel": body.get("channel"), "ts": ts}
         return self._answer("api", web.json_response(reply))
 

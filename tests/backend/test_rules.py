@@ -281,7 +281,8 @@ def test_bad_file_messages(text: str, expected: str) -> None:
 
 
 def test_several_problems_are_counted_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"\(and 3 more problems\)$") as info:
+    # metric missing, op bad, bogus unknown (a missing threshold is checked after these)
+    with pytest.raises(ConfigError, match=r"\(and 2 more problems\)$") as info:
         parse_rules("version: 1\nrules: [{name: a, op: '!', bogus: 1}]\n")
     assert "\n" not in str(info.value)
 

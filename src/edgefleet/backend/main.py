@@ -132,7 +132,7 @@ def run_backend(config: Path | None = None) -> int:
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
         access = WebAccess.build(settings.http_host, allowed_hosts=settings.allowed_hosts,
                                  allowed_origins=settings.allowed_origins)
-        app = create_app(backend.view, token=token, access=access)
+        app = create_app(backend.view, token=token, access=access, history=backend.history)
         disable_websocket_compression()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

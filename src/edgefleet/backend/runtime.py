@@ -20,10 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.feed import FEED_KEY, FeedMonitor, feed_event
+from edgefleet.backend.alerts.history import AlertHistory
+from edgefleet.backend.alerts.receivers import build_dispatcher
 from edgefleet.backend.alerts.rules import RuleSet
 from edgefleet.backend.ingest.acks import Acker, AckPolicy
 from edgefleet.backend.ingest.handler import Ingest
@@ -39,10 +41,13 @@ from edgefleet.backend.web.hub import Hub
 from edgefleet.backend.web.parts import FleetParts
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
-from edgefleet.notify import AlertDispatcher, BudgetSettings, Notifier, Outbox
+from edgefleet.notify import BudgetSettings, Notifier, Outbox
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
+
+if TYPE_CHECKING:
+    from edgefleet.notify.socket_mode import AlertActions, SlackActions
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +89,24 @@ class Backend:
         self.outbox = Outbox(self.store.open_db())  # in the fleet database, written with batches
         if self.store.kind == "sqlite":  # an outbox file of older versions
             self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))
-        self.dispatcher = AlertDispatcher(
-            outbox=self.outbox, notifier=build_notifier(s),
+        # the alert history: in the fleet database on SQLite; with PostgreSQL, for now a local
+        # file beside the quarantine (issue 17 moves it)
+        history_path = s.db_path if self.store.kind == "sqlite" else s.db_path.with_name(
+            s.db_path.stem + "-history.db")
+        self.history = AlertHistory(history_path, retention_s=s.alert_history_days * 86400)
+        self.dispatcher = build_dispatcher(  # issue 18: routes (default receiver = as before)
+            rules, self.store.open_db, notifier=build_notifier(s),
+            bot_token=s.slack_bot_token.get_secret_value() if s.slack_bot_token else None,
+            api_url=s.slack_api_url, on_sent=self.history.notified, outbox=self.outbox,
+            device_labels=lambda device: self.view.meta.labels.get(device, {}),
             group_window_s=s.alert_group_window_s, repeat_interval_s=s.alert_repeat_s,
             budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
                                   s.alert_budget_per_rule),
+            buttons=s.slack_app_token is not None,
         )
-        self.alerts = AlertCenter(rules, self.store, self.dispatcher)
+        self.alerts = AlertCenter(rules, self.store, self.dispatcher, history=self.history)
+        self.alerts.ops.snooze_s = s.alert_snooze_s
+        self.slack_actions = build_slack_actions(s, self.alerts.ops)  # issue 18: Socket Mode
         self.hub = Hub(interval_s=s.ws_interval_s, queue_frames=s.ws_queue_frames)
         self.quarantine = Quarantine(s.db_path.with_name(s.db_path.stem + "-quarantine.db"))
         self.writer = BatchWriter(self.store, self.quarantine, retries=s.store_retries,
@@ -271,6 +287,7 @@ class Backend:
             devices=len(self.fleet.devices()),
             http=f"{self.s.http_host}:{self.s.http_port}", slack=_slack_kind(self.s)))
         await self.dispatcher.start()
+        await _start_actions(self.slack_actions)
         self.transport.start()
         tasks = [
             asyncio.create_task(self._ingest_loop(), name="ingest"),
@@ -304,6 +321,9 @@ class Backend:
         if save is not None:
             self.store.add_samples([], also=save)
         await self.dispatcher.stop()
+        if self.slack_actions is not None:
+            await self.slack_actions.stop()
+        self.history.close()
         self.outbox.close()
         self.alerts.silences.close()
         self.quarantine.close()
@@ -318,6 +338,23 @@ def _slack_kind(s: BackendSettings) -> str:
     if s.slack_webhook_url:
         return "webhook"
     return "bot" if s.slack_bot_token else "log only"
+
+
+def build_slack_actions(s: BackendSettings, ops: AlertActions) -> SlackActions | None:
+    """The Socket Mode client for the buttons, or None without an app token."""
+    if s.slack_app_token is None or s.slack_bot_token is None:
+        return None
+    from edgefleet.notify.socket_mode import SlackActions
+
+    return SlackActions(app_token=s.slack_app_token.get_secret_value(),
+                        bot_token=s.slack_bot_token.get_secret_value(), actions=ops,
+                        api_url=s.slack_api_url)
+
+
+async def _start_actions(actions: SlackActions | None) -> None:
+    """Start connecting Socket Mode in the background; the rest never waits for Slack."""
+    if actions is not None:
+        await actions.start()
 
 
 def build_notifier(s: BackendSettings) -> Notifier | None:

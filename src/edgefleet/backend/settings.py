@@ -120,6 +120,24 @@ class BackendSettings(BaseSettings):
     alert_budget_per_device: int = Field(default=5, ge=0)  # alert events per device; 0 = off
     alert_budget_per_rule: int = Field(default=20, ge=0)  # messages per rule; 0 = off
 
+    # --- alert operations (issue 18, Slack) ---
+    # App-level token (xapp-..., scope connections:write): Socket Mode buttons on firing
+    # messages (Acknowledge, Snooze 1 h, Silence device); needs the bot token for chat.update.
+    slack_app_token: SecretStr | None = None
+    alert_snooze_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
+    alert_history_days: float = Field(default=30.0, ge=1, le=366)
+
+    @model_validator(mode="after")
+    def _check_alert_ops(self) -> BackendSettings:
+        if self.slack_app_token is not None:
+            if not self.slack_app_token.get_secret_value().startswith("xapp-"):
+                raise ValueError("slack_app_token must be an app-level token (xapp-...)")
+            if not self.slack_bot_token:
+                raise ValueError("slack_app_token needs EDGE_BACKEND_SLACK_BOT_TOKEN "
+                                 "(buttons update their message with chat.update)")
+        return self
+    # --- end of alert operations ---
+
     @field_validator("slack_api_url")
     @classmethod
     def _trailing_slash(cls, value: str) -> str:

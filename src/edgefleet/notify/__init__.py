@@ -7,6 +7,9 @@
     budget      NotifyBudget, BudgetSettings: per-device and per-rule limits per window
     delivery    Delivery: one round of grouping, budgeting, sending and retrying
     dispatcher  AlertDispatcher: the asyncio loop running the rounds
+    routing     RouteTree, RoutedDispatcher: receivers chosen by labels, one outbox table each
+    webhook     JsonWebhookNotifier: a generic JSON webhook receiver (needs aiohttp)
+    socket_mode SlackActions: Acknowledge / Snooze / Silence buttons over Socket Mode (slack_sdk)
 
 ``SlackNotifier`` is imported lazily so that ``format`` and ``model`` stay usable where
 aiohttp is not installed (an AWS Lambda).

@@ -58,16 +58,19 @@ class Pacing:
     poll_interval_s: float
     max_batch: int
     max_lines: int
+    buttons: bool = False  # Acknowledge / Snooze / Silence buttons (Socket Mode configured)
 
 
 class Delivery:
     """Sends what is due; remembers the pause after a failure and the counters."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the dispatcher's parts, in its order
         self, outbox: Outbox, notifier: Notifier | None, pacing: Pacing,
         budget: BudgetSettings | None, clock: Callable[[], float],
+        on_sent: Callable[[Sequence[Alert]], None] | None = None,
     ) -> None:
         self.outbox = outbox
+        self._on_sent = on_sent
         self.stats = DispatcherStats()
         self.paused_until = 0.0
         self._notifier = notifier
@@ -124,7 +127,8 @@ class Delivery:
 
     async def _deliver(self, batch: Sequence[OutboxEntry]) -> bool:
         alerts = [entry.alert for entry in batch]
-        text, blocks = format_group(alerts, max_lines=self._p.max_lines)
+        text, blocks = format_group(alerts, max_lines=self._p.max_lines,
+                                    buttons=self._p.buttons)
         if self._notifier is None:
             _log_alerts(alerts)
         else:
@@ -143,6 +147,11 @@ class Delivery:
         self._refusals = 0
         self.stats.sent_messages += 1
         self.stats.sent_alerts += len(alerts)
+        if self._on_sent is not None:
+            try:
+                self._on_sent(alerts)
+            except Exception:  # the history is a record: a failure there must not stop sending
+                log.exception("recording sent alerts failed", extra=kv(alerts=len(alerts)))
         return True
 
     def _retry(self, batch: Sequence[OutboxEntry], exc: NotifyError) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -49,15 +49,17 @@ class AlertDispatcher:
         stop_timeout_s: float = 15.0,
         budget: BudgetSettings | None = None,
         clock: Callable[[], float] = time.time,
+        buttons: bool = False,
+        on_sent: Callable[[Sequence[Alert]], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.group_window_s = group_window_s
-        self._repeat = repeat_interval_s
+        self.repeat_interval_s = repeat_interval_s
         self._pacing = Pacing(group_window_s, backoff_initial_s, backoff_max_s,
-                              poll_interval_s, max(1, max_batch), max_lines)
+                              poll_interval_s, max(1, max_batch), max_lines, buttons)
         self._stop_timeout = stop_timeout_s
         self._clock = clock
-        self._delivery = Delivery(outbox, notifier, self._pacing, budget, clock)
+        self._delivery = Delivery(outbox, notifier, self._pacing, budget, clock, on_sent)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -108,7 +110,8 @@ class AlertDispatcher:
     def stage(self, conn: sqlite3.Connection, alerts: Iterable[Alert]) -> int:
         """Add alerts to the outbox through ``conn`` inside the caller's open transaction
         (any thread); call :meth:`wake` after the commit. Returns how many were new."""
-        return Outbox.add(conn, alerts, now=self._clock(), delay=self.group_window_s)
+        return Outbox.add(conn, alerts, now=self._clock(), delay=self.group_window_s,
+                          table=self.outbox.table)
 
     def reminders(self, alerts: Iterable[Alert], now: float | None = None) -> list[Alert]:
         """A reminder for each firing alert per full ``repeat_interval_s`` it has fired.
@@ -116,12 +119,12 @@ class AlertDispatcher:
         The reminder's event id is ``<event_id>#repeat-<n>``, so storing them as often as you
         like sends reminder n once.
         """
-        if self._repeat <= 0:
+        if self.repeat_interval_s <= 0:
             return []
         now = self._clock() if now is None else now
         due = []
         for alert in alerts:
-            number = int((now - alert.started_at) // self._repeat)
+            number = int((now - alert.started_at) // self.repeat_interval_s)
             if alert.kind == "firing" and number >= 1:
                 due.append(alert.reminder(number, at=now))
         return due

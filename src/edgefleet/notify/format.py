@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from edgefleet.notify.model import Alert
+from edgefleet.notify.model import REPEAT_SEP, Alert
 
 MAX_BLOCKS = 50
 MAX_HEADER = 150
@@ -31,6 +31,11 @@ MAX_FALLBACK = 3000
 MAX_LINE = 300
 DEFAULT_MAX_LINES = 100
 METADATA_EVENT_TYPE = "edgefleet_alerts"
+MAX_BUTTON_VALUE = 2000
+ACTIONS_BLOCK_ID = "edgefleet_actions"
+ACTION_ACK = "edgefleet_ack"
+ACTION_SNOOZE = "edgefleet_snooze"
+ACTION_SILENCE = "edgefleet_silence"
 
 EMOJI = {
     "critical": ":red_circle:",
@@ -43,15 +48,62 @@ Block = dict[str, Any]
 
 
 def format_group(
-    alerts: Sequence[Alert], *, max_lines: int = DEFAULT_MAX_LINES
+    alerts: Sequence[Alert], *, max_lines: int = DEFAULT_MAX_LINES, buttons: bool = False
 ) -> tuple[str, list[Block]]:
-    """Return the fallback text and the blocks of one message about ``alerts``."""
+    """Return the fallback text and the blocks of one message about ``alerts``.
+
+    With ``buttons`` (Socket Mode configured) a message about firing alerts ends with an
+    actions block (:func:`action_buttons`), within the 50-block limit.
+    """
     if not alerts:
         raise ValueError("format_group needs at least one alert")
-    alerts = [safe(alert) for alert in alerts]
-    if len(alerts) == 1:
-        return _format_one(alerts[0])
-    return _format_many(alerts, max(1, max_lines))
+    actions = action_buttons(alerts) if buttons else None
+    escaped = [safe(alert) for alert in alerts]
+    if len(escaped) == 1:
+        text, blocks = _format_one(escaped[0])
+    else:
+        text, blocks = _format_many(escaped, max(1, max_lines), reserve=1 if actions else 0)
+    if actions is not None:
+        blocks.append(actions)
+    return text, blocks
+
+
+def action_buttons(alerts: Sequence[Alert]) -> Block | None:
+    """The Acknowledge / Snooze 1 h / Silence device buttons for the firing alerts, or None.
+
+    A button's ``value`` lists the base event ids (``key|firing|started_at``) it acts on, one
+    a line, as many as fit in Slack's 2000 characters; values are never shown, so they are
+    not escaped. A message about several devices has no Silence device button.
+    """
+    ids: list[str] = []
+    size = 0
+    for alert in alerts:
+        if alert.kind != "firing":
+            continue
+        base = alert.event_id.split(REPEAT_SEP, 1)[0]
+        if size + len(base) + 1 > MAX_BUTTON_VALUE:
+            break
+        ids.append(base)
+        size += len(base) + 1
+    if not ids:
+        return None
+    value = "\n".join(ids)
+    many = len(ids) > 1
+    elements = [
+        _button(ACTION_ACK, "Acknowledge all" if many else "Acknowledge", value, primary=True),
+        _button(ACTION_SNOOZE, "Snooze all 1 h" if many else "Snooze 1 h", value),
+    ]
+    if len({alert.device for alert in alerts}) == 1:
+        elements.append(_button(ACTION_SILENCE, "Silence device", ids[0]))
+    return {"type": "actions", "block_id": ACTIONS_BLOCK_ID, "elements": elements}
+
+
+def _button(action_id: str, label: str, value: str, *, primary: bool = False) -> Block:
+    button: Block = {"type": "button", "action_id": action_id, "value": value,
+                     "text": {"type": "plain_text", "text": label}}
+    if primary:
+        button["style"] = "primary"
+    return button
 
 
 def _format_one(alert: Alert) -> tuple[str, list[Block]]:
@@ -87,11 +139,13 @@ def _format_one(alert: Alert) -> tuple[str, list[Block]]:
     return _clip(text, MAX_FALLBACK), blocks
 
 
-def _format_many(alerts: Sequence[Alert], max_lines: int) -> tuple[str, list[Block]]:
+def _format_many(
+    alerts: Sequence[Alert], max_lines: int, reserve: int = 0
+) -> tuple[str, list[Block]]:
     ordered = sorted(alerts, key=lambda a: (a.kind == "resolved", a.device, a.instance or ""))
     title = group_title(ordered)
     lines = [_line(a) for a in ordered[:max_lines]]
-    sections, shown = _pack(lines, MAX_BLOCKS - 3)
+    sections, shown = _pack(lines, MAX_BLOCKS - 3 - reserve)
     hidden = len(ordered) - shown
     first = min(a.started_at for a in ordered)
     devices = len({a.device for a in ordered})

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from typing import Any
 from edgefleet.common.logs import kv
 from edgefleet.errors import EdgefleetError
 from edgefleet.notify.model import Alert
-from edgefleet.notify.outbox_db import SqlConn, SqlDb, SqliteDb
+from edgefleet.notify.outbox_db import SqlConn, SqlCursor, SqlDb, SqliteDb
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,29 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS outbox_done ON outbox (done_at) WHERE state != 'pending'",
 )
 """The outbox table; the fleet store creates it with its own tables."""
+TABLE = "outbox"
+_TABLE_NAME = re.compile(r"^outbox(_[a-z0-9_]{1,40})?$")
+# A routed receiver's own table (``outbox_<name>``, issue 18): the same columns, created here
+# on either store (DOUBLE PRECISION: a REAL in PostgreSQL would round the times).
+_RECEIVER_SCHEMA = tuple(stmt.replace(" REAL", " DOUBLE PRECISION") for stmt in SCHEMA)
+
+
+def _tabled(sql: str, table: str) -> str:
+    """``sql`` for another outbox table (a routed receiver's ``outbox_<name>``)."""
+    return sql if table == TABLE else sql.replace("outbox", table)
+
+
+class _Tabled:
+    """A connection whose statements name ``table`` instead of ``outbox``."""
+
+    def __init__(self, conn: SqlConn, table: str) -> None:
+        self._conn, self._table = conn, table
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> SqlCursor:
+        return self._conn.execute(_tabled(sql, self._table), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> SqlCursor:
+        return self._conn.executemany(_tabled(sql, self._table), rows)
 _INSERT = (
     "INSERT INTO outbox (event_id, group_key, device, rule, alert, state, enqueued_at, due_at,"
     " attempts, last_error, done_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -82,25 +107,47 @@ class OutboxEntry:
 class Outbox:
     """Exactly-once store of alerts to notify about, in the table ``outbox``."""
 
-    def __init__(self, where: str | Path | SqlDb, *, retention_s: float = RETENTION_S) -> None:
+    def __init__(
+        self, where: str | Path | SqlDb, *, retention_s: float = RETENTION_S, table: str = TABLE,
+    ) -> None:
         """``where``: the fleet database file (SQLite), or the database handle of the fleet
-        store (PostgreSQL: its schema steps make the table)."""
+        store (PostgreSQL: its schema steps make the table); ``table``: ``outbox``, or a
+        routed receiver's ``outbox_<name>`` (issue 18)."""
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"outbox table must match {_TABLE_NAME.pattern} (got {table!r})")
+        self.table = table
         self._retention = retention_s
         self._lock = threading.Lock()
         if isinstance(where, (str, Path)):
             self._sql: SqlDb = SqliteDb(where, synchronous="FULL")  # a sent mark survives
-            with self._sql.write() as db:  # a power cut
-                for statement in SCHEMA:
-                    db.execute(statement)
+            schema = SCHEMA if table == TABLE else _RECEIVER_SCHEMA  # a power cut
         else:
             self._sql = where
+            schema = () if table == TABLE else _RECEIVER_SCHEMA
+        if schema:
+            with self._write() as db:  # names the table itself
+                for statement in schema:
+                    db.execute(statement)
+
+    @contextmanager
+    def _write(self) -> Iterator[_Tabled]:
+        with self._sql.write() as db:
+            yield _Tabled(db, self.table)
+
+    @contextmanager
+    def _read(self) -> Iterator[_Tabled]:
+        with self._sql.read() as db:
+            yield _Tabled(db, self.table)
 
     @staticmethod
     def add(
-        conn: SqlConn, alerts: Iterable[Alert], *, now: float, delay: float = 0.0
+        conn: SqlConn | _Tabled, alerts: Iterable[Alert], *, now: float, delay: float = 0.0,
+        table: str = TABLE,
     ) -> int:
         """Add new alerts through ``conn``, INSIDE the caller's open transaction; due at
         ``now + delay`` or with their open group. Returns how many were new."""
+        if table != TABLE and not isinstance(conn, _Tabled):
+            conn = _Tabled(conn, table)
         added = 0
         for alert in alerts:
             row = conn.execute(
@@ -114,7 +161,7 @@ class Outbox:
 
     def enqueue(self, alerts: Iterable[Alert], *, now: float, delay: float = 0.0) -> int:
         """:meth:`add` in a transaction of its own; return how many were new."""
-        with self._lock, self._sql.write() as db:
+        with self._lock, self._write() as db:
             return self.add(db, alerts, now=now, delay=delay)
 
     def import_file(self, path: str | Path) -> int:
@@ -126,7 +173,7 @@ class Outbox:
         if not path.exists():
             return 0
         rows = _read_old(path)
-        with self._lock, self._sql.write() as db:
+        with self._lock, self._write() as db:
             added = sum(max(db.execute(_INSERT, row).rowcount, 0) for row in rows)
         for suffix in ("", "-wal", "-shm"):
             old = path.with_name(path.name + suffix)
@@ -139,7 +186,7 @@ class Outbox:
 
     def due(self, now: float, *, limit: int = 1000) -> list[OutboxEntry]:
         """Pending entries with a due time <= ``now``, oldest due first."""
-        with self._lock, self._sql.read() as db:
+        with self._lock, self._read() as db:
             rows = db.execute(
                 "SELECT alert, attempts, enqueued_at, due_at FROM outbox"
                 " WHERE state = 'pending' AND due_at <= ?"
@@ -150,7 +197,7 @@ class Outbox:
 
     def next_due(self) -> float | None:
         """The earliest due time of any pending entry, or None when nothing is pending."""
-        with self._lock, self._sql.read() as db:
+        with self._lock, self._read() as db:
             row = db.execute(
                 "SELECT MIN(due_at) FROM outbox WHERE state = 'pending'"
             ).fetchone()
@@ -171,7 +218,7 @@ class Outbox:
     def suppressed(self) -> tuple[list[tuple[str, str, int]], float | None]:
         """Suppressed entries no summary covered yet: ``(device, rule, count)`` rows, most
         first, and when the oldest was suppressed (None when there are none)."""
-        with self._lock, self._sql.read() as db:
+        with self._lock, self._read() as db:
             rows = db.execute(
                 "SELECT device, rule, COUNT(*), MIN(done_at) FROM outbox"
                 " WHERE state = 'suppressed' AND last_error IS NULL GROUP BY device, rule"
@@ -182,7 +229,7 @@ class Outbox:
 
     def mark_summarised(self, until: float) -> int:
         """Suppressed entries up to ``until`` are covered by a summary; return how many."""
-        with self._lock, self._sql.write() as db:
+        with self._lock, self._write() as db:
             cur = db.execute(
                 "UPDATE outbox SET last_error = ? WHERE state = 'suppressed'"
                 " AND last_error IS NULL AND done_at <= ?",
@@ -192,7 +239,7 @@ class Outbox:
 
     def sent_since(self, since: float) -> list[tuple[str, str, float]]:
         """``(device, rule, sent_at)`` of every entry sent at or after ``since``."""
-        with self._lock, self._sql.read() as db:
+        with self._lock, self._read() as db:
             rows = db.execute(
                 "SELECT device, rule, done_at FROM outbox WHERE state = 'sent' AND done_at >= ?",
                 (since,),
@@ -201,7 +248,7 @@ class Outbox:
 
     def defer(self, event_ids: Sequence[str], until: float, reason: str = "") -> None:
         """Keep these entries pending until ``until`` and count one more failed attempt."""
-        with self._lock, self._sql.write() as db:
+        with self._lock, self._write() as db:
             db.executemany(
                 "UPDATE outbox SET due_at = ?, attempts = attempts + 1, last_error = ?"
                 " WHERE event_id = ? AND state = 'pending'",
@@ -210,7 +257,7 @@ class Outbox:
 
     def postpone(self, until: float) -> int:
         """Move every pending entry due before ``until`` to ``until`` (a server-wide pause)."""
-        with self._lock, self._sql.write() as db:
+        with self._lock, self._write() as db:
             cur = db.execute(
                 "UPDATE outbox SET due_at = ? WHERE state = 'pending' AND due_at < ?",
                 (until, until),
@@ -223,13 +270,13 @@ class Outbox:
 
     def counts(self) -> dict[str, int]:
         """Rows per state: ``pending``, ``sent``, ``failed``, ``suppressed`` (absent when zero)."""
-        with self._lock, self._sql.read() as db:
+        with self._lock, self._read() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         return {str(state): int(count) for state, count in rows}
 
     def state_of(self, event_id: str) -> str | None:
         """``pending``, ``sent``, ``failed``, or None for an unknown (or pruned) id."""
-        with self._lock, self._sql.read() as db:
+        with self._lock, self._read() as db:
             row = db.execute(
                 "SELECT state FROM outbox WHERE event_id = ?", (event_id,)
             ).fetchone()
@@ -237,7 +284,7 @@ class Outbox:
 
     def prune(self, now: float) -> int:
         """Delete sent and failed rows finished more than ``retention_s`` ago; return how many."""
-        with self._lock, self._sql.write() as db:
+        with self._lock, self._write() as db:
             return self._prune(db, now)
 
     def close(self) -> None:
@@ -246,7 +293,7 @@ class Outbox:
             self._sql.close()
 
     def _finish(self, event_ids: Sequence[str], state: str, reason: str | None, now: float) -> None:
-        with self._lock, self._sql.write() as db:
+        with self._lock, self._write() as db:
             db.executemany(
                 "UPDATE outbox SET state = ?, done_at = ?, last_error = COALESCE(?, last_error)"
                 " WHERE event_id = ? AND state = 'pending'",

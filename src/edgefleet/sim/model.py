@@ -287,3 +287,50 @@ class MetricModel:
                 out[f"load.{name}"] = round(value * self.p.cores, 2)
         else:  # swap, temp: the key alone
             out[spike.key] = round(level(), 2)
+
+
+# --- disk scenarios for the predictive disk alert (issue 18) ----------------------------------
+DISK_SCENARIOS = ("linear", "rotation", "noisy", "sudden")
+
+
+def disk_series(
+    scenario: str, *, seed: int = 0, days: float = 3.0, step_s: float = 60.0, t0: float = 0.0
+) -> tuple[list[tuple[float, float]], float | None]:
+    """``disk.used_percent`` of one mount every ``step_s`` for ``days``, and when it is full
+    (None if never). Seeded, deterministic:
+
+    - ``linear``: 30 % rising 1.5 %/h (full after ~47 h), noise 0.3;
+    - ``rotation``: 40 % rising 1.5 %/h, rotated back to 40 % every day at 03:00, noise 0.3;
+    - ``noisy``: stable at 85 %, noise 1.0, and every ~2 h a 5-minute burst of +4 (temp files);
+    - ``sudden``: stable at 50 % for 30 h, then a runaway log adds 12 %/h (full ~4.2 h later).
+    """
+    if scenario not in DISK_SCENARIOS:
+        raise ValueError(f"disk scenario must be one of {', '.join(DISK_SCENARIOS)}")
+    rng = random.Random(f"{scenario}-{seed}")
+    points: list[tuple[float, float]] = []
+    full_at: float | None = None
+    burst_until = -1.0
+    for i in range(int(days * 86400 / step_s)):
+        hours = i * step_s / 3600.0
+        ts = t0 + i * step_s
+        if scenario == "noisy" and hours * 3600 >= burst_until + 5400 and rng.random() < 0.02:
+            burst_until = hours * 3600 + 300
+        level = _disk_level(scenario, hours, burst=hours * 3600 < burst_until)
+        noise = rng.gauss(0.0, 1.0 if scenario == "noisy" else 0.3)
+        value = min(100.0, max(0.0, level + noise))
+        points.append((ts, round(value, 2)))
+        if level >= 100.0:
+            full_at = ts
+            break
+    return points, full_at
+
+
+def _disk_level(scenario: str, hours: float, *, burst: bool) -> float:
+    if scenario == "linear":
+        return 30.0 + 1.5 * hours
+    if scenario == "rotation":
+        since_rotation = (hours - 3.0) % 24.0  # rotated every day at 03:00
+        return 40.0 + 1.5 * since_rotation
+    if scenario == "noisy":
+        return 85.0 + (4.0 if burst else 0.0)
+    return 50.0 + 12.0 * max(0.0, hours - 30.0)  # sudden

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
+from edgefleet.backend.alerts.acks import AlertOps, default_silencer
 from edgefleet.backend.alerts.engine import (
     LiveAlertState,
     evaluate_changes,
@@ -39,7 +40,9 @@ from edgefleet.backend.alerts.engine import (
     prune,
 )
 from edgefleet.backend.alerts.gate import AlertGate
+from edgefleet.backend.alerts.history import AlertHistory
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
+from edgefleet.backend.alerts.predict import Series, observe, predict_events
 from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.alerts.silences import Silences
 from edgefleet.backend.records import AcceptedSample
@@ -56,6 +59,7 @@ PENDING_MAX = 200  # pending alerts listed by GET /api/alerts (worst first)
 SAVE_EVERY_S = 5.0
 EXPIRE_EVERY_S = 60.0
 REMIND_EVERY_S = 30.0  # reminders are hours apart: no need to look every tick
+PREDICT_EVERY_S = 60.0  # issue 18: how often the predict_full rules fit
 PUBLIC_FIELDS = ("key", "rule", "device", "instance", "kind", "severity", "value", "threshold",
                  "summary", "started_at", "at", "labels")
 
@@ -84,7 +88,8 @@ class AlertCenter:
     """Owns the alert state; every change in it goes through here."""
 
     def __init__(
-        self, rules: RuleSet, store: FleetStoreContract, dispatcher: AlertDispatcher
+        self, rules: RuleSet, store: FleetStoreContract, dispatcher: AlertDispatcher,
+        history: AlertHistory | None = None,
     ) -> None:
         self.rules = rules
         self.store = store
@@ -117,10 +122,18 @@ class AlertCenter:
         self.silences.groups_of = self.gate.groups_of
         self._queued: list[Alert] = []
         self._now = 0.0
+        # --- alert operations (issue 18, Slack): history, acks and snoozes ---
+        self.history = history
+        self.ops = AlertOps(self.firing, history, time.time, default_silencer())
+        self.series = Series(keep_s=max((r.window_s for r in rules.predict), default=3600.0))
+        self._predicted_at = -PREDICT_EVERY_S
 
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""
         batch = [(s.device, s.ts, s.metrics) for s in samples]
+        if self.rules.predict:  # issue 18: the points the predict_full rules fit
+            for device, ts, metrics in batch:
+                observe(self.rules.predict, self.series, device, ts, metrics)
         changes, events = evaluate_changes(self.rules, self.state, batch, now)
         self.state.apply(changes)
         self._dirty.update(changes)
@@ -151,17 +164,22 @@ class AlertCenter:
         out: list[dict[str, Any]] = []
         for device, since in list(self.offline.items()):
             out += self._offline(device, True, since, now)
+        if self.rules.predict and time.monotonic() - self._predicted_at >= PREDICT_EVERY_S:
+            self._predicted_at = time.monotonic()  # issue 18: kind predict_full
+            out += self._emit(predict_events(self.rules.predict, self.series, self.firing, now))
+            self.series.drop_stale(now)
         out += self._flush(now)
         self.regate(now)
         self._marked(out)
         if self.firing and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
-            heard = [a for key, a in self.firing.items() if key not in self.gate.muted]
-            self._send(r for r in self.dispatcher.reminders(heard, now)
+            self._send(r for r in self.due_reminders(now)
                        if r.event_id != self.gate.covered.get(r.key))
         if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
             self._expired_at = time.monotonic()
             self.expire(now)
+            if self.history is not None:  # issue 18: 30 days of history
+                self.history.prune(now)
         return out
 
     def forget(self, device: str, now: float) -> list[dict[str, Any]]:
@@ -182,6 +200,13 @@ class AlertCenter:
         self._dirty.add(device)
         self._must_save = True
         return self._emit(events)
+
+    def due_reminders(self, now: float) -> list[Alert]:
+        """The reminders due now: not for muted alerts (silence, maintenance, inhibition)
+        nor for snoozed ones (issue 18)."""
+        awake = [a for key, a in self.firing.items()
+                 if key not in self.gate.muted and not self.ops.held(a.key, now)]
+        return self.dispatcher.reminders(awake, now)
 
     def emit(self, events: list[Alert]) -> list[dict[str, Any]]:
         """Record and dispatch events made outside the rule engine (the feed-lost alert)."""
@@ -230,6 +255,8 @@ class AlertCenter:
         if not events:
             return []
         self._queued.extend(events)  # the gate sends them (``_flush``)
+        if self.history is not None:  # issue 18: every transition, with who and when
+            self.history.record_many((a.kind, a.key, "engine", a.summary) for a in events)
         for alert in events:
             key, device = alert.key, alert.device
             mine = self._by_device.setdefault(device, {})
@@ -238,6 +265,7 @@ class AlertCenter:
             else:
                 self.firing.pop(key, None)
                 mine.pop(key, None)
+                self.ops.resolved(key)  # issue 18: an ack ends when the alert resolves
             self._dirty.add(device)
             self.recent.appendleft(alert)
             log.info("alert", extra=kv(kind=alert.kind, rule=alert.rule, device=device,

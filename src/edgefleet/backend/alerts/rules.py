@@ -19,6 +19,12 @@ from pydantic import ValidationError
 
 from edgefleet.backend.alerts.inhibit import InhibitPolicy
 from edgefleet.backend.alerts.maintenance import WEEKDAYS, MaintenanceWindow, Weekly
+from edgefleet.backend.alerts.rules_ops import (
+    check_predict,
+    check_routes,
+    compile_predict,
+    compile_routes,
+)
 from edgefleet.backend.alerts.rules_schema import (
     MaintenanceSpec,
     OfflineOverrideSpec,
@@ -98,6 +104,12 @@ class _Invalid(Exception):  # noqa: N818 - internal signal, turned into ConfigEr
         self.loc, self.msg = loc, msg
 
 
+def _require_threshold(rule: Any, i: int) -> None:
+    for name in ("op", "threshold"):
+        if getattr(rule, name) is None:
+            raise _Invalid(("rules", i, name), "is required")
+
+
 def _check_semantics(doc: RulesFile) -> None:
     seen: dict[str, int] = {}
     for i, rule in enumerate(doc.rules):
@@ -109,6 +121,12 @@ def _check_semantics(doc: RulesFile) -> None:
         family = rule.metric.partition("[")[0]
         if (reason := unknown_family(family)) is not None:
             raise _Invalid(("rules", i, "metric"), reason)
+        if rule.kind == "predict_full":  # issue 18
+            if (bad := check_predict(rule, ("rules", i))) is not None:
+                raise _Invalid(*bad)
+            continue
+        _require_threshold(rule, i)
+        assert rule.op is not None and rule.threshold is not None  # noqa: S101 - checked above
         _check_values(family, rule, ("rules", i))
         clear = rule.threshold if rule.clear is None else rule.clear
         _check_side(rule.op, rule.threshold, clear, ("rules", i, "clear"))
@@ -123,6 +141,9 @@ def _check_semantics(doc: RulesFile) -> None:
         _check_override(offline_override, doc.groups, ("offline", "overrides", j))
     for i, window in enumerate(doc.maintenance):
         _check_window(window, doc.groups, ("maintenance", i))
+    if doc.routes is not None and (bad := check_routes(doc.routes, doc.groups)) is not None:
+        raise _Invalid(*bad)  # issue 18
+
 
 
 def _check_window(
@@ -176,6 +197,8 @@ def _compile(doc: RulesFile, source: str) -> RuleSet:
     rules = []
     for spec in doc.rules:
         family, _, rest = spec.metric.partition("[")
+        if spec.op is None or spec.threshold is None:
+            continue  # kind predict_full: compiled below
         base = Params(
             threshold=spec.threshold,
             clear=spec.threshold if spec.clear is None else spec.clear,
@@ -195,7 +218,8 @@ def _compile(doc: RulesFile, source: str) -> RuleSet:
     inhibit = InhibitPolicy(inh.device_offline, inh.feed_lost, inh.group_offline_share,
                             inh.group_min_devices, inh.severity)
     windows = tuple(_compile_window(w, groups) for w in doc.maintenance)
-    return RuleSet(tuple(rules), offline, groups, doc.replay_grace, source, windows, inhibit)
+    return RuleSet(tuple(rules), offline, groups, doc.replay_grace, source, windows, inhibit,
+                   predict=compile_predict(doc), routes=compile_routes(doc))
 
 
 def _compile_window(
@@ -233,6 +257,9 @@ def _describe(loc: tuple[int | str, ...], raw: object) -> str:
     elif len(rest) >= 2 and rest[0] == "maintenance" and isinstance(rest[1], int):
         words.append(f"maintenance[{rest[1]}]")
         rest = rest[2:]
+    elif rest and rest[0] == "routes":
+        words.append("routes")
+        rest = rest[1:]
     elif len(rest) >= 2 and rest[0] in ("defaults", "offline", "inhibit"):
         words.append(str(rest[0]))
         rest = rest[1:]

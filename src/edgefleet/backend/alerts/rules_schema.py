@@ -27,6 +27,10 @@ from edgefleet.backend.alerts.ruleset import DEFAULT_REPLAY_GRACE_S, OFFLINE_RUL
 from edgefleet.notify.model import SEVERITIES
 
 OPS = (">", ">=", "<", "<=")
+RULE_KINDS = ("threshold", "predict_full")
+PREDICT_FAMILIES = ("disk.used_percent", "disk.inodes_used_percent")
+DEFAULT_PREDICT_SUMMARY = ("disk {instance} on {device} full in {value:.1f} h "
+                           "(under {threshold:g} h)")
 SUMMARY_FIELDS = ("rule", "device", "instance", "metric", "value", "threshold", "clear", "op",
                   "severity", "kind")
 DEFAULT_SUMMARY = "{rule} on {device}: {metric} = {value:g} ({op} {threshold:g})"
@@ -85,6 +89,12 @@ def _check_summary(value: str) -> str:
     return value
 
 
+def _check_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError("must be an http(s) URL (got something else; not shown, it may be secret)")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 OpName = Annotated[str, _one_of(OPS)]
 SeverityName = Annotated[str, _one_of(SEVERITIES)]
@@ -126,8 +136,11 @@ class RuleSpec(SpecModel):
     name: Annotated[str, AfterValidator(_check_name)]
     metric: Annotated[str, AfterValidator(_check_metric)]
     instance: str | None = None
-    op: OpName
-    threshold: float
+    kind: Annotated[str, _one_of(RULE_KINDS)] = "threshold"
+    op: OpName | None = None  # required for kind threshold (checked in rules.py)
+    threshold: float | None = None  # required for kind threshold (checked in rules.py)
+    within: Duration | None = None  # kind predict_full: fire when full in under this
+    window: Duration | None = None  # kind predict_full: the fit's window (default 3h)
     clear: float | None = None
     for_s: Duration | None = Field(default=None, alias="for")
     severity: SeverityName | None = None
@@ -184,6 +197,26 @@ class InhibitSpec(SpecModel):
     severity: SeverityName = "critical"
 
 
+# --- issue 18: routing (receivers and a tree of routes on labels) ---
+class ReceiverSpec(SpecModel):
+    slack_channel: str | None = Field(default=None, min_length=1, max_length=200)
+    webhook: Annotated[str, AfterValidator(_check_url)] | None = None
+    group_window: Duration | None = None
+    repeat: Duration | None = None
+
+
+class RouteSpec(SpecModel):
+    match: dict[str, str] = Field(default_factory=dict)
+    receiver: str | None = None
+    continue_: bool = Field(default=False, alias="continue")
+    routes: list[RouteSpec] = Field(default_factory=list)
+
+
+class RoutesSpec(SpecModel):
+    receivers: dict[str, ReceiverSpec] = Field(default_factory=dict)
+    routes: list[RouteSpec] = Field(default_factory=list)
+
+
 class RulesFile(SpecModel):
     version: Literal[1]
     replay_grace: Duration = DEFAULT_REPLAY_GRACE_S
@@ -193,3 +226,4 @@ class RulesFile(SpecModel):
     rules: list[RuleSpec] = Field(default_factory=list)
     maintenance: list[MaintenanceSpec] = Field(default_factory=list)
     inhibit: InhibitSpec = InhibitSpec()
+    routes: RoutesSpec | None = None

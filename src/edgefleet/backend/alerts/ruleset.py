@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from typing import Any
 
 from edgefleet.backend.alerts.inhibit import InhibitPolicy
 from edgefleet.backend.alerts.maintenance import MaintenanceWindow
@@ -65,6 +66,26 @@ class Rule:
         return self.instance is None or (instance is not None and _glob(instance, self.instance))
 
 
+@dataclass(frozen=True, slots=True)
+class PredictRule:
+    """A ``kind: predict_full`` rule: fire when ``family[instance]`` reaches 100 % within
+    ``within_s`` by a confident fit over ``window_s`` (``backend/alerts/predict.py``)."""
+
+    name: str
+    family: str
+    instance: str | None
+    within_s: float
+    window_s: float
+    severity: str
+    enabled: bool
+    labels: Mapping[str, str]
+    summary: str
+
+    def applies_to(self, instance: str | None) -> bool:
+        """True when this rule watches the metric instance ``instance``."""
+        return self.instance is None or (instance is not None and _glob(instance, self.instance))
+
+
 @dataclass(frozen=True, eq=False)
 class RuleSet:
     """All rules of one file, indexed by metric family; per-device params are cached."""
@@ -76,6 +97,8 @@ class RuleSet:
     source: str = "<memory>"
     maintenance: tuple[MaintenanceWindow, ...] = ()
     inhibit: InhibitPolicy = field(default_factory=InhibitPolicy)
+    predict: tuple[PredictRule, ...] = ()  # issue 18: kind predict_full
+    routes: Any = None  # issue 18: edgefleet.notify.routing.RouteTree (None: default only)
     _by_family: dict[str, tuple[Rule, ...]] = field(init=False, repr=False)
     _params: dict[tuple[str, str], Params] = field(init=False, repr=False)
 

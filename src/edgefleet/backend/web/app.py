@@ -17,6 +17,7 @@ from quart import Quart, Response, jsonify, request, send_from_directory, websoc
 from quart.typing import ResponseReturnValue
 
 from edgefleet import __version__
+from edgefleet.backend.alerts.history import AlertHistory
 from edgefleet.backend.store.history import MAX_KEYS
 from edgefleet.backend.store.metadata import LabelError
 from edgefleet.backend.web.access import WebAccess
@@ -36,6 +37,10 @@ MAX_UNIX_TIME = 32_503_680_000.0  # the protocol's UnixTime bound (year 3000)
 MAX_POINTS = 5000
 _METRIC_KEY = re.compile(METRIC_KEY_PATTERN)
 _refusals = RateLimitedLog(30.0)  # keyed by a fixed reason: bounded whatever clients send
+
+
+HISTORY_MAX_ROWS = 1000
+MAX_NAME = 300
 
 
 class FleetView(Protocol):
@@ -150,7 +155,8 @@ def disable_websocket_compression() -> None:
 
 
 def create_app(
-    view: FleetView, *, token: str | None = None, access: WebAccess | None = None
+    view: FleetView, *, token: str | None = None, access: WebAccess | None = None,
+    history: AlertHistory | None = None,
 ) -> Quart:
     """Build the app around a running backend's view of the fleet.
 
@@ -214,7 +220,37 @@ def create_app(
     _add_admin(app, view)
     add_silence_routes(app, view.silences)
     _add_websocket(app, view, token)
+    _add_alert_history(app, history)  # issue 18
     return app
+
+
+def _history_args() -> tuple[float, int, str | None, str | None]:
+    """``since``, ``limit``, ``device`` and ``rule`` of a history request, or BadQueryError."""
+    since = _time_arg("since", 0.0)
+    raw = request.args.get("limit", "200")
+    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 5 else 0
+    if not 1 <= limit <= HISTORY_MAX_ROWS:
+        raise BadQueryError(f"limit must be 1-{HISTORY_MAX_ROWS}, not {raw[:20]!r}")
+    device, rule = request.args.get("device") or None, request.args.get("rule") or None
+    if max(len(device or ""), len(rule or "")) > MAX_NAME:
+        raise BadQueryError(f"device and rule are at most {MAX_NAME} characters")
+    return since, limit, device, rule
+
+
+def _add_alert_history(app: Quart, history: AlertHistory | None) -> None:
+    """``GET /api/alerts/history?device=&rule=&since=&limit=`` (issue 18): newest first."""
+
+    @app.get("/api/alerts/history")
+    async def alert_history() -> ResponseReturnValue:
+        if history is None:
+            return jsonify(error="this backend keeps no alert history"), 404
+        try:
+            since, limit, device, rule = _history_args()
+        except BadQueryError as exc:
+            return jsonify(error=str(exc)), 400
+        entries = await asyncio.to_thread(history.query, device=device, rule=rule,
+                                          since=since or None, limit=limit)
+        return jsonify(entries=entries, limit=limit)
 
 
 MAX_BODY = 8192  # bytes of a labels request
