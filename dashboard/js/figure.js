@@ -90,7 +90,9 @@ export class ChartFigure {
     const hasData = spec.series.some((s) => s.values.some((v) => typeof v === "number"));
     this.el.classList.toggle("nodata", !hasData);
     this.el.dataset.thresholds = String((spec.thresholds || []).length);
-    this._legend(spec.series.map((s) => lastNumber(s.values)));
+    const held = this.el.dataset.crosshair;  // a redraw (new samples) keeps the crosshair
+    if (held) this.crosshair(Number(held));
+    else this._legend(spec.series.map((s) => lastNumber(s.values)));
   }
 
   _legend(values) {

@@ -300,6 +300,8 @@ async def test_zoom_pan_crosshair_resolution_and_the_url(
     for other in ("memory", "temp", "net:eth0", "diskio-bytes"):
         await expect(chart(page, other)).to_have_attribute("data-crosshair", at or "")
     # the cursor line sits at the same place on every time axis (charts differ in width)
+    for name in ("cpu", "memory", "temp", "net:eth0", "diskio-bytes"):
+        await expect(chart(page, name).locator("line.cursor")).not_to_have_attribute("x1", "-9")
     where = await page.locator("[data-testid=chart] svg.plot").evaluate_all("""ps => ps.map(p => {
         const w = p.viewBox.baseVal.width, x = parseFloat(p.querySelector('line.cursor').getAttribute('x1'));
         return Math.round((x - 58) / (w - 68) * 1000); })""")
