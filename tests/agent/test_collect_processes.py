@@ -18,10 +18,14 @@ from edgefleet.agent.collectors.processes import (
     RestartState,
     Usage,
     cpu_share,
+    parse_identity,
     parse_proc_stat,
     parse_spec,
+    read_identity,
+    read_identity_proc,
     read_usage_proc,
     read_usage_psutil,
+    split_cmdline,
     step_restarts,
 )
 
@@ -170,3 +174,37 @@ def test_fast_reader_agrees_with_psutil() -> None:
     assert fast.rss > 1_000_000
     assert fast.cpu_s <= slow.cpu_s + 1e-9  # read first: a process only gains CPU time
     assert read_usage_proc(2**22 + 12345) is None  # no such process
+
+
+def test_identity_parsing_like_psutil() -> None:
+    stat = (Path(__file__).parent / "fixtures" / "proc_pid_stat.txt").read_bytes()
+    start = int(stat.rsplit(b")", 1)[1].split()[19])
+    ident = parse_identity(stat, b"/usr/bin/x\0--flag\0a b\0", 1000.0, 100)
+    assert ident.cmdline == "/usr/bin/x --flag a b"
+    assert ident.create_time == 1000.0 + start / 100
+    assert ident.name == stat.partition(b"(")[2].rpartition(b")")[0].decode()
+    # A process that rewrote its title with spaces; a kernel thread has no command line.
+    assert split_cmdline(b"nginx: master process /usr/sbin/nginx") == [
+        "nginx:", "master", "process", "/usr/sbin/nginx"]  # fmt: skip
+    assert split_cmdline(b"") == []
+    # The kernel cuts names to 15 characters; the program's file name completes them.
+    long = b"42 (systemd-journal) S" + b" 0" * 40
+    full = parse_identity(long, b"/lib/systemd/systemd-journald\0", 0.0, 100)
+    assert full.name == "systemd-journald"
+    other = parse_identity(long, b"/usr/bin/python3\0", 0.0, 100)
+    assert other.name == "systemd-journal"  # not a completion of the cut name: kept
+
+
+def test_fast_identity_agrees_with_psutil(spawn: list[subprocess.Popen[bytes]]) -> None:
+    name = "edgefleet-long-process-name"  # longer than the kernel's 15 characters
+    link = Path(f"/tmp/{name}-{uuid.uuid4().hex[:6]}")
+    link.symlink_to(sys.executable)
+    try:
+        proc = subprocess.Popen([str(link), "-c", "import time; time.sleep(30)", "x y"])
+        spawn.append(proc)
+        for pid in (os.getpid(), proc.pid):
+            assert read_identity_proc(pid) == read_identity(pid)
+        assert (read_identity_proc(proc.pid) or Identity("", "", 0)).name == link.name
+    finally:
+        link.unlink()
+    assert read_identity_proc(2**22 + 12345) is None
