@@ -106,6 +106,8 @@ async def run(workdir: Path, args: argparse.Namespace) -> None:
         f"{THING}: {len(got.arrivals)} messages; CPU {cpu:.3f} % (under cProfile), "
         f"RSS {rss:.1f} MiB (profiler and bench imports included)"
     )
+    if args.save:
+        args.save.write_bytes(prof.read_bytes())
     for key in ("tottime", "cumulative"):
         out = io.StringIO()
         stats = pstats.Stats(str(prof), stream=out).sort_stats(key)
@@ -119,6 +121,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--save", type=Path, help="keep the profile in this file")
     args = parser.parse_args()
     if args.child:
         return child(args.child)

@@ -17,6 +17,7 @@ from edgefleet.agent.collectors.processes import (
     ProcessScanner,
     RestartState,
     Usage,
+    cmdline_needed,
     cpu_share,
     parse_identity,
     parse_proc_stat,
@@ -37,8 +38,13 @@ def test_specs() -> None:
     assert api.label == "api"
     assert api.matches("python3", "/usr/bin/python3 -m myapp.api --port 80")
     assert not api.matches("python3", "/usr/bin/python3 -m myapp.worker")
-    for bad, reason in [("", "1-64 chars"), ("a[b]", "no brackets"), ("x=", "empty pattern"),
-                        ("x=(", "bad regex"), ("y" * 65, "1-64 chars")]:
+    for bad, reason in [
+        ("", "1-64 chars"),
+        ("a[b]", "no brackets"),
+        ("x=", "empty pattern"),
+        ("x=(", "bad regex"),
+        ("y" * 65, "1-64 chars"),
+    ]:
         with pytest.raises(ValueError, match=reason):
             parse_spec(bad)
 
@@ -107,15 +113,23 @@ def test_collector_figures_from_fakes() -> None:
     cpu = {7: 1.0, 8: 2.0}
     now = [0.0]
     collector = ProcessesCollector(
-        specs=["agent", "db=postgres"], pids=procs.pids, identify=procs.identify,
-        usage=lambda pid: Usage(cpu[pid], 1000 * pid), clock=lambda: now[0], cpus=4,
+        specs=["agent", "db=postgres"],
+        pids=procs.pids,
+        identify=procs.identify,
+        usage=lambda pid: Usage(cpu[pid], 1000 * pid),
+        clock=lambda: now[0],
+        cpus=4,
     )
     first = collector.collect()
     assert first == {
-        "process.running[agent]": 1.0, "process.count[agent]": 2.0,
-        "process.rss_bytes[agent]": 15000.0, "process.restarts[agent]": 0.0,
-        "process.running[db]": 0.0, "process.count[db]": 0.0,
-        "process.rss_bytes[db]": 0.0, "process.restarts[db]": 0.0,
+        "process.running[agent]": 1.0,
+        "process.count[agent]": 2.0,
+        "process.rss_bytes[agent]": 15000.0,
+        "process.restarts[agent]": 0.0,
+        "process.running[db]": 0.0,
+        "process.count[db]": 0.0,
+        "process.rss_bytes[db]": 0.0,
+        "process.restarts[db]": 0.0,
     }  # no CPU figure without an interval
     now[0], cpu[7], cpu[8] = 2.0, 3.0, 4.0
     assert collector.collect()["process.cpu_percent[agent]"] == 50.0  # 4 s of 8 core-seconds
@@ -208,3 +222,16 @@ def test_fast_identity_agrees_with_psutil(spawn: list[subprocess.Popen[bytes]]) 
     finally:
         link.unlink()
     assert read_identity_proc(2**22 + 12345) is None
+
+
+def test_command_line_read_only_when_a_spec_can_use_it() -> None:
+    by_name = cmdline_needed([parse_spec("nginx"), parse_spec("systemd-journald")])
+    assert not by_name("nginx")
+    assert not by_name("bash")
+    assert by_name("systemd-journal")  # cut by the kernel: the full name is in the cmdline
+    assert not by_name("kworker/0:1-eve")  # cut, but no spec could be its completion
+    assert cmdline_needed([parse_spec("api=gunicorn .*app")])("python3")
+    me = read_identity_proc(os.getpid(), need_cmdline=lambda comm: False)
+    full = read_identity(os.getpid())
+    assert me is not None and full is not None
+    assert (me.name, me.cmdline, me.create_time) == (full.name, "", full.create_time)

@@ -130,13 +130,29 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
-def read_identity_proc(pid: int) -> Identity | None:
-    """:func:`read_identity` from two reads in ``/proc`` (about half psutil's CPU)."""
+def read_identity_proc(
+    pid: int, need_cmdline: Callable[[str], bool] | None = None
+) -> Identity | None:
+    """:func:`read_identity` from ``/proc`` (a fraction of psutil's CPU). ``need_cmdline``
+    (given the kernel's name): False leaves the command line unread (``""``) when no spec
+    could use it; the costly read of a process's memory is then saved."""
     try:
-        stat, cmdline = _read_file(f"/proc/{pid}/stat"), _read_file(f"/proc/{pid}/cmdline")
+        stat = _read_file(f"/proc/{pid}/stat")
+        comm = stat.partition(b"(")[2].rpartition(b")")[0].decode("utf-8", "replace")
+        wanted = need_cmdline is None or need_cmdline(comm)
+        cmdline = _read_file(f"/proc/{pid}/cmdline") if wanted else b""
         return parse_identity(stat, cmdline, _boot_s(), _TICKS)
     except (OSError, IndexError, ValueError):
         return None
+
+
+def cmdline_needed(specs: Sequence[ProcessSpec]) -> Callable[[str], bool]:
+    """Whether matching ``specs`` needs a process's command line, given its kernel name: a
+    regex spec always; a name spec only to complete a name the kernel cut at 15 characters."""
+    if any(s.pattern is not None for s in specs):
+        return lambda comm: True
+    names = [s.name for s in specs if s.name is not None]
+    return lambda comm: len(comm) >= COMM_MAX and any(n.startswith(comm) for n in names)
 
 
 def read_usage_psutil(pid: int) -> Usage | None:
@@ -263,12 +279,17 @@ class ProcessesCollector:
         *,
         specs: Sequence[str] = (),
         pids: Callable[[], Iterable[int]] = psutil.pids,
-        identify: Callable[[int], Identity | None] = default_identify,
+        identify: Callable[[int], Identity | None] | None = None,
         usage: Callable[[int], Usage | None] = read_usage,
         clock: Clock = time.monotonic,
         cpus: int | None = None,
     ) -> None:
         self._specs = [parse_spec(s) for s in specs]
+        if identify is None:
+            need = cmdline_needed(self._specs)
+            identify = (
+                functools.partial(read_identity_proc, need_cmdline=need) if _PROC else read_identity
+            )
         self._scanner = ProcessScanner(self._specs, pids=pids, identify=identify)
         self._usage, self._clock = usage, clock
         self._cpus = cpus if cpus is not None else (psutil.cpu_count() or 1)
