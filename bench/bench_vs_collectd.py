@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
@@ -256,7 +257,8 @@ def main() -> int:
     setup_logging("WARNING")
     print_machine()
     version = subprocess.run([args.collectd, "-h"], capture_output=True, text=True, check=False)
-    print(f"collectd  {next((ln for ln in version.stdout.splitlines() if 'collectd ' in ln), '?')}")
+    found = re.search(r"collectd (\d+\.\d+[\w.]*)", version.stdout)
+    print(f"collectd  {found.group(1) if found else '?'}")
     with tempfile.TemporaryDirectory(prefix="bench-collectd-") as tmp:
         r = asyncio.run(one_run(Path(tmp), args))
     print_result("vs_collectd", report(r), duration_s=args.duration, interval_s=args.interval)
