@@ -1,8 +1,9 @@
 """The agent next to collectd 5.12: CPU and RSS, same families, same interval, same broker.
 
 Run: ``python bench/bench_vs_collectd.py [--duration 60] [--interval 1] [--warmup 5]``.
-Needs Debian's collectd (``apt-get install --no-install-recommends collectd-core``: the daemon
-and its plugins, mqtt linked against libmosquitto); without it the script says so and exits 2.
+Needs Debian's collectd and the library of its mqtt plugin (``apt-get install
+--no-install-recommends collectd-core libmosquitto1``, which ``scripts/setup.sh`` does);
+without collectd the script says so and exits 2.
 
 One Mosquitto on 127.0.0.1 (mTLS, the ACL of the fleet plus ``collectd/#`` for collectd's
 identity). In the same run, side by side:
@@ -251,7 +252,7 @@ def main() -> int:
     parser.add_argument("--collectd", default=shutil.which("collectd") or "/usr/sbin/collectd")
     args = parser.parse_args()
     if not Path(args.collectd).exists():
-        print("collectd is not installed: apt-get install --no-install-recommends collectd-core")
+        print("collectd is not installed: apt-get install collectd-core libmosquitto1")
         return 2
     exit_on_sigterm()
     setup_logging("WARNING")
