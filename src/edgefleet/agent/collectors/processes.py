@@ -7,9 +7,11 @@ label names the keys). Keys, per label: ``process.running`` (0/1), ``process.cou
 ``process.restarts`` (restarts seen since the agent started: a matching process disappeared
 and a new one appeared later, in the same round or after a gap).
 
-Cost: a process's name and command line are read when its PID first appears and once more
-on the next round (to see the program it ``exec``-ed into); afterwards only the PID list
-(``/proc``) and, for matching processes, their CPU times and RSS are read each round.
+Cost: a process's name and start time (one read of ``/proc/<pid>/stat``) are read when its
+PID first appears and once more on the next round (to see the program it ``exec``-ed into);
+its command line only when a spec could use it (a regex spec, or a name the kernel cut at 15
+characters). Afterwards only the PID list (``/proc``) and, for matching processes, their CPU
+times and RSS are read each round.
 """
 
 from __future__ import annotations
