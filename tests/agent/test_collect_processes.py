@@ -12,22 +12,24 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.collectors.processes import (
-    Identity,
     ProcessesCollector,
     ProcessScanner,
     RestartState,
-    Usage,
     cmdline_needed,
     cpu_share,
+    parse_spec,
+    step_restarts,
+)
+from edgefleet.agent.collectors.processes_read import (
+    Identity,
+    Usage,
     parse_identity,
     parse_proc_stat,
-    parse_spec,
     read_identity,
     read_identity_proc,
     read_usage_proc,
     read_usage_psutil,
     split_cmdline,
-    step_restarts,
 )
 
 
