@@ -20,6 +20,14 @@ fi
 if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && ! command -v prometheus >/dev/null 2>&1; then
     want+=(prometheus)
 fi
+# collectd 5.12 and its mqtt plugin's library (only suggested by the package):
+# bench/bench_vs_collectd.py runs the agent next to it (benchmarks only)
+if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && [ ! -x /usr/sbin/collectd ]; then
+    want+=(collectd-core)
+fi
+if [ "${EDGEFLEET_DEMO_ONLY:-0}" != 1 ] && ! ls /usr/lib/*/libmosquitto.so.1 >/dev/null 2>&1; then
+    want+=(libmosquitto1)
+fi
 if [ ${#want[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${want[*]}; run: sudo apt-get update && sudo apt-get install -y ${want[*]}" >&2
@@ -34,8 +42,8 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto
     systemctl stop mosquitto || true
 fi
 # ... and PostgreSQL's a system cluster on 5432, Prometheus's a server on 9090 (and its
-# node exporter on 9100); the tests start their own.
-for unit in postgresql prometheus prometheus-node-exporter; do
+# node exporter on 9100), collectd's a daemon; the tests and benchmarks start their own.
+for unit in postgresql prometheus prometheus-node-exporter collectd; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
         systemctl stop "$unit" || true
     fi

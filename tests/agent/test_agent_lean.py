@@ -262,6 +262,8 @@ async def test_the_running_agent_is_the_same_pid_without_pydantic(
         assert _cmdline(proc.pid)[1:] == ["-m", "edgefleet.agent.run"]
         maps = _proc(proc.pid, "maps")
         assert b"_pydantic_core" not in maps and b"_awscrt" in maps
+        # nor OpenSSL (no ssl, no hashlib: ~5.6 MiB of RSS; awscrt has its own TLS)
+        assert b"libssl" not in maps and b"libcrypto" not in maps
         environ = _proc(proc.pid, "environ").split(b"\0")
         assert any(e.startswith(b"EDGE_AGENT_THING_NAME=") for e in environ)
     finally:

@@ -12,17 +12,24 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.collectors.processes import (
-    Identity,
     ProcessesCollector,
     ProcessScanner,
     RestartState,
-    Usage,
+    cmdline_needed,
     cpu_share,
-    parse_proc_stat,
     parse_spec,
+    step_restarts,
+)
+from edgefleet.agent.collectors.processes_read import (
+    Identity,
+    Usage,
+    parse_identity,
+    parse_proc_stat,
+    read_identity,
+    read_identity_proc,
     read_usage_proc,
     read_usage_psutil,
-    step_restarts,
+    split_cmdline,
 )
 
 
@@ -33,8 +40,13 @@ def test_specs() -> None:
     assert api.label == "api"
     assert api.matches("python3", "/usr/bin/python3 -m myapp.api --port 80")
     assert not api.matches("python3", "/usr/bin/python3 -m myapp.worker")
-    for bad, reason in [("", "1-64 chars"), ("a[b]", "no brackets"), ("x=", "empty pattern"),
-                        ("x=(", "bad regex"), ("y" * 65, "1-64 chars")]:
+    for bad, reason in [
+        ("", "1-64 chars"),
+        ("a[b]", "no brackets"),
+        ("x=", "empty pattern"),
+        ("x=(", "bad regex"),
+        ("y" * 65, "1-64 chars"),
+    ]:
         with pytest.raises(ValueError, match=reason):
             parse_spec(bad)
 
@@ -103,15 +115,23 @@ def test_collector_figures_from_fakes() -> None:
     cpu = {7: 1.0, 8: 2.0}
     now = [0.0]
     collector = ProcessesCollector(
-        specs=["agent", "db=postgres"], pids=procs.pids, identify=procs.identify,
-        usage=lambda pid: Usage(cpu[pid], 1000 * pid), clock=lambda: now[0], cpus=4,
+        specs=["agent", "db=postgres"],
+        pids=procs.pids,
+        identify=procs.identify,
+        usage=lambda pid: Usage(cpu[pid], 1000 * pid),
+        clock=lambda: now[0],
+        cpus=4,
     )
     first = collector.collect()
     assert first == {
-        "process.running[agent]": 1.0, "process.count[agent]": 2.0,
-        "process.rss_bytes[agent]": 15000.0, "process.restarts[agent]": 0.0,
-        "process.running[db]": 0.0, "process.count[db]": 0.0,
-        "process.rss_bytes[db]": 0.0, "process.restarts[db]": 0.0,
+        "process.running[agent]": 1.0,
+        "process.count[agent]": 2.0,
+        "process.rss_bytes[agent]": 15000.0,
+        "process.restarts[agent]": 0.0,
+        "process.running[db]": 0.0,
+        "process.count[db]": 0.0,
+        "process.rss_bytes[db]": 0.0,
+        "process.restarts[db]": 0.0,
     }  # no CPU figure without an interval
     now[0], cpu[7], cpu[8] = 2.0, 3.0, 4.0
     assert collector.collect()["process.cpu_percent[agent]"] == 50.0  # 4 s of 8 core-seconds
@@ -170,3 +190,50 @@ def test_fast_reader_agrees_with_psutil() -> None:
     assert fast.rss > 1_000_000
     assert fast.cpu_s <= slow.cpu_s + 1e-9  # read first: a process only gains CPU time
     assert read_usage_proc(2**22 + 12345) is None  # no such process
+
+
+def test_identity_parsing_like_psutil() -> None:
+    stat = (Path(__file__).parent / "fixtures" / "proc_pid_stat.txt").read_bytes()
+    start = int(stat.rsplit(b")", 1)[1].split()[19])
+    ident = parse_identity(stat, b"/usr/bin/x\0--flag\0a b\0", 1000.0, 100)
+    assert ident.cmdline == "/usr/bin/x --flag a b"
+    assert ident.create_time == 1000.0 + start / 100
+    assert ident.name == stat.partition(b"(")[2].rpartition(b")")[0].decode()
+    # A process that rewrote its title with spaces; a kernel thread has no command line.
+    assert split_cmdline(b"nginx: master process /usr/sbin/nginx") == [
+        "nginx:", "master", "process", "/usr/sbin/nginx"]  # fmt: skip
+    assert split_cmdline(b"") == []
+    # The kernel cuts names to 15 characters; the program's file name completes them.
+    long = b"42 (systemd-journal) S" + b" 0" * 40
+    full = parse_identity(long, b"/lib/systemd/systemd-journald\0", 0.0, 100)
+    assert full.name == "systemd-journald"
+    other = parse_identity(long, b"/usr/bin/python3\0", 0.0, 100)
+    assert other.name == "systemd-journal"  # not a completion of the cut name: kept
+
+
+def test_fast_identity_agrees_with_psutil(spawn: list[subprocess.Popen[bytes]]) -> None:
+    name = "edgefleet-long-process-name"  # longer than the kernel's 15 characters
+    link = Path(f"/tmp/{name}-{uuid.uuid4().hex[:6]}")
+    link.symlink_to(sys.executable)
+    try:
+        proc = subprocess.Popen([str(link), "-c", "import time; time.sleep(30)", "x y"])
+        spawn.append(proc)
+        for pid in (os.getpid(), proc.pid):
+            assert read_identity_proc(pid) == read_identity(pid)
+        assert (read_identity_proc(proc.pid) or Identity("", "", 0)).name == link.name
+    finally:
+        link.unlink()
+    assert read_identity_proc(2**22 + 12345) is None
+
+
+def test_command_line_read_only_when_a_spec_can_use_it() -> None:
+    by_name = cmdline_needed([parse_spec("nginx"), parse_spec("systemd-journald")])
+    assert not by_name("nginx")
+    assert not by_name("bash")
+    assert by_name("systemd-journal")  # cut by the kernel: the full name is in the cmdline
+    assert not by_name("kworker/0:1-eve")  # cut, but no spec could be its completion
+    assert cmdline_needed([parse_spec("api=gunicorn .*app")])("python3")
+    me = read_identity_proc(os.getpid(), need_cmdline=lambda comm: False)
+    full = read_identity(os.getpid())
+    assert me is not None and full is not None
+    assert (me.name, me.cmdline, me.create_time) == (full.name, "", full.create_time)

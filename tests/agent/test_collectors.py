@@ -301,6 +301,11 @@ def test_timed_calls_returns_values_errors_and_timeouts(release: threading.Event
     assert isinstance(out["bad"], ValueError)
     assert isinstance(out["hang"], CallTimeoutError)
     assert calls.stuck == frozenset({"hang"})
+    for _ in range(20):  # the workers that returned are reused; the hung one stays busy
+        again = calls.run_all(["ab", "bad", "hang", "xyz"])
+        assert again["xyz"] == 3
+        assert isinstance(again["hang"], CallTimeoutError)
+    assert calls.threads == 4  # three calls a round, and the hung one
 
 
 # --- diskio, net -----------------------------------------------------------------------

@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 from fakeipc import FakeIpcClient
 
-from edgefleet.agent.greengrass import check_agent_configuration, watch_agent_configuration
+from edgefleet.agent.greengrass import (
+    LIVE_KEYS,
+    agent_overrides,
+    check_agent_configuration,
+    watch_agent_configuration,
+)
 from edgefleet.backend.greengrass import check_backend_configuration, watch_backend_configuration
 from edgefleet.common.greengrass import watch_configuration
 from edgefleet.transport.ipc import IpcTransport
@@ -27,6 +32,11 @@ from edgefleet.transport.ipc import IpcTransport
         ({"collectors": ["cpu", "memory"]}, "collectors: must be a string, number or boolean"),
         ({"endpoint": None}, "endpoint: must not be null"),
         ({"logLevel": "LOUD"}, "logLevel: must be one of DEBUG, INFO, WARNING, ERROR"),
+        ({"processes": "bad[x]"}, "processes: process spec 'bad[x]': the name/label must be"),
+        ({"systemdUnits": "a.service, bad unit"}, "systemdUnits: 'bad unit' is not a systemd unit"),
+        ({"execTimeoutS": 0}, "execTimeoutS: Input should be greater than 0 (got '0')"),
+        ({"delivery": "carrier"}, "delivery: Input should be 'auto', 'backend' or 'broker'"),
+        ({"giveUpAfter": 0}, "giveUpAfter: Input should be greater than or equal to 1"),
     ],
 )
 def test_agent_proposals_rejected_with_one_line_reasons(config: dict[str, Any], reason: str) -> None:
@@ -41,6 +51,24 @@ def test_agent_proposals_accepted() -> None:
         "intervalS": 2.5, "collectors": "cpu, memory", "awsLimits": False, "port": 443,
         "endpoint": "", "logLevel": "debug", "accessControl": {"aws.greengrass.ipc.mqttproxy": {}},
     }) is None
+
+
+def test_collector_and_delivery_keys_are_live_settings() -> None:
+    deployed = {
+        "systemdUnits": "nginx.service,app.service", "systemdIntervalS": 10, "processes": "nginx",
+        "textfileDir": "/var/lib/app/metrics", "execCommand": "", "execTimeoutS": 2,
+        "execIntervalS": 30, "customMaxKeys": 50, "delivery": "backend", "resendAfterS": 60,
+        "maxUncommitted": 500, "giveUpAfter": 3,
+    }  # fmt: skip
+    assert check_agent_configuration(deployed) is None
+    assert set(deployed) <= LIVE_KEYS  # applied in place, never a component restart
+    # execCommand "" = the built-in default (no command): left out like the Run step unsets it
+    assert agent_overrides(deployed) == {
+        "systemd_units": "nginx.service,app.service", "systemd_interval_s": "10",
+        "processes": "nginx", "textfile_dir": "/var/lib/app/metrics", "exec_timeout_s": "2",
+        "exec_interval_s": "30", "custom_max_keys": "50", "delivery": "backend",
+        "resend_after_s": "60", "max_uncommitted": "500", "give_up_after": "3",
+    }  # fmt: skip
 
 
 def test_validation_ignores_the_running_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:

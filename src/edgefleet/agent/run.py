@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # the runtime image only: importing this module changes nothing
+    # Nothing here uses Python's ssl (awscrt has its own TLS); asyncio imports it only to offer
+    # TLS transports and works without it. Left out, OpenSSL's libssl and libcrypto stay out
+    # of the process: about 4 MiB of RSS (bench/notes.md).
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
 from edgefleet.agent.config import Handover
 from edgefleet.agent.process import serve
 from edgefleet.common.logs import setup_logging

@@ -49,6 +49,18 @@ AGENT_KEYS: Final[Mapping[str, str]] = {
     "maxBytesPerS": "max_bytes_per_s",
     "batchMaxBytes": "batch_max_bytes",
     "maxInflight": "max_inflight",
+    "systemdUnits": "systemd_units",
+    "systemdIntervalS": "systemd_interval_s",
+    "processes": "processes",
+    "textfileDir": "textfile_dir",
+    "execCommand": "exec_command",
+    "execTimeoutS": "exec_timeout_s",
+    "execIntervalS": "exec_interval_s",
+    "customMaxKeys": "custom_max_keys",
+    "delivery": "delivery",
+    "resendAfterS": "resend_after_s",
+    "maxUncommitted": "max_uncommitted",
+    "giveUpAfter": "give_up_after",
 }
 """Recipe configuration key -> ``AgentSettings`` field (environment ``EDGE_AGENT_<FIELD>``)."""
 

@@ -7,23 +7,33 @@ label names the keys). Keys, per label: ``process.running`` (0/1), ``process.cou
 ``process.restarts`` (restarts seen since the agent started: a matching process disappeared
 and a new one appeared later, in the same round or after a gap).
 
-Cost: a process's name and command line are read when its PID first appears and once more
-on the next round (to see the program it ``exec``-ed into); afterwards only the PID list
-(``/proc``) and, for matching processes, their CPU times and RSS are read each round.
+Cost: a process's name and start time (one read of ``/proc/<pid>/stat``) are read when its
+PID first appears and once more on the next round (to see the program it ``exec``-ed into);
+its command line only when a spec could use it (a regex spec, or a name the kernel cut at 15
+characters). Afterwards only the PID list (``/proc``) and, for matching processes, their CPU
+times and RSS are read each round.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
 from edgefleet.agent.collectors.base import Clock, metric_key, percent
+from edgefleet.agent.collectors.processes_read import (
+    COMM_MAX,
+    PROC,
+    Identity,
+    Usage,
+    read_identity,
+    read_identity_proc,
+    read_usage,
+)
 
 MAX_USAGE_READS = 256  # per spec and round; count and restarts still cover every match
 Ident = tuple[int, float]  # pid, create time
@@ -60,69 +70,16 @@ def parse_spec(text: str) -> ProcessSpec:
         raise ValueError(f"process spec {text!r}: bad regex ({exc})") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """What matching needs: the process's name, command line and start time."""
-
-    name: str
-    cmdline: str
-    create_time: float
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """CPU seconds (user + system) and resident memory of one process."""
-
-    cpu_s: float
-    rss: int
+def cmdline_needed(specs: Sequence[ProcessSpec]) -> Callable[[str], bool]:
+    """Whether matching ``specs`` needs a process's command line, given its kernel name: a
+    regex spec always; a name spec only to complete a name the kernel cut at 15 characters."""
+    if any(s.pattern is not None for s in specs):
+        return lambda comm: True
+    names = [s.name for s in specs if s.name is not None]
+    return lambda comm: len(comm) >= COMM_MAX and any(n.startswith(comm) for n in names)
 
 
-def read_identity(pid: int) -> Identity | None:
-    """Name, command line and start time of ``pid``; ``None`` when it is gone or hidden."""
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            return Identity(proc.name(), " ".join(proc.cmdline()), proc.create_time())
-    except (psutil.Error, OSError):
-        return None
-
-
-def read_usage_psutil(pid: int) -> Usage | None:
-    """CPU times and RSS of ``pid`` through psutil; ``None`` when it is gone or not readable."""
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            times = proc.cpu_times()
-            return Usage(times.user + times.system, proc.memory_info().rss)
-    except (psutil.Error, OSError):
-        return None
-
-
-def parse_proc_stat(data: bytes, ticks_per_s: int, page_bytes: int) -> Usage:
-    """CPU seconds (utime + stime) and RSS from the content of ``/proc/<pid>/stat``."""
-    fields = data.rsplit(b")", 1)[1].split()  # the name, in parens, may hold spaces and ')'
-    # After the name: state is field 3 of proc(5)'s stat; utime 14, stime 15, rss 24 (pages).
-    return Usage((int(fields[11]) + int(fields[12])) / ticks_per_s, int(fields[21]) * page_bytes)
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def read_usage_proc(pid: int) -> Usage | None:
-    """CPU times and RSS from one read of ``/proc/<pid>/stat`` (a fraction of psutil's cost)."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        return parse_proc_stat(data, _TICKS, _PAGE)
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-read_usage = read_usage_proc if Path("/proc/self/stat").exists() else read_usage_psutil
+default_identify = read_identity_proc if PROC else read_identity
 
 
 @dataclass(slots=True)
@@ -140,7 +97,7 @@ class ProcessScanner:
         specs: Sequence[ProcessSpec],
         *,
         pids: Callable[[], Iterable[int]] = psutil.pids,
-        identify: Callable[[int], Identity | None] = read_identity,
+        identify: Callable[[int], Identity | None] = default_identify,
     ) -> None:
         self._specs, self._pids, self._identify = list(specs), pids, identify
         self._known: dict[int, _Known] = {}
@@ -209,12 +166,17 @@ class ProcessesCollector:
         *,
         specs: Sequence[str] = (),
         pids: Callable[[], Iterable[int]] = psutil.pids,
-        identify: Callable[[int], Identity | None] = read_identity,
+        identify: Callable[[int], Identity | None] | None = None,
         usage: Callable[[int], Usage | None] = read_usage,
         clock: Clock = time.monotonic,
         cpus: int | None = None,
     ) -> None:
         self._specs = [parse_spec(s) for s in specs]
+        if identify is None:
+            need = cmdline_needed(self._specs)
+            identify = (
+                functools.partial(read_identity_proc, need_cmdline=need) if PROC else read_identity
+            )
         self._scanner = ProcessScanner(self._specs, pids=pids, identify=identify)
         self._usage, self._clock = usage, clock
         self._cpus = cpus if cpus is not None else (psutil.cpu_count() or 1)

@@ -6,10 +6,8 @@ Each returns raw text or numbers; :mod:`vitals` parses them. None starts a proce
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +45,9 @@ class _CTimex(ctypes.Structure):
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The interpreter's own symbols, libc's among them: no ctypes.util (it imports shutil,
+    # tempfile, bz2 and lzma, and find_library runs ldconfig).
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def read_timex() -> Timex:
@@ -96,7 +96,12 @@ def read_throttled_file() -> str | None:
 
 def vcgencmd_available() -> bool:
     """True when ``vcgencmd`` (Raspberry Pi firmware tool) is installed."""
-    return shutil.which("vcgencmd") is not None
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    # not shutil.which: shutil imports bz2 and lzma (RSS) for this one look-up
+    return any(
+        os.access(p, os.X_OK) and p.is_file()
+        for p in (Path(f or ".") / "vcgencmd" for f in folders)
+    )
 
 
 def read_throttled_vcgencmd() -> str:
