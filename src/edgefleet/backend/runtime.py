@@ -52,8 +52,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000  # messages per stored batch; keeps the event loop responsive
+# Below GATHER_MIN waiting messages, a batch first gathers for GATHER_S: per batch there is
+# a thread hand-off, a commit and one device row and cursor per device in it, so batches of
+# ~200 cost about 40 % less CPU per message than batches of ~40 (bench/profile_ingest.py).
 GATHER_MIN = 200
-GATHER_S = 0.01
+GATHER_S = 0.05
 TICK_S = 1.0
 COMPACT_EVERY_S = 600.0
 
@@ -197,9 +200,10 @@ class Backend:
             self._wake.clear()
             if self._stop.is_set() and not self.inbox:
                 return
-            if len(self.inbox) < GATHER_MIN and not self._stop.is_set():
-                await asyncio.sleep(GATHER_S)  # a batch has a fixed cost: let one gather
+            gather = min(GATHER_MIN, self.inbox.limit // 2)
             while self.inbox:
+                if len(self.inbox) < gather and not self._stop.is_set():
+                    await asyncio.sleep(GATHER_S)  # a batch has a fixed cost: let one gather
                 await self._process(self.inbox.take(BATCH_MAX))
 
     async def _process(self, batch: list[Inbound]) -> None:

@@ -194,16 +194,32 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
+_TOPICS: dict[str, tuple[str, str]] = {}  # valid topics seen -> (thing, kind)
+TOPIC_CACHE_MAX = 100_000
+
+
+def _topic(topic: str) -> tuple[str, str]:
+    """:func:`parse_topic`, remembered for valid topics (each device's repeat every message);
+    the cache is emptied when full rather than grown."""
+    found = _TOPICS.get(topic)
+    if found is None:
+        found = parse_topic(topic)  # raises bad_topic: never cached
+        if len(_TOPICS) >= TOPIC_CACHE_MAX:
+            _TOPICS.clear()
+        _TOPICS[topic] = found
+    return found
+
+
 def decode(topic: str, payload: bytes) -> MetricsMessage | StatusMessage:
     """Validate one received message; raise :class:`ProtocolError` with a counted reason."""
-    thing, kind = parse_topic(topic)
+    thing, kind = _topic(topic)
     model: type[MetricsMessage] | type[StatusMessage] = (
         MetricsMessage if kind == "metrics" else StatusMessage
     )
     if len(payload) > MAX_MESSAGE_BYTES:
         raise ProtocolError("oversized", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
-    try:  # fast path: parse and validate in one pass (pydantic-core)
-        msg = model.model_validate_json(payload)
+    try:  # fast path: parse and validate in one pass (pydantic-core, no Python wrapper)
+        msg: MetricsMessage | StatusMessage = model.__pydantic_validator__.validate_json(payload)
     except ValidationError:
         msg = _classify(model, payload)  # slow path: find the reason to count
     if msg.device_id != thing:

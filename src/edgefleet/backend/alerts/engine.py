@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Literal
@@ -57,6 +58,11 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
 }
 SampleIn = tuple[str, float, Mapping[str, float]]  # (device, ts, metrics)
+_Watch = tuple[str | None, tuple[Rule, ...]]  # a metric key's instance and the rules watching it
+WATCH_CACHE_MAX = 100_000
+# metric key -> what watches it, per rule set: splitting a key and matching instance globs
+# once per key instead of once per sample (rule sets are immutable; a new one starts empty)
+_WATCHED: weakref.WeakKeyDictionary[RuleSet, dict[str, _Watch]] = weakref.WeakKeyDictionary()
 
 __all__ = ["Alert", "AlertState", "AlertStateError", "Condition",
            "LiveAlertState", "PendingAlert", "alert_key", "evaluate", "evaluate_batch",
@@ -110,23 +116,25 @@ def _sample(  # noqa: PLR0917 - one sample's worth of the engine's inputs
     # Only samples near the backend's clock may fire: replayed ones are old, and ones from a
     # clock that jumped ahead are in the future (they would skip every ``for`` duration).
     fresh = now - rules.replay_grace_s <= ts <= horizon
+    watched = _watched(rules)
     for metric, value in metrics.items():
-        family, _, rest = metric.partition("[")
-        watching = rules.rules_for(family)
-        if not watching or not math.isfinite(value):
+        hit = watched.get(metric)
+        if hit is None:
+            hit = _learn(rules, watched, metric)
+        instance, applying = hit
+        if not applying or not math.isfinite(value):
             continue
-        instance = rest[:-1] if rest else None
-        for rule in watching:
+        for rule in applying:
             params = rules.params(rule, device)
-            if not (params.enabled and rule.applies_to(instance)):
+            if not params.enabled:
                 continue
             slot = (rule.name, instance)
             old = mine.get(slot) or base.get(slot, IDLE)
             new, kind = _step(rule.op, params, old, ts, float(value), fresh=fresh,
-                              horizon=horizon)
+                              horizon=horizon, seen=now)
             if new is None:
                 continue
-            mine[slot] = new._replace(seen=now)
+            mine[slot] = new
             if kind is not None:
                 began = (new if kind == "firing" else old).since
                 started = ts if began is None else began
@@ -134,11 +142,32 @@ def _sample(  # noqa: PLR0917 - one sample's worth of the engine's inputs
                                      metric=metric, cond=new, started_at=started))
 
 
+def _watched(rules: RuleSet) -> dict[str, _Watch]:
+    """The metric-key cache of ``rules`` (made on first use)."""
+    found = _WATCHED.get(rules)
+    if found is None:
+        found = _WATCHED[rules] = {}
+    return found
+
+
+def _learn(rules: RuleSet, watched: dict[str, _Watch], metric: str) -> _Watch:
+    """Which rules of ``rules`` watch ``metric``, remembered for the next sample. The cache
+    is bounded: a fleet inventing keys empties it now and then instead of growing it."""
+    family, _, rest = metric.partition("[")
+    instance = rest[:-1] if rest else None
+    applying = tuple(r for r in rules.rules_for(family) if r.applies_to(instance))
+    if len(watched) >= WATCH_CACHE_MAX:
+        watched.clear()
+    watched[metric] = hit = (instance, applying)
+    return hit
+
+
 def _step(
     op: str, params: Params, old: Condition, ts: float, value: float, *, fresh: bool,
-    horizon: float,
+    horizon: float, seen: float,
 ) -> tuple[Condition | None, EventKind | None]:
-    """One key's transition; ``(None, None)`` means the sample is ignored.
+    """One key's transition; ``(None, None)`` means the sample is ignored. ``seen`` (the
+    backend's clock) goes into the new condition.
 
     A last ts beyond ``horizon`` (the future by the backend's clock) came from a clock that
     was wrong; it does not block later samples, else one bad clock would freeze the key.
@@ -147,15 +176,15 @@ def _step(
         return None, None
     if old.fired_at is not None:
         if _OPS[op](value, params.clear):
-            return old._replace(last_value=value, last_ts=ts), None
-        return Condition(None, None, None, value, ts), "resolved"
+            return Condition(old.since, old.fired_at, old.severity, value, ts, seen), None
+        return Condition(None, None, None, value, ts, seen), "resolved"
     if not _OPS[op](value, params.threshold):
-        return Condition(None, None, None, value, ts), None
+        return Condition(None, None, None, value, ts, seen), None
     # A pending time after this sample's came from a clock that has since gone back.
     since = ts if old.since is None or old.since > ts else old.since
     if fresh and ts - since >= params.for_s:
-        return Condition(since, ts, params.severity, value, ts), "firing"
-    return Condition(since, None, None, value, ts), None
+        return Condition(since, ts, params.severity, value, ts, seen), "firing"
+    return Condition(since, None, None, value, ts, seen), None
 
 
 def _event(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.records import DeviceRow
@@ -59,7 +61,17 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """``value`` as compact JSON text (a sample's body: orjson, ~10x faster than ``json``)."""
+    try:
+        return orjson.dumps(value, default=_plain).decode()
+    except TypeError:  # what orjson does not write (integers beyond 64 bits): as json does
+        return json.dumps(value, separators=(",", ":"))
+
+
+def _plain(value: object) -> dict[str, Any]:
+    if isinstance(value, Mapping):  # a read-only mapping (orjson writes dicts only)
+        return dict(value)
+    raise TypeError(type(value).__name__)
 
 
 def device_params(row: DeviceRow) -> tuple[Any, ...]:
