@@ -51,14 +51,9 @@ class Rig:
                                           buttons=True, on_sent=self.history.notified,
                                           budget=BudgetSettings(600.0, 0, 0))  # no budget
         self.centre = AlertCenter(RULES, self.store, self.dispatcher, history=self.history)
-        self.silenced: list[tuple[str, dict[str, Any]]] = []
-        self.centre.ops.silencer = self._silence  # stands in for silences.silence_device
         self.notifier = notifier
         self.actions = SlackActions(app_token=slack.app_token, bot_token=slack.token,
                                     actions=self.centre.ops, api_url=slack.api_url)
-
-    def _silence(self, device: str, **kw: Any) -> None:
-        self.silenced.append((device, kw))
 
     def disk(self, value: float, ts: float) -> list[dict[str, Any]]:
         sample = AcceptedSample(device="d1", seq=int(ts * 1000), ts=ts,
@@ -136,8 +131,10 @@ async def test_ack_snooze_and_silence_round_trip(rig: Rig) -> None:
 
     update = await rig.press(message, ACTION_SILENCE, "U0CAROL")
     assert "device silenced" in notes(update)
-    assert rig.silenced == [("d1", {"author": "slack:U0CAROL", "duration_s": 3600.0,
-                                    "comment": "silenced from Slack"})]
+    [made] = rig.centre.silences.all()  # a real silence of the device, as from the page
+    assert (made.author, made.comment) == ("slack:U0CAROL", "silenced from Slack")
+    assert made.ends_at - made.starts_at == pytest.approx(3600.0)
+    assert made.matcher.matches(rig.centre.silences.target("disk_full", "d1", "warning"))
     assert rig.who_did("silence") == ["slack:U0CAROL"]
     assert rig.who_did("notified") == ["dispatcher"]
     assert any(b["type"] == "actions" for b in update["blocks"])  # the buttons stay

@@ -12,13 +12,12 @@ sees the other's result whole. Consistency rules:
 - A snooze holds the reminders of the alert until it ends (:meth:`AlertOps.held`).
 
 Acks and snoozes live in memory (the history keeps the record); after a restart reminders
-resume. Silence device goes through ``silencer`` (:func:`default_silencer` calls
-``edgefleet.backend.alerts.silences.silence_device`` when that module exists).
+resume. Silence device goes through ``silencer``: the alert centre's
+``Silences.silence_device`` (a silence of the device for an hour, like one from the page).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -53,16 +52,6 @@ def parse_episode(value: str) -> tuple[str, float] | None:
         return (key, float(rest)) if sep and key else None
     except ValueError:
         return None
-
-
-def default_silencer() -> Silencer | None:
-    """``silences.silence_device`` of the silences helper's module, or None before it exists."""
-    try:
-        module = importlib.import_module("edgefleet.backend.alerts.silences")
-    except ImportError:
-        return None
-    found = getattr(module, "silence_device", None)
-    return found if callable(found) else None
 
 
 class AlertOps:

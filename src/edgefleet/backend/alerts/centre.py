@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
-from edgefleet.backend.alerts.acks import AlertOps, default_silencer
+from edgefleet.backend.alerts.acks import AlertOps
 from edgefleet.backend.alerts.engine import (
     LiveAlertState,
     evaluate_changes,
@@ -124,7 +124,7 @@ class AlertCenter:
         self._now = 0.0
         # --- alert operations (issue 18, Slack): history, acks and snoozes ---
         self.history = history
-        self.ops = AlertOps(self.firing, history, time.time, default_silencer())
+        self.ops = AlertOps(self.firing, history, time.time, self.silences.silence_device)
         self.series = Series(keep_s=max((r.window_s for r in rules.predict), default=3600.0))
         self._predicted_at = -PREDICT_EVERY_S
 
