@@ -136,6 +136,7 @@ async def test_ack_snooze_and_silence_round_trip(rig: Rig) -> None:
     assert made.ends_at - made.starts_at == pytest.approx(3600.0)
     assert made.matcher.matches(rig.centre.silences.target("disk_full", "d1", "warning"))
     assert rig.who_did("silence") == ["slack:U0CAROL"]
+    assert rig.who_did("silence_added") == ["slack:U0CAROL"]  # the silence itself, recorded
     assert rig.who_did("notified") == ["dispatcher"]
     assert any(b["type"] == "actions" for b in update["blocks"])  # the buttons stay
 

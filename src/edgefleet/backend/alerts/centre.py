@@ -125,6 +125,10 @@ class AlertCenter:
         # --- alert operations (issue 18, Slack): history, acks and snoozes ---
         self.history = history
         self.ops = AlertOps(self.firing, history, time.time, self.silences.silence_device)
+        if history is not None:  # silences from the page, the API, the CLI and Slack
+            self.silences.on_change = lambda kind, silence, who: history.record(
+                kind, silence.matcher.device or "*", who,
+                f"{silence.id}: {silence.comment}".rstrip(": "))
         self.series = Series(keep_s=max((r.window_s for r in rules.predict), default=3600.0))
         self._predicted_at = -PREDICT_EVERY_S
 

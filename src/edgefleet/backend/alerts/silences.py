@@ -212,6 +212,8 @@ class Silences:
         """``db``: the fleet database (``FleetStoreContract.open_db()``), or a SQLite path."""
         self.groups_of = groups_of
         self.labels_of: Callable[[str], Mapping[str, str]] = lambda _device: {}
+        # (kind, silence, who) on every change: the alert history records it (issue 18)
+        self.on_change: Callable[[str, Silence, str], None] = lambda _kind, _s, _who: None
         self.confirm_share = 0.2
         self._lock = threading.Lock()
         self._db: SqlDb = SqliteDb(db) if isinstance(db, (Path, str)) else db
@@ -260,6 +262,7 @@ class Silences:
         self._write(silence)
         self._all[silence.id] = silence
         self.version += 1
+        self.on_change("silence_added", silence, silence.author)
         return silence
 
     def expire(self, silence_id: str, now: float) -> Silence | None:
@@ -272,6 +275,7 @@ class Silences:
         self._write(ended)
         self._all[silence_id] = ended
         self.version += 1
+        self.on_change("silence_ended", ended, "api")
         return ended
 
     def silence_device(self, device: str, *, author: str, duration_s: float,
