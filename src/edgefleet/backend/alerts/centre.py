@@ -135,6 +135,8 @@ class AlertCenter:
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""
         batch = [(s.device, s.ts, s.metrics) for s in samples]
+        for device, _, _ in batch:  # data means online (the fleet's rule too, reported at
+            self.offline.pop(device, None)  # its next tick): a replayed backlog is not held
         if self.rules.predict:  # issue 18: the points the predict_full rules fit
             for device, ts, metrics in batch:
                 observe(self.rules.predict, self.series, device, ts, metrics)

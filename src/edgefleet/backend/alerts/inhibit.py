@@ -2,7 +2,8 @@
 
 From the rules file's ``inhibit:`` section (:class:`InhibitPolicy`):
 
-- ``device_offline``: an offline device's own metric alerts are held (it cannot report them).
+- ``device_offline``: an offline device's own metric alerts are held (it cannot report them);
+  its data counts as its return at once, so a backlog replayed on reconnect is sent.
 - ``group_offline_share``: when MORE than this share of a group's devices (at least
   ``group_min_devices`` of them) are offline, ONE site alert fires (rule ``site_offline``,
   device = the group's name, label ``group``) and the per-device offline alerts of its
