@@ -1,15 +1,17 @@
 """Where a message's CPU goes in the backend: an in-process profile of the ingest path.
 
 Run: ``python bench/profile_ingest.py [--devices 200] [--messages 60000] [--batch 200]
-[--rounds 3] [--top 20] [--no-profile]``.
+[--rounds 3] [--top 20] [--no-profile] [--database-url postgresql://...]``.
 
-Builds a real :class:`~edgefleet.backend.runtime.Backend` (temp SQLite file, the shipped
-default alert rules, acks on) on a transport that does nothing, and feeds it the messages
-``bench_ingest.py`` sends (``_loadgen.Payloads``: one sample of 30 metric keys plus the
-agent's health, ~1.2 KB, gap-free seq per device, devices taking turns) in batches of
-``--batch`` through ``Backend._process``: decode, de-duplicate, fleet state, dashboard view,
-alert engine, one store transaction per batch (in a worker thread, as in the backend),
-manual acks. No broker, no MQTT: what is left is the backend's own work per message.
+Builds a real :class:`~edgefleet.backend.runtime.Backend` (temp SQLite file, or the
+PostgreSQL database of ``--database-url``, which should be empty: the feed's device names
+and seqs start from 0; the shipped default alert rules, acks on) on a transport that does
+nothing, and feeds it the messages ``bench_ingest.py`` sends (``_loadgen.Payloads``: one
+sample of 30 metric keys plus the agent's health, ~1.2 KB, gap-free seq per device, devices
+taking turns) in batches of ``--batch`` through ``Backend._process``: decode, de-duplicate,
+fleet state, dashboard view, alert engine, one store transaction per batch (in a worker
+thread, as in the backend), manual acks. No broker, no MQTT: what is left is the backend's
+own work per message.
 
 Prints "msgs per CPU-second" (messages divided by the process's CPU time, all threads,
 ``time.process_time``) for each of ``--rounds`` rounds, so noise from other jobs on the
@@ -106,7 +108,8 @@ async def _round(backend: Backend, batches: list[list[Inbound]]) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="profile-ingest-") as tmp:
-        settings = BackendSettings(db_path=Path(tmp) / "fleet.db")
+        settings = BackendSettings(db_path=Path(tmp) / "fleet.db",
+                                   database_url=args.database_url)
         backend = Backend(settings, load_rules(default_rules_path()), _NullTransport)
         feed = Feed(args.devices)
         await _round(backend, feed.batches(args.batch * 5, args.batch))  # warm-up
@@ -121,7 +124,8 @@ async def main(args: argparse.Namespace) -> None:
         spread = (max(rates) - min(rates)) / statistics.median(rates) * 100
         print(f"median {statistics.median(rates):,.0f} msgs per CPU-second "
               f"(min {min(rates):,.0f}, max {max(rates):,.0f}, spread {spread:.0f} %), "
-              f"{args.devices} devices, batches of {args.batch}")
+              f"{args.devices} devices, batches of {args.batch}, {backend.store.kind} store "
+              "(this process only: a PostgreSQL server's own CPU is not in it)")
         if not args.no_profile:
             batches = feed.batches(args.messages, args.batch)
             prof = cProfile.Profile()
@@ -153,6 +157,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--database-url", default=None,
+                   help="profile the PostgreSQL store of this (empty) database instead of SQLite")
     return p.parse_args(argv)
 
 

@@ -77,10 +77,26 @@ def rule_sql(template: dict[str, Any], name: str) -> str:
 def test_rules_listen_on_the_protocol_topics(template: dict[str, Any]) -> None:
     assert f"FROM '{METRICS_FILTER}'" in rule_sql(template, "MetricsTopicRule")
     assert f"FROM '{STATUS_FILTER}'" in rule_sql(template, "OfflineAlertRule")
-    s3 = template["Resources"]["MetricsTopicRule"]["Properties"]["TopicRulePayload"]["Actions"]
-    key = s3[0]["S3"]["Key"]
-    assert key.startswith("metrics/date=${parse_time('yyyy-MM-dd', timestamp(), 'UTC')}/")
-    assert "/device=${topic(3)}/" in key
+
+
+def test_metrics_are_archived_in_batches_by_date(template: dict[str, Any]) -> None:
+    """One Firehose record per message, newline-separated; Firehose writes one gzip object
+    per buffer under metrics/date=YYYY-MM-DD/ (no S3 PUT per message)."""
+    [action] = template["Resources"]["MetricsTopicRule"]["Properties"]["TopicRulePayload"][
+        "Actions"]
+    assert set(action) == {"Firehose"}
+    assert action["Firehose"]["DeliveryStreamName"] == {"Ref": "ArchiveStream"}
+    assert action["Firehose"]["Separator"] == "\n"
+    s3 = template["Resources"]["ArchiveStream"]["Properties"]["ExtendedS3DestinationConfiguration"]
+    assert s3["BucketARN"] == {"Fn::GetAtt": ["MetricsBucket", "Arn"]}
+    assert s3["Prefix"] == "metrics/date=!{timestamp:yyyy-MM-dd}/"
+    assert s3["CompressionFormat"] == "GZIP"
+    assert s3["BufferingHints"] == {"IntervalInSeconds": {"Ref": "ArchiveBufferSeconds"},
+                                    "SizeInMBs": {"Ref": "ArchiveBufferMiB"}}
+    # the lifecycle rule that expires the archive covers where Firehose writes
+    [expire] = [r for r in template["Resources"]["MetricsBucket"]["Properties"][
+        "LifecycleConfiguration"]["Rules"] if r["Id"] == "expire-metrics"]
+    assert s3["Prefix"].startswith(expire["Prefix"])
 
 
 def test_offline_rule_output_is_an_alert(template: dict[str, Any]) -> None:
