@@ -149,8 +149,10 @@ def test_two_services_never_run_one_identity_twice(service: dict[str, Any]) -> N
     services = [r["Properties"] for r in service["Resources"].values()
                 if r["Type"] == "AWS::ECS::Service"]
     assert sorted(s["TaskDefinition"]["Ref"] for s in services) == list(TASKS)
+    assert sorted(str(s["DesiredCount"]) for s in services) == ["1", "{'Ref': 'SecondTaskCount'}"]
+    assert service["Parameters"]["SecondTaskCount"]["AllowedValues"] == [0, 1]
+    assert "ServiceA" in service["Resources"]["ServiceB"]["DependsOn"]  # one after the other
     for props in services:
-        assert props["DesiredCount"] == 1
         assert props["DeploymentConfiguration"]["MaximumPercent"] == 100  # old stops first
         assert props["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == \
             "DISABLED"
@@ -222,7 +224,8 @@ def test_service_resources_are_accepted(aws: Any, service: dict[str, Any]) -> No
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24",
                                  AvailabilityZone=f"{REGION}{z}")["Subnet"]["SubnetId"]
                for i, z in enumerate("ab")]
-    refs = {**sample_refs(service), "VpcId": vpc, "PrivateSubnetIds": subnets}
+    refs = {**sample_refs(service), "VpcId": vpc, "PrivateSubnetIds": subnets,
+            "SecondTaskCount": 1}
     attrs: dict[str, Any] = {}
     resolve = Resolver(service, refs, attrs, {"MultiAz": True})
     for name in ("TaskSecurityGroup", "DatabaseSecurityGroup"):
