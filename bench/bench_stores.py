@@ -1,7 +1,8 @@
 """Ingest on SQLite, on PostgreSQL with one backend and on PostgreSQL with two, same run.
 
 Run: ``python bench/bench_stores.py [--configs sqlite,pg,pg2] [--devices 200] [--rate 3000]
-[--hold-s 30] [--connections 2] [--profile-messages 20000] [--top 12]`` (about 4 minutes).
+[--hold-s 30] [--connections 2] [--profile-messages 20000] [--top 12] [--baseline REV]``
+(about 5 minutes).
 
 Each configuration gets a fresh harness of ``bench_ingest.py`` (Mosquitto with mTLS and the
 fleet ACL, a bare subscriber, one load generator process with ``--devices`` identities,
@@ -26,8 +27,11 @@ PostgreSQL server's CPU (its postmaster and all its processes) beside it, and th
 that matter with two writers: the samples stored, counted in the database itself (``raw``:
 rows and distinct (device, seq)), against the messages the broker acknowledged: missing
 = acknowledged - distinct stored, duplicates stored = rows - distinct. Then the in-process
-profile (``profile_ingest.py``) on SQLite and on PostgreSQL: msgs per CPU-second of the
-backend's own ingest step, and its top entries by own time.
+profile (``profile_ingest.py``) on SQLite and on PostgreSQL, "before" (the code of
+``--baseline``, default c1cfad8: main when the issue 17 work began, unpacked with
+``git archive``; skipped with a note where the clone lacks it) and "after" (this tree): msgs
+per CPU-second of the backend's own ingest step, the PostgreSQL server's CPU beside it, and
+the top entries by own time.
 
 The machine's load average is printed with every configuration: on a shared 2-core VM the
 broker, the generator, the backends and PostgreSQL all compete for the same cores.
@@ -39,18 +43,16 @@ import argparse
 import contextlib
 import os
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 
 import bench_ingest as bi
 from _loadgen import ACKED, Device
+from _stores_profile import TreeCpu, baseline_src, postmaster_pid, profile
 from benchlib import exit_on_sigterm, figure, print_machine, print_result
 from edgefleet.common.logs import setup_logging
 from edgefleet.dev.broker import Mosquitto
@@ -59,6 +61,7 @@ from edgefleet.wire.policy import mosquitto_acl
 
 BENCH = Path(__file__).resolve().parent
 SECOND_IDENTITY = "backendb"
+BEFORE = "c1cfad8"  # main when the issue 17 work began (ingest as issue 17 found it)
 CONFIGS = {"sqlite": ("SQLite, one backend", False, 1),
            "pg": ("PostgreSQL, one backend", True, 1),
            "pg2": ("PostgreSQL, two backends", True, 2)}
@@ -116,35 +119,6 @@ class MultiBench(bi.Bench):
     def counter(self, prefix: str) -> int:
         return int(sum(v for b in self.backends for k, v in b.metrics().items()
                        if k.startswith(prefix)))
-
-
-class TreeCpu:
-    """User + system CPU seconds of a process tree (PostgreSQL's server: the postmaster and
-    one process per connection). A process that ended counts with its last sample, so
-    sample often while short-lived connections come and go."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.seen: dict[int, float] = {}
-
-    def sample(self) -> float:
-        if self.pid is None:
-            return 0.0
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.pid)
-            for proc in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    t = proc.cpu_times()
-                    self.seen[proc.pid] = t.user + t.system
-        return sum(self.seen.values())
-
-
-def postmaster_pid(pg: Postgres | None) -> int | None:
-    if pg is None:
-        return None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int((pg.data / "postmaster.pid").read_text().split()[0])
-    return None
 
 
 STORED_SQL = ("SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT device, seq FROM raw) d) "
@@ -235,40 +209,6 @@ def one(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
     }
 
 
-def profile(args: argparse.Namespace, workdir: Path, on_pg: bool) -> dict[str, Any]:
-    """``profile_ingest.py`` on one store; its median msgs per CPU-second and its output."""
-    cmd = [sys.executable, str(BENCH / "profile_ingest.py"), "--messages",
-           str(args.profile_messages), "--rounds", "3", "--top", str(args.top)]
-    pg = Postgres(workdir / "pg-profile") if on_pg else None
-    try:
-        if pg is not None:
-            pg.start()
-            cmd += ["--database-url", pg.url]
-        pg_tree = TreeCpu(postmaster_pid(pg))
-        pg0 = pg_tree.sample()
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-            while proc.poll() is None:
-                pg_tree.sample()
-                time.sleep(0.1)
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read(), err.read()
-        pg_cpu_s = pg_tree.sample() - pg0
-    finally:
-        if pg is not None:
-            pg.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"profile_ingest failed:\n{stderr[-2000:]}")
-    median = next(float(line.split()[1].replace(",", "")) for line in stdout.splitlines()
-                  if line.startswith("median "))
-    # warm-up (5 batches of 200), 3 rounds and the profiled round
-    messages = 1000 + 4 * args.profile_messages
-    return {"store": "PostgreSQL" if on_pg else "SQLite", "median": median,
-            "output": stdout.rstrip(), "pg_cpu_per_k": 1000 * pg_cpu_s / messages
-            if pg is not None else None}
-
-
 def report(args: argparse.Namespace, runs: list[dict[str, Any]],
            profiles: list[dict[str, Any]]) -> None:
     figures = []
@@ -306,9 +246,10 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]],
         extra = ("" if p["pg_cpu_per_k"] is None else
                  f"; the PostgreSQL server used {p['pg_cpu_per_k'] * 1000:.0f} ms of CPU per "
                  "1,000 messages besides")
-        print(f"\nprofile_ingest.py, {p['store']} (load avg {load()}){extra}:")
+        code = "this tree (after)" if p["src"] is None else f"{args.baseline} (before)"
+        print(f"\nprofile_ingest.py, {p['store']}, code of {code} (load avg {load()}){extra}:")
         print("\n".join("  " + line for line in p["output"].splitlines()))
-        figures.append(figure(f"in-process ingest, {p['store']}", round(p["median"]),
+        figures.append(figure(f"in-process ingest, {p['store']}, {code}", round(p["median"]),
                               "msgs per CPU-second"))
     print_result("stores", figures, devices=args.devices, rate=args.rate, hold_s=args.hold_s,
                  connections=args.connections)
@@ -327,6 +268,8 @@ def main() -> None:
     parser.add_argument("--profile-messages", type=int, default=20_000,
                         help="messages per profile round (0: no profile)")
     parser.add_argument("--top", type=int, default=12, help="profile entries shown")
+    parser.add_argument("--baseline", default=BEFORE,
+                        help="git commit whose code is profiled as 'before' ('' for none)")
     args = parser.parse_args()
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
@@ -343,9 +286,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"bench-stores-{name}-") as tmp:
             runs.append(one(args, Path(tmp), name))
     if args.profile_messages:
-        for on_pg in (False, True):
-            with tempfile.TemporaryDirectory(prefix="bench-stores-profile-") as tmp:
-                profiles.append(profile(args, Path(tmp), on_pg))
+        with tempfile.TemporaryDirectory(prefix="bench-stores-profile-") as tmp:
+            before = baseline_src(args.baseline, Path(tmp)) if args.baseline else None
+            for src in ([before] if before else []) + [None]:
+                for on_pg in (False, True):
+                    with tempfile.TemporaryDirectory(prefix="pg-", dir=tmp) as pgdir:
+                        profiles.append(profile(args, Path(pgdir), on_pg, src))
     report(args, runs, profiles)
 
 

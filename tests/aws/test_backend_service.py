@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +264,53 @@ def test_service_resources_are_accepted(aws: Any, service: dict[str, Any]) -> No
                  if c["name"] == "backend"]
     env = {e["name"]: e["value"] for e in backend["environment"]}
     assert env[f"{PREFIX}CONNECTION_FIRST"] == "3"  # K = 2 (the default): A has 1-2
+
+
+# --- the commands the containers run -------------------------------------------------------------
+
+
+def test_identity_container_writes_the_files_the_backend_reads(
+        service: dict[str, Any], tmp_path: Path) -> None:
+    """The init container turns the secret's three PEMs into the backend's files, the key
+    readable by its owner only."""
+    init, backend = service["Resources"]["TaskDefinitionA"]["Properties"]["ContainerDefinitions"]
+    assert backend["DependsOn"] == [{"ContainerName": init["Name"], "Condition": "SUCCESS"}]
+    [mount] = init["MountPoints"]
+    code = init["Command"][0].replace(mount["ContainerPath"], str(tmp_path))
+    env = {**os.environ, "MQTT_CERT": "CERT PEM", "MQTT_KEY": "KEY PEM", "MQTT_CA": "CA PEM"}
+    subprocess.run([sys.executable, *init["EntryPoint"][1:], code], env=env, check=True,
+                   timeout=30)
+    files = {e["Name"]: e["Value"] for e in backend["Environment"] if e["Name"].endswith("_FILE")}
+    written = {name: Path(path.replace(mount["ContainerPath"], str(tmp_path)))
+               for name, path in files.items()}
+    assert {n: p.read_text() for n, p in written.items()} == {
+        "EDGE_BACKEND_CERT_FILE": "CERT PEM", "EDGE_BACKEND_KEY_FILE": "KEY PEM",
+        "EDGE_BACKEND_CA_FILE": "CA PEM"}
+    assert written["EDGE_BACKEND_KEY_FILE"].stat().st_mode & 0o777 == 0o600
+
+
+def test_health_check_counts_a_degraded_backend_as_alive(service: dict[str, Any]) -> None:
+    """503 (PostgreSQL away, the backend reconnecting) passes; no answer at all fails."""
+    backend = backend_container(service, "TaskDefinitionA")
+    kind, exe, *args = backend["HealthCheck"]["Command"]
+    assert (kind, exe) == ("CMD", "python")
+
+    class Degraded(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Degraded)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        cmd = [sys.executable, *[a.replace(":8080/", f":{port}/") for a in args]]
+        assert subprocess.run(cmd, timeout=30, check=False).returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert subprocess.run(cmd, timeout=30, check=False, capture_output=True).returncode != 0

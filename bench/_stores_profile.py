@@ -1,0 +1,110 @@
+"""Parts of ``bench_stores.py``: PostgreSQL's CPU, and ``profile_ingest.py`` run on one store
+with this tree's code or with the code of an earlier commit (the profile "before").
+
+Not a benchmark itself (``run_all.py`` runs only ``bench_*.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from edgefleet.dev.postgres import Postgres
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+class TreeCpu:
+    """User + system CPU seconds of a process tree (PostgreSQL's server: the postmaster and
+    one process per connection). A process that ended counts with its last sample, so
+    sample often while short-lived connections come and go."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.seen: dict[int, float] = {}
+
+    def sample(self) -> float:
+        if self.pid is None:
+            return 0.0
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    self.seen[proc.pid] = t.user + t.system
+        return sum(self.seen.values())
+
+
+def postmaster_pid(pg: Postgres | None) -> int | None:
+    if pg is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((pg.data / "postmaster.pid").read_text().split()[0])
+    return None
+
+
+def baseline_src(rev: str, workdir: Path) -> Path | None:
+    """``src/`` of commit ``rev`` unpacked under ``workdir`` (None, said why, when this
+    checkout does not have it: a shallow clone, no git)."""
+    try:
+        proc = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"],
+                              capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"profile before ({rev}): skipped, git failed: {exc}")
+        return None
+    if proc.returncode != 0:
+        reason = proc.stderr.decode(errors="replace").strip().splitlines()[:1]
+        print(f"profile before ({rev}): skipped, {' '.join(reason) or 'git archive failed'}")
+        return None
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+        tar.extractall(workdir, filter="data")
+    return workdir / "src"
+
+
+def profile(args: argparse.Namespace, workdir: Path, on_pg: bool,
+            src: Path | None = None) -> dict[str, Any]:
+    """``profile_ingest.py`` on one store (the code of ``src``, else this tree's); its median
+    msgs per CPU-second and its output."""
+    cmd = [sys.executable, str(BENCH / "profile_ingest.py"), "--messages",
+           str(args.profile_messages), "--rounds", "3", "--top", str(args.top)]
+    pg = Postgres(workdir / "pg-profile") if on_pg else None
+    try:
+        if pg is not None:
+            pg.start()
+            cmd += ["--database-url", pg.url]
+        env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
+        pg_tree = TreeCpu(postmaster_pid(pg))
+        pg0 = pg_tree.sample()
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+            while proc.poll() is None:
+                pg_tree.sample()
+                time.sleep(0.1)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        pg_cpu_s = pg_tree.sample() - pg0
+    finally:
+        if pg is not None:
+            pg.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"profile_ingest failed:\n{stderr[-2000:]}")
+    median = next(float(line.split()[1].replace(",", "")) for line in stdout.splitlines()
+                  if line.startswith("median "))
+    # warm-up (5 batches of 200), 3 rounds and the profiled round
+    messages = 1000 + 4 * args.profile_messages
+    return {"store": "PostgreSQL" if on_pg else "SQLite", "median": median, "src": src,
+            "output": stdout.rstrip(), "pg_cpu_per_k": 1000 * pg_cpu_s / messages
+            if pg is not None else None}
