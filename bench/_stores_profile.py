@@ -103,6 +103,9 @@ def profile(args: argparse.Namespace, workdir: Path, on_pg: bool,
         raise RuntimeError(f"profile_ingest failed:\n{stderr[-2000:]}")
     median = next(float(line.split()[1].replace(",", "")) for line in stdout.splitlines()
                   if line.startswith("median "))
+    for folder in (src, ROOT / "src"):  # profile entries relative to src/, as in the tree
+        if folder is not None:
+            stdout = stdout.replace(f"{folder}/", "")
     # warm-up (5 batches of 200), 3 rounds and the profiled round
     messages = 1000 + 4 * args.profile_messages
     return {"store": "PostgreSQL" if on_pg else "SQLite", "median": median, "src": src,
