@@ -1,4 +1,6 @@
-"""Parts of ``bench_stores.py``: PostgreSQL's CPU, and ``profile_ingest.py`` run on one store
+"""Parts of ``bench_stores.py``: the broker whose ACL also knows a second backend identity,
+a backend process on either store, the measurements summed over backend processes, the
+samples counted in the store, PostgreSQL's CPU, and ``profile_ingest.py`` run on one store
 with this tree's code or with the code of an earlier commit (the profile "before").
 
 Not a benchmark itself (``run_all.py`` runs only ``bench_*.py``).
@@ -10,6 +12,7 @@ import argparse
 import contextlib
 import io
 import os
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -19,11 +22,99 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 
+import bench_ingest as bi
+from edgefleet.dev.broker import Mosquitto
 from edgefleet.dev.postgres import Postgres
+from edgefleet.wire.policy import mosquitto_acl
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+SECOND_IDENTITY = "backendb"
+
+
+class StoresBroker(bi.Broker):
+    """The harness broker; its ACL also gives ``backendb`` (and ``backendb-<k>``) the
+    backend's rights, rendered by ``edgefleet.wire.policy`` like the rest."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        acl = self.workdir / "acl"
+        second = mosquitto_acl(SECOND_IDENTITY)
+        acl.write_text(acl.read_text() + second[second.index("\nuser "):])
+
+
+class StoreBackend(bi.Backend):
+    """One backend process: its own folder and HTTP port, ``identity`` with K connections,
+    the store of ``database_url`` (SQLite in its folder when None)."""
+
+    def __init__(self, broker: Mosquitto, workdir: Path, identity: str, connections: int,
+                 database_url: str | None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(broker, workdir)
+        if connections > 1:
+            for k in range(1, connections + 1):
+                cert, key, _ = broker.identity(f"{identity}-{k}")
+            last = f"{identity}-{connections}"
+            self.env["EDGE_BACKEND_CERT_FILE"] = str(cert).replace(last, identity + "-{n}")
+            self.env["EDGE_BACKEND_KEY_FILE"] = str(key).replace(last, identity + "-{n}")
+        self.env["EDGE_BACKEND_CLIENT_ID"] = identity
+        self.env["EDGE_BACKEND_CONNECTIONS"] = str(connections)
+        if database_url:
+            self.env["EDGE_BACKEND_DATABASE_URL"] = database_url
+
+
+class MultiBench(bi.Bench):
+    """bench_ingest's measurements with the backend's figures summed over its processes."""
+
+    def __init__(self, args: argparse.Namespace, backends: list[StoreBackend],
+                 bare: bi.BareSubscriber, gens: bi.Generators, broker_pid: int) -> None:
+        super().__init__(args, backends[0], bare, gens, broker_pid)
+        self.backends = backends
+        self.pids["backend"] = [b.proc.pid for b in backends if b.proc is not None]
+
+    def backend_count(self) -> int:
+        return sum(int(b.metrics()["edgefleet_ingest_messages_total"]) for b in self.backends)
+
+    def _check_alive(self) -> None:
+        for backend in self.backends:
+            if not backend.alive:
+                raise RuntimeError(f"a backend exited:\n{backend.log_tail()}")
+        super()._check_alive()
+
+    def counter(self, prefix: str) -> int:
+        return int(sum(v for b in self.backends for k, v in b.metrics().items()
+                       if k.startswith(prefix)))
+
+
+STORED_SQL = ("SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT device, seq FROM raw) d) "
+              "FROM raw")
+
+
+def stored(db: str | Path) -> tuple[int, int]:
+    """(rows, distinct (device, seq)) of the store's ``raw`` table (read-only)."""
+    if isinstance(db, Path):
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            rows, distinct = conn.execute(STORED_SQL).fetchone()
+    else:
+        with psycopg.connect(db) as pconn:
+            found = pconn.execute(STORED_SQL).fetchone()
+            assert found is not None
+            rows, distinct = found
+    return int(rows), int(distinct)
+
+
+def wait_stored(db: str | Path, want: int, timeout: float = 120.0) -> tuple[int, int]:
+    """``stored(db)`` once at least ``want`` distinct samples are in (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows, distinct = stored(db)
+        if distinct >= want or time.monotonic() > deadline:
+            return rows, distinct
+        time.sleep(0.2)
+
+
 
 
 class TreeCpu:
