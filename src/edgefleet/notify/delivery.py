@@ -90,15 +90,22 @@ class Delivery:
             return min(self.paused_until - now, self._p.poll_interval_s)
         entries = self.outbox.due(now, limit=self._p.max_batch * 10)
         for group in batches(entries, self._p.max_batch):
-            if stopping.is_set():
-                break
-            post, held = self._flood.admit(group, self._clock())
-            self.stats.suppressed_alerts += held
-            if post and not await self._deliver(post):
+            if stopping.is_set() or not await self._claimed(group):
                 break
         else:
             await self._summarise()
         return self._next_wait()
+
+    async def _claimed(self, group: Sequence[OutboxEntry]) -> bool:
+        """Send the part of ``group`` no other dispatcher holds (``Outbox.claim``: on
+        PostgreSQL several backends share the outbox); False when sending failed."""
+        with self.outbox.claim([entry.alert.event_id for entry in group]) as mine:
+            group = [entry for entry in group if entry.alert.event_id in mine]
+            if not group:
+                return True
+            post, held = self._flood.admit(group, self._clock())
+            self.stats.suppressed_alerts += held
+            return not post or await self._deliver(post)
 
     def pause(self, seconds: float) -> None:
         """Send nothing for ``seconds`` (after a round failed unexpectedly)."""

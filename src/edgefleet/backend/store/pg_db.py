@@ -34,6 +34,8 @@ class QmarkConnection:
 class PgDb:
     """Connections of the store's pool, one per block; ``write`` is one transaction."""
 
+    row_locks = True  # several backends share the tables: the outbox claims its rows
+
     def __init__(self, pool: ConnectionPool[Connection[Any]]) -> None:
         self._pool = pool
 
