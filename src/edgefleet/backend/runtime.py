@@ -47,6 +47,7 @@ from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 if TYPE_CHECKING:
+    from edgefleet.backend.cluster import Cluster
     from edgefleet.notify.socket_mode import AlertActions, SlackActions
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,12 @@ class Backend:
         self.alerts.gate.known_devices = lambda: (row.device for row in self.fleet.devices())
         self.alerts.silences.labels_of = lambda device: self.view.meta.labels.get(device, {})
         self.alerts.silences.confirm_share = s.silence_confirm_share
+        self.cluster = None if self.store.kind != "postgres" else _cluster(self)
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this backend evaluates alerts: alone, or as the cluster's leader."""
+        return self.cluster is None or self.cluster.leading
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: AckHandle | None = None) -> None:
@@ -222,12 +229,16 @@ class Backend:
             if result.kind == "metrics" and result.device is not None:
                 senders[result.device] = senders.get(result.device, 0) + result.duplicates
         self.view.on_samples(accepted)
-        for event in self.alerts.on_samples(accepted, now):
-            self.hub.alert(event)
-        save = self.alerts.take_save()
+        save = None
+        if self.cluster is None:  # else the leader evaluates the stored samples (cluster.py)
+            for event in self.alerts.on_samples(accepted, now):
+                self.hub.alert(event)
+            save = self.alerts.take_save()
         cursors = self.ingest.take_cursors()
         dirty = self.fleet.take_dirty()
         await self.writer.write(messages, cursors=cursors, devices=dirty, save=save)
+        if self.cluster is not None:
+            self.cluster.committed()
         if self.transport.manual_ack:
             for _, _, handle in batch:
                 self.transport.ack(handle)
@@ -243,15 +254,18 @@ class Backend:
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
             now = time.time()
             self._watch_feed(now)
-            for tr in self.fleet.tick(now, feed_ok=self.feed.ok, feed_heard=self.feed.last_heard):
-                for event in self.alerts.on_presence(tr.device, tr.online, tr.at, now):
+            lead = self.evaluates  # in a cluster, only the leader judges staleness
+            for tr in self.fleet.tick(now, feed_ok=self.feed.ok and lead,
+                                      feed_heard=self.feed.last_heard):
+                for event in self.alerts.on_presence(tr.device, tr.online, tr.at, now) \
+                        if lead else ():
                     self.hub.alert(event)
                 self.hub.touch({tr.device})
-            for event in self.alerts.tick(now):
+            for event in self.alerts.tick(now) if lead else ():
                 self.hub.alert(event)
             if self.acker is not None:
                 self.acker.tick(now)
-            save = self.alerts.take_save()
+            save = self.alerts.take_save() if self.cluster is None else None
             dirty = self.fleet.take_dirty()
             if save is not None or dirty:
                 await self.writer.write([], cursors={}, devices=dirty, save=save)
@@ -280,7 +294,7 @@ class Backend:
         elif self._feed_alert is not None and feed.ok:
             events.append(feed_event("resolved", self._feed_alert, now, feed.alert_after_s))
             self._feed_alert = None
-        for event in self.alerts.emit(events):
+        for event in self.alerts.emit(events) if self.evaluates else ():
             self.hub.alert(event)
 
     # --- life cycle -----------------------------------------------------------------------------
@@ -301,6 +315,8 @@ class Backend:
         ]
         if self.acker is not None:
             tasks.append(asyncio.create_task(self.acker.run(), name="acks"))
+        if self.cluster is not None:
+            tasks.append(asyncio.create_task(self.cluster.run(self._stop), name="cluster"))
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -321,7 +337,7 @@ class Backend:
         self.inbox.close()
         for task in pending:
             task.cancel()
-        save = self.alerts.take_save()
+        save = self.alerts.take_save() if self.cluster is None else None
         if save is not None:
             self.store.add_samples([], also=save)
         await self.dispatcher.stop()
@@ -336,6 +352,14 @@ class Backend:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _cluster(backend: Backend) -> Cluster:
+    from edgefleet.backend.cluster import Cluster  # psycopg only on PostgreSQL
+    from edgefleet.backend.store.pg_store import PgFleetStore
+
+    assert isinstance(backend.store, PgFleetStore)  # noqa: S101 - kind "postgres"
+    return Cluster(backend, backend.store)
 
 
 def _slack_kind(s: BackendSettings) -> str:
