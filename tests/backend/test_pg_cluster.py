@@ -110,6 +110,10 @@ async def test_one_leader_evaluates_every_backends_samples_and_a_successor_carri
         await until(lambda: b.b.fleet.device("dev-x") is not None)
         await until(lambda: b.b.view.device_rows()[0]["cpu"] == 96.0)
 
+        # a silence made through the follower's API reaches the leader, which mutes by it
+        made = b.b.alerts.silences.silence_device("dev-q", author="ops", duration_s=600.0)
+        await until(lambda: a.b.alerts.silences.get(made.id) is not None)
+
         await a.r.stop()  # the leader goes away; samples arrive meanwhile
         b.send("dev-x", 3, 40.0, held_from=0)  # resolves: evaluated once b leads
         await until(lambda: b.cluster.leading and len(outbox(url)) == 2)  # type: ignore[union-attr]

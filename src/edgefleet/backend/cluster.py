@@ -10,7 +10,8 @@ the feed rows it evaluated and checks its fencing epoch. So every stored sample 
 evaluated into the saved state exactly once: a leader killed before that commit leaves the
 feed rows to its successor, one killed after it leaves nothing to redo. The others (the
 followers) ingest and serve; they look for the lead every ``TRY_S`` and read the saved
-alert state every ``FOLLOWER_RELOAD_S`` for their pages. A new leader loads the saved
+alert state every ``RELOAD_S`` for their pages (the leader reads the silences as often:
+one may have been added through another backend). A new leader loads the saved
 state and re-reports the devices that are offline (an offline alert's event id comes from
 the device's last-heard time, so one the old leader already queued is not queued again).
 
@@ -63,7 +64,7 @@ POLL_S = 0.25  # the leader looks at the feed this often when nobody wakes it
 TRY_S = 1.0  # a follower tries for the lead, the leader checks its lock's session
 REFRESH_S = 1.0  # every backend reads the fleet's changed device rows
 REFRESH_OVERLAP_S = 5.0  # read back this far (commits land late; clocks differ a little)
-FOLLOWER_RELOAD_S = 5.0  # a follower reads the saved alert state for its pages
+RELOAD_S = 5.0  # a follower reads the saved alert state, the leader the silences
 FEED_LIMIT = 200  # feed rows (batches) evaluated per leader transaction
 
 
@@ -95,7 +96,7 @@ class Cluster:
         self.takeovers = 0  # times this backend became the leader
         self.evaluated = 0  # samples this backend evaluated as the leader
         self._wake = asyncio.Event()
-        self._checked = self._reloaded = -math.inf
+        self._checked = self._reloaded = self._silences_read = -math.inf
         self._refreshed = time.time() - 60.0
 
     def committed(self) -> None:
@@ -128,9 +129,12 @@ class Cluster:
                 epoch = await asyncio.to_thread(self.lock.try_acquire, time.time())
                 if epoch is not None:
                     self._take_over(epoch)
-                elif mono - self._reloaded >= FOLLOWER_RELOAD_S:
+                elif mono - self._reloaded >= RELOAD_S:
                     self._reloaded = mono
                     self.b.alerts.reload()  # what the leader saved, for this one's pages
+            if self.leading and mono - self._silences_read >= RELOAD_S:
+                self._silences_read = mono  # one added through another backend's API
+                await asyncio.to_thread(self.b.alerts.silences.reload)
         await self._refresh()
         if self.leading:
             await self._evaluate()
