@@ -182,6 +182,7 @@ async def test_two_backends_survive_a_sigkill_with_nothing_lost_or_repeated(
               f"{[page.updates for page in pages]}")
         for page in pages:
             page.task.cancel()
+        await asyncio.gather(*(page.task for page in pages), return_exceptions=True)
         for be in procs.values():
             be.stop()
     ids = slack.event_ids()
