@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -58,11 +59,11 @@ def test_merged_cursor_counts_what_either_backend_stored() -> None:
 class Node:
     """One backend of the cluster."""
 
-    def __init__(self, url: str, tmp_path: Path, name: str) -> None:
+    def __init__(self, url: str, tmp_path: Path, name: str, **settings: Any) -> None:
         rules = tmp_path / "rules.yaml"
         rules.write_text(RULES)
         s = BackendSettings(db_path=tmp_path / f"{name}.db", database_url=url,
-                            client_id=name, alert_group_window_s=0.0)
+                            client_id=name, alert_group_window_s=0.0, **settings)
         self.b = Backend(s, load_rules(rules), FakeTransport)
         self.r = Running(self.b, asyncio.create_task(self.b.run(lambda stop: stop.wait())))
         self.t: FakeTransport = self.b.transport  # type: ignore[assignment]
@@ -146,3 +147,40 @@ async def test_a_leader_whose_epoch_ended_writes_nothing(
             assert conn.execute("SELECT epoch FROM alert_leader").fetchone() == (3,)
     finally:
         await a.r.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.fault
+@pytest.mark.slow
+async def test_after_a_postgres_restart_one_backend_leads_and_alerts_fire_once(
+    tmp_path: Path,
+) -> None:
+    with Postgres(tmp_path / "pg") as pg:
+        fast = {"store_retries": 1, "database_connect_timeout_s": 2}
+        a = Node(pg.url, tmp_path, "backend-1", **fast)
+        await until(lambda: a.cluster.leading)  # type: ignore[union-attr]
+        b = Node(pg.url, tmp_path, "backend-2", **fast)
+        try:
+            assert a.cluster and b.cluster
+            a.send("dev-x", 0, 50.0)
+            await until(lambda: len(a.t.acked) == 1)
+            await asyncio.to_thread(pg.stop, "immediate")
+            b.send("dev-x", 1, 97.0)  # the spike arrives while the database is away
+            a.send("dev-x", 2, 98.0)
+            await until(lambda: not a.cluster.leading, timeout=30)  # type: ignore[union-attr]
+            await asyncio.to_thread(pg.start)
+            await until(lambda: len(a.t.acked) == 2 and len(b.t.acked) == 1, timeout=60)
+            await until(lambda: len(outbox(pg.url)) == 1, timeout=60)
+            assert outbox(pg.url)[0][0].startswith("hot|dev-x||firing|")
+            assert [a.cluster.leading, b.cluster.leading].count(True) == 1
+
+            def feed_left() -> int:
+                with psycopg.connect(pg.url) as conn:
+                    row = conn.execute("SELECT count(*) FROM alert_feed").fetchone()
+                return int(row[0]) if row else -1
+
+            await until(lambda: feed_left() == 0)  # every stored sample evaluated ...
+            assert len(outbox(pg.url)) == 1  # ... into one alert
+        finally:
+            await a.r.stop()
+            await b.r.stop()

@@ -45,7 +45,7 @@ from edgefleet.backend.store.pg_feed import (
 )
 from edgefleet.backend.store.pg_tx import PgStoreTx
 from edgefleet.backend.store.tx import StoreTx
-from edgefleet.common.logs import kv
+from edgefleet.common.logs import RateLimitedLog, kv
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from edgefleet.backend.web.hub import Hub
 
 log = logging.getLogger(__name__)
+_QUIET = RateLimitedLog(30.0)
 
 POLL_S = 0.25  # the leader looks at the feed this often when nobody wakes it
 TRY_S = 1.0  # a follower tries for the lead, the leader checks its lock's session
@@ -155,8 +156,8 @@ class Cluster:
     def _step_down(self, why: str) -> None:
         if self.leading:
             log.warning("alert leader: no longer leading", extra=kv(epoch=self.epoch, why=why))
-        else:
-            log.warning("cluster round failed", extra=kv(why=why))
+        elif (quiet := _QUIET.allow("round")) is not None:  # PostgreSQL away: every round
+            log.warning("cluster round failed", extra=kv(why=why, log_lines_skipped=quiet))
         self.leading = False
         self.lock.release()
 

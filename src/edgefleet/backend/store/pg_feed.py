@@ -27,9 +27,10 @@ import psycopg
 
 from edgefleet.backend.records import AcceptedSample, DeviceRow
 from edgefleet.backend.store.schema import SELECT_DEVICES, device_from_row
-from edgefleet.common.logs import kv
+from edgefleet.common.logs import RateLimitedLog, kv
 
 _log = logging.getLogger(__name__)
+_QUIET = RateLimitedLog(30.0)
 Conn = psycopg.Connection[Any]
 
 FEED_STEP = (  # schema step 2 (pg_schema.MIGRATIONS)
@@ -121,7 +122,9 @@ class LeaderLock:
                 return None
             got = self._conn.execute(BUMP_EPOCH, (self.holder, now)).fetchone()
         except psycopg.Error as exc:
-            _log.warning("alert leader lock unavailable", extra=kv(error=_short(exc)))
+            if (quiet := _QUIET.allow("lock")) is not None:  # PostgreSQL away: every second
+                _log.warning("alert leader lock unavailable", extra=kv(
+                    error=_short(exc), log_lines_skipped=quiet))
             self.release()
             return None
         return None if got is None else int(got[0])
