@@ -32,6 +32,12 @@ from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.ingest.inbox import Inbound, Inbox
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.settings import BackendSettings
+from edgefleet.backend.slack_parts import (  # re-exported: tests import them from here
+    _slack_kind,
+    _start_actions,
+    build_notifier,
+    build_slack_actions,
+)
 from edgefleet.backend.store.contract import open_store
 from edgefleet.backend.store.fleet_state import FleetState
 from edgefleet.backend.store.quarantine import Quarantine
@@ -41,15 +47,15 @@ from edgefleet.backend.web.hub import Hub
 from edgefleet.backend.web.parts import FleetParts
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
-from edgefleet.notify import BudgetSettings, Notifier, Outbox
+from edgefleet.notify import BudgetSettings, Outbox
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 if TYPE_CHECKING:
     from edgefleet.backend.cluster import Cluster
-    from edgefleet.notify.socket_mode import AlertActions, SlackActions
 
+__all__ = ["Backend", "BackendFailedError", "build_notifier", "build_slack_actions"]
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000  # messages per stored batch; keeps the event loop responsive
@@ -360,40 +366,3 @@ def _cluster(backend: Backend) -> Cluster:
 
     assert isinstance(backend.store, PgFleetStore)  # noqa: S101 - kind "postgres"
     return Cluster(backend, backend.store)
-
-
-def _slack_kind(s: BackendSettings) -> str:
-    if s.slack_webhook_url:
-        return "webhook"
-    return "bot" if s.slack_bot_token else "log only"
-
-
-def build_slack_actions(s: BackendSettings, ops: AlertActions) -> SlackActions | None:
-    """The Socket Mode client for the buttons, or None without an app token."""
-    if s.slack_app_token is None or s.slack_bot_token is None:
-        return None
-    from edgefleet.notify.socket_mode import SlackActions
-
-    return SlackActions(app_token=s.slack_app_token.get_secret_value(),
-                        bot_token=s.slack_bot_token.get_secret_value(), actions=ops,
-                        api_url=s.slack_api_url)
-
-
-async def _start_actions(actions: SlackActions | None) -> None:
-    """Start connecting Socket Mode in the background; the rest never waits for Slack."""
-    if actions is not None:
-        await actions.start()
-
-
-def build_notifier(s: BackendSettings) -> Notifier | None:
-    """The Slack notifier the settings ask for (None: alerts go to the log)."""
-    if not (s.slack_webhook_url or s.slack_bot_token):
-        return None
-    from edgefleet.notify.slack import SlackNotifier
-
-    return SlackNotifier(
-        webhook_url=s.slack_webhook_url.get_secret_value() if s.slack_webhook_url else None,
-        token=s.slack_bot_token.get_secret_value() if s.slack_bot_token else None,
-        channel=s.slack_channel,
-        api_url=s.slack_api_url,
-    )
