@@ -16,14 +16,14 @@ import pytest
 from tests.backend.store_backends import postgres, schema_url  # noqa: F401
 from tests.backend.test_service import FakeTransport, Running, until
 
-from devices import metrics_payload
+from devices import metrics_payload, status_payload
 from edgefleet.backend.alerts.rules import load_rules
 from edgefleet.backend.ingest.dedup import SeqCursor, SeqTracker
 from edgefleet.backend.runtime import Backend
 from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.store.pg_cursors import has_seq, merge
 from edgefleet.dev.postgres import Postgres
-from edgefleet.wire.messages import metrics_topic
+from edgefleet.wire.messages import metrics_topic, status_topic
 
 RULES = """
 version: 1
@@ -59,9 +59,10 @@ def test_merged_cursor_counts_what_either_backend_stored() -> None:
 class Node:
     """One backend of the cluster."""
 
-    def __init__(self, url: str, tmp_path: Path, name: str, **settings: Any) -> None:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(RULES)
+    def __init__(self, url: str, tmp_path: Path, name: str, rules_text: str = RULES,
+                 **settings: Any) -> None:
+        rules = tmp_path / f"{name}-rules.yaml"
+        rules.write_text(rules_text)
         s = BackendSettings(db_path=tmp_path / f"{name}.db", database_url=url,
                             client_id=name, alert_group_window_s=0.0, **settings)
         self.b = Backend(s, load_rules(rules), FakeTransport)
@@ -184,3 +185,31 @@ async def test_after_a_postgres_restart_one_backend_leads_and_alerts_fire_once(
         finally:
             await a.r.stop()
             await b.r.stop()
+
+
+@pytest.mark.postgres
+async def test_a_last_will_another_backend_received_reaches_the_leader_once(
+    postgres: Postgres, tmp_path: Path,
+) -> None:
+    url = schema_url(postgres)
+    offline = "version: 1\noffline: {enabled: true, severity: critical, for: 0s}\nrules: []\n"
+    a = Node(url, tmp_path, "backend-1", offline)
+    await until(lambda: a.cluster.leading)  # type: ignore[union-attr]
+    b = Node(url, tmp_path, "backend-2", offline)
+    try:
+        session = time.time()
+        a.t.deliver(status_topic("dev-w"), status_payload("dev-w", "online", session), "hi")
+        await until(lambda: (b.b.fleet.device("dev-w") or Row()).status == "online")
+        b.t.deliver(status_topic("dev-w"),  # the device dies; its will reaches the follower
+                    status_payload("dev-w", "offline", time.time()), "bye")
+        await until(lambda: (a.b.fleet.device("dev-w") or Row()).status == "offline")
+        await until(lambda: len(outbox(url)) == 1)
+        assert outbox(url)[0][0].startswith("offline|dev-w||firing|")
+        assert b.cluster and b.cluster.evaluated == 0
+    finally:
+        await a.r.stop()
+        await b.r.stop()
+
+
+class Row:
+    status = "unknown"
