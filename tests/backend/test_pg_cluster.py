@@ -104,6 +104,10 @@ async def test_one_leader_evaluates_every_backends_samples_and_a_successor_carri
         assert outbox(url)[0][0].startswith("hot|dev-x||firing|")
         assert "hot|dev-x|" in a.b.alerts.firing and not b.cluster.leading
         assert b.cluster.evaluated == 0 and a.cluster.evaluated == 2
+        # the follower's page learns of the alert from what the leader saved
+        await until(lambda: "hot|dev-x|" in b.b.alerts.firing)
+        assert b.b.view.device_rows()[0]["firing"] == 1
+        await until(lambda: b.b.hub.alerts_total == 1)  # its WebSocket clients get the event
         a.send("dev-x", 2, 96.0, held_from=0)  # still firing: nothing new
         # each backend's watermark covers what the other stored (0..2 from either)
         await until(lambda: a.b.ingest.watermark("dev-x") == ("test-stream", 2))

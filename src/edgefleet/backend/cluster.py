@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
+from edgefleet.backend.alerts.centre import public_alert
 from edgefleet.backend.store.pg_feed import (
     LeaderLock,
     LeadershipLostError,
@@ -132,7 +133,7 @@ class Cluster:
                     self._take_over(epoch)
                 elif mono - self._reloaded >= RELOAD_S:
                     self._reloaded = mono
-                    self.b.alerts.reload()  # what the leader saved, for this one's pages
+                    self._follow()
             if self.leading and mono - self._silences_read >= RELOAD_S:
                 self._silences_read = mono  # one added through another backend's API
                 await asyncio.to_thread(self.b.alerts.silences.reload)
@@ -152,6 +153,20 @@ class Cluster:
         self.takeovers += 1
         log.info("alert leader: this backend evaluates the fleet's alerts now",
                  extra=kv(epoch=epoch, holder=self.lock.holder))
+
+    def _follow(self) -> None:
+        """Read what the leader saved, for this backend's pages: the rows of devices whose
+        firing alerts changed and the events this page has not shown yet go to its clients."""
+        alerts = self.b.alerts
+        before = {a.event_id: a.device for a in alerts.firing.values()}
+        shown = {a.event_id for a in alerts.recent}
+        alerts.reload()
+        after = {a.event_id: a.device for a in alerts.firing.values()}
+        self.b.hub.touch({d for e, d in (before | after).items()
+                          if (e in before) != (e in after)})
+        for alert in reversed(alerts.recent):
+            if alert.event_id not in shown:
+                self.b.hub.alert(public_alert(alert))
 
     def _step_down(self, why: str) -> None:
         if self.leading:
