@@ -40,6 +40,8 @@ FEED_STEP = (  # schema step 2 (pg_schema.MIGRATIONS)
     "holder text NOT NULL, since double precision NOT NULL)",
     "CREATE INDEX devices_last_seen ON devices (last_seen)",
 )
+KEEPALIVE = (5, 2, 3)  # idle s, interval s, probes: a dead link is found in about 11 s
+KEEPALIVE_S = KEEPALIVE[0] + KEEPALIVE[1] * KEEPALIVE[2]
 LEADER_CLASS = 0x6566  # advisory lock (LEADER_CLASS, hashtext(current_schema()))
 BUMP_EPOCH = (
     "INSERT INTO alert_leader AS l VALUES (1, 1, %s, %s) ON CONFLICT (id) DO UPDATE SET "
@@ -113,8 +115,7 @@ class LeaderLock:
         """Take the lead if nobody holds it: the new epoch, else None."""
         try:
             if self._conn is None:
-                self._conn = psycopg.connect(self._url, autocommit=True,
-                                             connect_timeout=self._timeout)
+                self._conn = self._connect()
             row = self._conn.execute(
                 "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))",
                 (LEADER_CLASS,)).fetchone()
@@ -128,6 +129,17 @@ class LeaderLock:
             self.release()
             return None
         return None if got is None else int(got[0])
+
+    def _connect(self) -> Conn:
+        """The lock's connection, with keep-alives on both ends: a leader cut off from the
+        database by the network loses its session (and the lead) within about
+        :data:`KEEPALIVE_S` on the server's side, and notices it as soon on its own."""
+        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout,
+                               keepalives=1, keepalives_idle=KEEPALIVE[0],
+                               keepalives_interval=KEEPALIVE[1], keepalives_count=KEEPALIVE[2])
+        for name, value in zip(("idle", "interval", "count"), KEEPALIVE, strict=True):
+            conn.execute(f"SET tcp_keepalives_{name} = {value}".encode())
+        return conn
 
     def alive(self) -> bool:
         """Whether the lock's session still works (a lost session lost the lock)."""
