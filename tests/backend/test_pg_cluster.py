@@ -104,6 +104,8 @@ async def test_one_leader_evaluates_every_backends_samples_and_a_successor_carri
         assert outbox(url)[0][0].startswith("hot|dev-x||firing|")
         assert "hot|dev-x|" in a.b.alerts.firing and not b.cluster.leading
         assert b.cluster.evaluated == 0 and a.cluster.evaluated == 2
+        assert "edgefleet_alert_leader 1\n" in a.b.view.metrics_text()
+        assert "edgefleet_alert_leader 0\n" in b.b.view.metrics_text()
         # the follower's page learns of the alert from what the leader saved
         await until(lambda: "hot|dev-x|" in b.b.alerts.firing)
         assert b.b.view.device_rows()[0]["firing"] == 1

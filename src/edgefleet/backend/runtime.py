@@ -143,7 +143,8 @@ class Backend:
             dispatcher=self.dispatcher, hub=self.hub, writer=self.writer,
             quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
             connected=self.transport.connected, acker=self.acker, groups=rules.groups,
-            received=self.transport.received if isinstance(self.transport, TransportPool) else ()))
+            received=self.transport.received if isinstance(self.transport, TransportPool) else (),
+            cluster=lambda: None if self.cluster is None else self.cluster.public()))
         # silences and inhibition see the fleet's devices, their labels, the confirm share
         self.alerts.gate.known_devices = lambda: (row.device for row in self.fleet.devices())
         self.alerts.silences.labels_of = lambda device: self.view.meta.labels.get(device, {})
