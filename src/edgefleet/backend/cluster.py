@@ -98,14 +98,21 @@ class Cluster:
         self.takeovers = 0  # times this backend became the leader
         self.evaluated = 0  # samples this backend evaluated as the leader
         self._wake = asyncio.Event()
+        self._evaluating = asyncio.Lock()
         self._checked = self._reloaded = self._silences_read = -math.inf
         self._refreshed = time.time() - 60.0
 
-    def committed(self) -> None:
+    async def committed(self) -> None:
         """After a batch committed: adopt the merged cursors (the watermark covers what
-        anyone stored), and let the leader look at the feed now."""
+        anyone stored); the leader evaluates the feed now, so a backend alone on its
+        database has its alerts saved before the batch is acknowledged, as on SQLite."""
         self.b.ingest.absorb(self.store.take_merged())
-        self._wake.set()
+        if not self.leading:
+            return
+        try:
+            await self._evaluate()
+        except (psycopg.Error, LeadershipLostError) as exc:
+            self._step_down(_short(exc))  # the feed rows stay for the next leader
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead or follow until ``stop``; a lost database only ends the lead for a while."""
@@ -177,7 +184,13 @@ class Cluster:
         self.lock.release()
 
     async def _evaluate(self) -> None:
-        """Evaluate the oldest feed rows; save state, outbox rows and their deletion at once."""
+        """Evaluate the oldest feed rows; save state, outbox rows and their deletion at once
+        (one evaluation at a time: the loop's and the ingest's never overlap)."""
+        async with self._evaluating:
+            if self.leading:
+                await self._evaluate_some()
+
+    async def _evaluate_some(self) -> None:
         ids, samples = await asyncio.to_thread(self.store.run, partial(take_feed,
                                                                        limit=FEED_LIMIT))
         if samples:

@@ -245,7 +245,7 @@ class Backend:
         dirty = self.fleet.take_dirty()
         await self.writer.write(messages, cursors=cursors, devices=dirty, save=save)
         if self.cluster is not None:
-            self.cluster.committed()
+            await self.cluster.committed()
         if self.transport.manual_ack:
             for _, _, handle in batch:
                 self.transport.ack(handle)
