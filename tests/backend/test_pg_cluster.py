@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,26 @@ def test_merged_cursor_counts_what_either_backend_stored() -> None:
     assert merge(mine, cursor_of("old", [9])) == mine  # another stream is not mixed in
     newer = SeqCursor("new", 0, 0, 1, 0, retired=("s",))
     assert merge(mine, newer) == newer  # the stream the other backend moved on to wins
+
+
+def test_merging_random_shares_gives_the_union() -> None:
+    rng = random.Random(17)
+    for _ in range(200):
+        n = rng.randint(1, 300)
+        got = [seq for seq in range(n) if rng.random() < 0.9]
+        if not got:
+            continue
+        mine = [seq for seq in got if rng.random() < 0.5]
+        theirs = [seq for seq in got if seq not in mine]
+        rng.shuffle(mine)
+        union = merge(cursor_of("s", mine), cursor_of("s", theirs), window=128)
+        if not mine or not theirs:
+            continue
+        inside = [seq for seq in range(n + 2) if union.high - seq < 128]
+        assert [has_seq(union, q, 128) for q in inside] == [q in got for q in inside]
+        if union.high - union.base < 128:  # all within the window: the counts are exact
+            assert union.received == len(got)
+            assert union.lost == max(got) - min(got) + 1 - len(got)
 
 
 class Node:
