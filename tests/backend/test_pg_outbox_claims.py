@@ -88,3 +88,27 @@ async def test_rows_held_by_a_dead_backend_are_sent_by_another(
             assert sorted(slack.event_ids()) == sorted(a.event_id for a in made)
     finally:
         store.close()
+
+
+async def test_only_the_dispatcher_asked_to_posts_the_budget_summary(
+    postgres: Postgres, tmp_path: Path,
+) -> None:
+    store = PgFleetStore(schema_url(postgres))
+    leading = False
+    try:
+        async with FakeSlack() as slack:
+            notifier = SlackNotifier(webhook_url=slack.webhook_url)
+            d = AlertDispatcher(outbox=Outbox(store.open_db()), group_window_s=0.0,
+                                notifier=notifier, budget=BudgetSettings(600.0, 1, 0),
+                                summarises=lambda: leading)
+            d.submit(alerts(3, time.time()))  # one posted, two over the device's budget
+            await d.run_once()
+            kinds = [(m.get("metadata") or {}).get("event_type") for m in slack.messages]
+            assert len(kinds) == 1 and d.outbox.counts() == {"sent": 1, "suppressed": 2}
+            leading = True  # e.g. this backend became the alert leader
+            await d.run_once()
+            kinds = [(m.get("metadata") or {}).get("event_type") for m in slack.messages]
+            assert kinds[1:] == ["edgefleet_alerts_suppressed"]
+            await notifier.aclose()
+    finally:
+        store.close()

@@ -113,6 +113,7 @@ class Backend:
             budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
                                   s.alert_budget_per_rule),
             buttons=s.slack_app_token is not None,
+            summarises=lambda: self.evaluates,  # several backends: the leader's only
         )
         self.alerts = AlertCenter(rules, self.store, self.dispatcher, history=self.history)
         self.alerts.ops.snooze_s = s.alert_snooze_s

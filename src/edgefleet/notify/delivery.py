@@ -80,6 +80,7 @@ class Delivery:
         self._flood = FloodControl(outbox, budget, pacing.group_window_s)
         self._refusals = 0
         self._others = False  # this round skipped rows another dispatcher holds
+        self.summarises: Callable[[], bool] = lambda: True  # (AlertDispatcher's argument)
 
     def restore(self) -> None:
         """Read back the budget's recent posts (after a restart)."""
@@ -96,7 +97,8 @@ class Delivery:
             if stopping.is_set() or not await self._claimed(group):
                 break
         else:
-            await self._summarise()
+            if self.summarises():
+                await self._summarise()
         return self._next_wait()
 
     async def _claimed(self, group: Sequence[OutboxEntry]) -> bool:
