@@ -54,10 +54,11 @@ def test_a_new_database_is_migrated_once_and_a_newer_one_is_refused(postgres: Po
     url = schema_url(postgres)
     PgFleetStore(url).close()
     PgFleetStore(url).close()  # nothing to do the second time
-    assert query(url, "SELECT version FROM schema_version") == [(len(MIGRATIONS),)]
+    assert query(url, "SELECT version FROM schema_version ORDER BY version") == [
+        (v,) for v in range(1, len(MIGRATIONS) + 1)]
     query(url, "INSERT INTO schema_version VALUES (99)")
     with pytest.raises(SchemaTooNewError, match=r"has store schema 99, this backend knows up "
-                                                  r"to 1") as raised:
+                                                  rf"to {len(MIGRATIONS)}") as raised:
         PgFleetStore(url)
     assert "\n" not in str(raised.value) and "***" not in str(raised.value)
 

@@ -66,10 +66,14 @@ def transport_factory(
                 on_connect=on_connect,
                 on_client=watch_backend_configuration,
             )
-        if s.connections == 1:
-            return _mqtt_member(s, 0, on_message, on_connect, None)
-        return TransportPool(s.connections, partial(_mqtt_member, s), on_message, on_connect,
-                             group=SHARE_GROUP)
+        if s.connections > 1:
+            return TransportPool(s.connections, partial(_mqtt_member, s), on_message,
+                                 on_connect, group=SHARE_GROUP)
+        if s.database_url is not None:  # several backends may share the fleet (issue 17):
+            return TransportPool(  # one connection, as client_id, in the shared group
+                1, lambda _k, *rest: _mqtt_member(s, 0, *rest), on_message, on_connect,
+                group=SHARE_GROUP)
+        return _mqtt_member(s, 0, on_message, on_connect, None)
 
     return make
 

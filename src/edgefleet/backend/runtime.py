@@ -32,6 +32,12 @@ from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.ingest.inbox import Inbound, Inbox
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.settings import BackendSettings
+from edgefleet.backend.slack_parts import (  # re-exported: tests import them from here
+    _slack_kind,
+    _start_actions,
+    build_notifier,
+    build_slack_actions,
+)
 from edgefleet.backend.store.contract import open_store
 from edgefleet.backend.store.fleet_state import FleetState
 from edgefleet.backend.store.quarantine import Quarantine
@@ -41,14 +47,15 @@ from edgefleet.backend.web.hub import Hub
 from edgefleet.backend.web.parts import FleetParts
 from edgefleet.common.logs import kv
 from edgefleet.errors import TransportError
-from edgefleet.notify import BudgetSettings, Notifier, Outbox
+from edgefleet.notify import BudgetSettings, Outbox
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
 from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 if TYPE_CHECKING:
-    from edgefleet.notify.socket_mode import AlertActions, SlackActions
+    from edgefleet.backend.cluster import Cluster
 
+__all__ = ["Backend", "BackendFailedError", "build_notifier", "build_slack_actions"]
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000  # messages per stored batch; keeps the event loop responsive
@@ -106,6 +113,7 @@ class Backend:
             budget=BudgetSettings(s.alert_budget_window_s, s.alert_budget_per_device,
                                   s.alert_budget_per_rule),
             buttons=s.slack_app_token is not None,
+            summarises=lambda: self.evaluates,  # several backends: the leader's only
         )
         self.alerts = AlertCenter(rules, self.store, self.dispatcher, history=self.history)
         self.alerts.ops.snooze_s = s.alert_snooze_s
@@ -136,11 +144,18 @@ class Backend:
             dispatcher=self.dispatcher, hub=self.hub, writer=self.writer,
             quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
             connected=self.transport.connected, acker=self.acker, groups=rules.groups,
-            received=self.transport.received if isinstance(self.transport, TransportPool) else ()))
+            received=self.transport.received if isinstance(self.transport, TransportPool) else (),
+            cluster=lambda: None if self.cluster is None else self.cluster.public()))
         # silences and inhibition see the fleet's devices, their labels, the confirm share
         self.alerts.gate.known_devices = lambda: (row.device for row in self.fleet.devices())
         self.alerts.silences.labels_of = lambda device: self.view.meta.labels.get(device, {})
         self.alerts.silences.confirm_share = s.silence_confirm_share
+        self.cluster = None if self.store.kind != "postgres" else _cluster(self)
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this backend evaluates alerts: alone, or as the cluster's leader."""
+        return self.cluster is None or self.cluster.leading
 
     # --- broker side ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, handle: AckHandle | None = None) -> None:
@@ -222,12 +237,16 @@ class Backend:
             if result.kind == "metrics" and result.device is not None:
                 senders[result.device] = senders.get(result.device, 0) + result.duplicates
         self.view.on_samples(accepted)
-        for event in self.alerts.on_samples(accepted, now):
-            self.hub.alert(event)
-        save = self.alerts.take_save()
+        save = None
+        if self.cluster is None:  # else the leader evaluates the stored samples (cluster.py)
+            for event in self.alerts.on_samples(accepted, now):
+                self.hub.alert(event)
+            save = self.alerts.take_save()
         cursors = self.ingest.take_cursors()
         dirty = self.fleet.take_dirty()
         await self.writer.write(messages, cursors=cursors, devices=dirty, save=save)
+        if self.cluster is not None:
+            await self.cluster.committed()
         if self.transport.manual_ack:
             for _, _, handle in batch:
                 self.transport.ack(handle)
@@ -243,15 +262,18 @@ class Backend:
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
             now = time.time()
             self._watch_feed(now)
-            for tr in self.fleet.tick(now, feed_ok=self.feed.ok, feed_heard=self.feed.last_heard):
-                for event in self.alerts.on_presence(tr.device, tr.online, tr.at, now):
+            lead = self.evaluates  # in a cluster, only the leader judges staleness
+            for tr in self.fleet.tick(now, feed_ok=self.feed.ok and lead,
+                                      feed_heard=self.feed.last_heard):
+                for event in self.alerts.on_presence(tr.device, tr.online, tr.at, now) \
+                        if lead else ():
                     self.hub.alert(event)
                 self.hub.touch({tr.device})
-            for event in self.alerts.tick(now):
+            for event in self.alerts.tick(now) if lead else ():
                 self.hub.alert(event)
             if self.acker is not None:
                 self.acker.tick(now)
-            save = self.alerts.take_save()
+            save = self.alerts.take_save() if self.cluster is None else None
             dirty = self.fleet.take_dirty()
             if save is not None or dirty:
                 await self.writer.write([], cursors={}, devices=dirty, save=save)
@@ -280,7 +302,7 @@ class Backend:
         elif self._feed_alert is not None and feed.ok:
             events.append(feed_event("resolved", self._feed_alert, now, feed.alert_after_s))
             self._feed_alert = None
-        for event in self.alerts.emit(events):
+        for event in self.alerts.emit(events) if self.evaluates else ():
             self.hub.alert(event)
 
     # --- life cycle -----------------------------------------------------------------------------
@@ -301,6 +323,8 @@ class Backend:
         ]
         if self.acker is not None:
             tasks.append(asyncio.create_task(self.acker.run(), name="acks"))
+        if self.cluster is not None:
+            tasks.append(asyncio.create_task(self.cluster.run(self._stop), name="cluster"))
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -321,7 +345,7 @@ class Backend:
         self.inbox.close()
         for task in pending:
             task.cancel()
-        save = self.alerts.take_save()
+        save = self.alerts.take_save() if self.cluster is None else None
         if save is not None:
             self.store.add_samples([], also=save)
         await self.dispatcher.stop()
@@ -338,38 +362,9 @@ class Backend:
         self._stop.set()
 
 
-def _slack_kind(s: BackendSettings) -> str:
-    if s.slack_webhook_url:
-        return "webhook"
-    return "bot" if s.slack_bot_token else "log only"
+def _cluster(backend: Backend) -> Cluster:
+    from edgefleet.backend.cluster import Cluster  # psycopg only on PostgreSQL
+    from edgefleet.backend.store.pg_store import PgFleetStore
 
-
-def build_slack_actions(s: BackendSettings, ops: AlertActions) -> SlackActions | None:
-    """The Socket Mode client for the buttons, or None without an app token."""
-    if s.slack_app_token is None or s.slack_bot_token is None:
-        return None
-    from edgefleet.notify.socket_mode import SlackActions
-
-    return SlackActions(app_token=s.slack_app_token.get_secret_value(),
-                        bot_token=s.slack_bot_token.get_secret_value(), actions=ops,
-                        api_url=s.slack_api_url)
-
-
-async def _start_actions(actions: SlackActions | None) -> None:
-    """Start connecting Socket Mode in the background; the rest never waits for Slack."""
-    if actions is not None:
-        await actions.start()
-
-
-def build_notifier(s: BackendSettings) -> Notifier | None:
-    """The Slack notifier the settings ask for (None: alerts go to the log)."""
-    if not (s.slack_webhook_url or s.slack_bot_token):
-        return None
-    from edgefleet.notify.slack import SlackNotifier
-
-    return SlackNotifier(
-        webhook_url=s.slack_webhook_url.get_secret_value() if s.slack_webhook_url else None,
-        token=s.slack_bot_token.get_secret_value() if s.slack_bot_token else None,
-        channel=s.slack_channel,
-        api_url=s.slack_api_url,
-    )
+    assert isinstance(backend.store, PgFleetStore)  # noqa: S101 - kind "postgres"
+    return Cluster(backend, backend.store)

@@ -32,6 +32,7 @@ from edgefleet.notify.model import (
 from edgefleet.notify.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
+HELD_RETRY_S = 0.5  # look again this soon at due rows another dispatcher was sending
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Delivery:
         self._clock = clock
         self._flood = FloodControl(outbox, budget, pacing.group_window_s)
         self._refusals = 0
+        self._others = False  # this round skipped rows another dispatcher holds
+        self.summarises: Callable[[], bool] = lambda: True  # (AlertDispatcher's argument)
 
     def restore(self) -> None:
         """Read back the budget's recent posts (after a restart)."""
@@ -89,16 +92,26 @@ class Delivery:
         if now < self.paused_until:
             return min(self.paused_until - now, self._p.poll_interval_s)
         entries = self.outbox.due(now, limit=self._p.max_batch * 10)
+        self._others = False
         for group in batches(entries, self._p.max_batch):
-            if stopping.is_set():
-                break
-            post, held = self._flood.admit(group, self._clock())
-            self.stats.suppressed_alerts += held
-            if post and not await self._deliver(post):
+            if stopping.is_set() or not await self._claimed(group):
                 break
         else:
-            await self._summarise()
+            if self.summarises():
+                await self._summarise()
         return self._next_wait()
+
+    async def _claimed(self, group: Sequence[OutboxEntry]) -> bool:
+        """Send the part of ``group`` no other dispatcher holds (``Outbox.claim``: on
+        PostgreSQL several backends share the outbox); False when sending failed."""
+        with self.outbox.claim([entry.alert.event_id for entry in group]) as mine:
+            self._others |= len(mine) < len(group)
+            group = [entry for entry in group if entry.alert.event_id in mine]
+            if not group:
+                return True
+            post, held = self._flood.admit(group, self._clock())
+            self.stats.suppressed_alerts += held
+            return not post or await self._deliver(post)
 
     def pause(self, seconds: float) -> None:
         """Send nothing for ``seconds`` (after a round failed unexpectedly)."""
@@ -193,7 +206,10 @@ class Delivery:
         if next_due is None:
             return self._p.poll_interval_s
         wake_at = max(next_due, self.paused_until)
-        return max(0.0, min(wake_at - self._clock(), self._p.poll_interval_s))
+        wait = max(0.0, min(wake_at - self._clock(), self._p.poll_interval_s))
+        if self._others:  # due rows another dispatcher is sending: not a spin on them
+            wait = max(wait, min(HELD_RETRY_S, self._p.poll_interval_s))
+        return wait
 
 
 def batches(entries: Sequence[OutboxEntry], max_batch: int) -> list[list[OutboxEntry]]:

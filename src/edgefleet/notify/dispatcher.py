@@ -51,7 +51,10 @@ class AlertDispatcher:
         clock: Callable[[], float] = time.time,
         buttons: bool = False,
         on_sent: Callable[[Sequence[Alert]], None] | None = None,
+        summarises: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``summarises``: whether this dispatcher posts the budget's summaries now (with
+        several backends only the alert leader's does, so a summary is posted once)."""
         self.outbox = outbox
         self.group_window_s = group_window_s
         self.repeat_interval_s = repeat_interval_s
@@ -60,6 +63,7 @@ class AlertDispatcher:
         self._stop_timeout = stop_timeout_s
         self._clock = clock
         self._delivery = Delivery(outbox, notifier, self._pacing, budget, clock, on_sent)
+        self._delivery.summarises = summarises
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -21,7 +21,15 @@ pending rows takes their due time, so the dispatcher finds the whole group due a
 Older versions kept the outbox in its own file (``<db>-outbox.db``): :meth:`Outbox.import_file`
 carries its rows over (pending ones stay pending, sent ones stay sent) and renames the file
 to ``*.imported``. A new :class:`Outbox` on the same database resumes the pending rows. All
-methods are thread-safe (one connection behind a lock); one dispatcher per database.
+methods are thread-safe (one connection behind a lock).
+
+Several dispatchers on one database (several backends on PostgreSQL, issue 17): a
+dispatcher sends a group only inside :meth:`Outbox.claim`, which locks the group's pending
+rows (``FOR UPDATE SKIP LOCKED``) in a transaction held while the message is sent and the
+rows are marked; another dispatcher skips rows locked that way and, once they commit, sees
+them sent. A claim held by a killed backend ends with its database session: its rows are
+pending again at once and the next round of any dispatcher takes them. On SQLite (one
+backend) a claim is every row asked for and changes nothing.
 """
 
 from __future__ import annotations
@@ -118,6 +126,8 @@ class Outbox:
         self.table = table
         self._retention = retention_s
         self._lock = threading.Lock()
+        self._held: _Tabled | None = None  # the open claim's transaction (PostgreSQL)
+        self._held_by = 0  # the thread that holds it
         if isinstance(where, (str, Path)):
             self._sql: SqlDb = SqliteDb(where, synchronous="FULL")  # a sent mark survives
             schema = SCHEMA if table == TABLE else _RECEIVER_SCHEMA  # a power cut
@@ -131,13 +141,40 @@ class Outbox:
 
     @contextmanager
     def _write(self) -> Iterator[_Tabled]:
+        if self._held is not None and self._held_by == threading.get_ident():
+            yield self._held  # inside a claim: its transaction, committed with it
+            return
         with self._sql.write() as db:
             yield _Tabled(db, self.table)
 
     @contextmanager
     def _read(self) -> Iterator[_Tabled]:
+        if self._held is not None and self._held_by == threading.get_ident():
+            yield self._held
+            return
         with self._sql.read() as db:
             yield _Tabled(db, self.table)
+
+    @contextmanager
+    def claim(self, event_ids: Sequence[str]) -> Iterator[set[str]]:
+        """Hold the pending rows of ``event_ids`` for one send: yields the ids this
+        dispatcher may send (pending, and not held by another backend's dispatcher). Until
+        the block ends, this thread's marks (:meth:`mark_sent`, :meth:`defer`, ...) go into
+        the claim's transaction, committed when the block ends (rolled back on an error:
+        the rows stay pending). On SQLite (one dispatcher per database) every id is yours."""
+        if not getattr(self._sql, "row_locks", False) or not event_ids:
+            yield set(event_ids)
+            return
+        with self._sql.write() as db:
+            held = _Tabled(db, self.table)
+            rows = held.execute(
+                "SELECT event_id FROM outbox WHERE event_id = ANY(?) AND state = 'pending'"
+                " FOR UPDATE SKIP LOCKED", (list(event_ids),)).fetchall()
+            self._held, self._held_by = held, threading.get_ident()
+            try:
+                yield {str(row[0]) for row in rows}
+            finally:
+                self._held, self._held_by = None, 0
 
     @staticmethod
     def add(

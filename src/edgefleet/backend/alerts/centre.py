@@ -94,24 +94,15 @@ class AlertCenter:
         self.rules = rules
         self.store = store
         self.dispatcher = dispatcher
-        self.persist = AlertPersistence(store)
-        loaded = self.persist.load()
-        pruned, dropped = prune(rules, loaded.state)
-        self.state = LiveAlertState(pruned)
-        self.firing: dict[str, Alert] = loaded.firing
-        for gone in dropped:
-            self.firing.pop(gone, None)
-        self._by_device: dict[str, dict[str, Alert]] = {}
-        for key, alert in self.firing.items():
-            self._by_device.setdefault(alert.device, {})[key] = alert
-        self.recent: deque[Alert] = deque(_load_recent(store.get_state(RECENT)), maxlen=RECENT_MAX)
+        self.firing: dict[str, Alert] = {}
+        self.recent: deque[Alert] = deque(maxlen=RECENT_MAX)
         self.offline: dict[str, float] = {}
         self.expired_total = 0
         self.outgoing: dict[str, Alert] = {}  # event id -> alert, until saved with the state
         self._unsaved: dict[int, tuple[set[str], bool]] = {}  # generation -> devices, recent
         self._lock = threading.Lock()  # for both: the commit hook runs in a worker thread
-        self._dirty: set[str] = set(loaded.devices) if loaded.migrated or dropped else set()
-        self._must_save = bool(self._dirty)
+        self._queued: list[Alert] = []
+        self.reload()
         self._generation = 0
         self._saved_at = self._expired_at = time.monotonic()
         self._reminded_at = -REMIND_EVERY_S
@@ -120,7 +111,6 @@ class AlertCenter:
         self.silences = Silences(store.open_db(), groups_of=lambda _device: ())
         self.gate = AlertGate(rules, self.silences)
         self.silences.groups_of = self.gate.groups_of
-        self._queued: list[Alert] = []
         self._now = 0.0
         # --- alert operations (issue 18, Slack): history, acks and snoozes ---
         self.history = history
@@ -131,6 +121,28 @@ class AlertCenter:
                 f"{silence.id}: {silence.comment}".rstrip(": "))
         self.series = Series(keep_s=max((r.window_s for r in rules.predict), default=3600.0))
         self._predicted_at = -PREDICT_EVERY_S
+
+    def reload(self) -> None:
+        """(Re)read the saved state: at start, and when this backend becomes the alert
+        leader of several (another one saved meanwhile). Unsaved changes are dropped."""
+        self.persist = AlertPersistence(self.store)
+        loaded = self.persist.load()
+        pruned, dropped = prune(self.rules, loaded.state)
+        self.state = LiveAlertState(pruned)
+        self.firing.clear()  # in place: AlertOps holds this dict
+        self.firing.update({k: a for k, a in loaded.firing.items() if k not in dropped})
+        self._by_device: dict[str, dict[str, Alert]] = {}
+        for key, alert in self.firing.items():
+            self._by_device.setdefault(alert.device, {})[key] = alert
+        self.recent.clear()
+        self.recent.extend(_load_recent(self.store.get_state(RECENT)))
+        self.offline.clear()
+        with self._lock:
+            self.outgoing.clear()
+            self._unsaved.clear()
+        self._queued.clear()
+        self._dirty: set[str] = set(loaded.devices) if loaded.migrated or dropped else set()
+        self._must_save = bool(self._dirty)
 
     def on_samples(self, samples: Iterable[AcceptedSample], now: float) -> list[dict[str, Any]]:
         """Evaluate accepted samples; return the public form of any new events."""

@@ -222,15 +222,19 @@ class Silences:
             conn.execute("DELETE FROM silences WHERE ends_at < ?",
                          (time.time() - KEEP_EXPIRED_S,))
             rows = conn.execute("SELECT doc FROM silences").fetchall()
-        self._all: dict[str, Silence] = {}
-        for (text,) in rows:
-            try:
-                found = _from_doc(json.loads(text))
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                log.error("a stored silence is unreadable; skipped", extra=kv(error=str(exc)))
-                continue
-            self._all[found.id] = found
+        self._all: dict[str, Silence] = _parse(rows)
         self.version = 0  # bumped on every change (the alert gate re-checks then)
+
+    def reload(self) -> bool:
+        """Read the stored silences again (several backends share them: another one may
+        have added or expired one); True when they changed."""
+        with self._lock, self._db.read() as conn:
+            found = _parse(conn.execute("SELECT doc FROM silences").fetchall())
+        if found == self._all:
+            return False
+        self._all = found
+        self.version += 1
+        return True
 
     def all(self) -> list[Silence]:
         """Every stored silence, newest first."""
@@ -304,3 +308,16 @@ def silence_device(book: Silences, device: str, *, author: str, duration_s: floa
                    comment: str = "") -> Silence:
     """Module-level form of :meth:`Silences.silence_device` (for the Slack button)."""
     return book.silence_device(device, author=author, duration_s=duration_s, comment=comment)
+
+
+def _parse(rows: Iterable[tuple[str]]) -> dict[str, Silence]:
+    """Stored silence documents by id; an unreadable one is logged and skipped."""
+    out: dict[str, Silence] = {}
+    for (text,) in rows:
+        try:
+            found = _from_doc(json.loads(text))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.error("a stored silence is unreadable; skipped", extra=kv(error=str(exc)))
+            continue
+        out[found.id] = found
+    return out

@@ -163,6 +163,20 @@ class Ingest:
         self._dirty.clear()
         self._lost = sum(tracker.lost for tracker in self._trackers.values())
 
+    def absorb(self, cursors: Mapping[str, SeqCursor]) -> None:
+        """Adopt committed cursors that also count other backends' seqs (several backends on
+        PostgreSQL, ``store/pg_cursors.py``), so the watermark and the loss figure cover what
+        anyone stored; what the agent holds and when it was heard stay this backend's."""
+        for device, cursor in cursors.items():
+            old = self._trackers.get(device)
+            if old is None or old.stream != cursor.stream:
+                continue
+            new = SeqTracker.from_cursor(cursor, window=self._window, jump=self._jump,
+                                         max_streams=self._max_streams)
+            new.heard, new.held_from, new.jumps = old.heard, old.held_from, old.jumps
+            self._lost += new.lost - old.lost
+            self._trackers[device] = new
+
     # -- internals -------------------------------------------------------------------------
 
     def _metrics(self, msg: MetricsMessage, now: float) -> IngestResult:

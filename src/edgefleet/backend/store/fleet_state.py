@@ -171,6 +171,33 @@ class FleetState:
             samples_per_s=sum(n for _, n in self._rate) / self._rate_window,
         )
 
+    def merge(self, rows: Iterable[DeviceRow]) -> set[str]:
+        """Take in device rows other backends stored (several backends on one PostgreSQL):
+        what is newer than this view (last heard, samples, health, a status change) is
+        adopted; a status another backend set is a transition here too (reason ``status``;
+        the alert leader acts on it). Not marked for saving: it came from the store.
+        Returns the devices that changed."""
+        changed: set[str] = set()
+        for row in rows:
+            dev = self._devices.get(row.device)
+            if dev is None:
+                dev = self._devices[row.device] = _from_row(row)
+                changed.add(row.device)
+                if row.status == "online":
+                    self._pending.append(
+                        DeviceTransition(row.device, True, row.status_ts, "status"))
+                continue
+            if row.last_seen <= dev.last_seen and row.status_ts <= dev.status_ts:
+                continue
+            changed.add(row.device)
+            _adopt(dev, row)
+            if row.status_ts > dev.status_ts and row.status != dev.status:
+                dev.status, dev.status_ts = row.status, row.status_ts
+                online = row.status == "online"
+                self._pending.append(DeviceTransition(
+                    row.device, online, row.status_ts if online else dev.last_seen, "status"))
+        return changed
+
     # -- internals -------------------------------------------------------------------------
 
     def _get(self, device: str, now: float) -> _Device:
@@ -268,3 +295,16 @@ def _from_row(row: DeviceRow) -> _Device:
         health_sent_at=row.health_sent_at, agent_version=row.agent_version,
         interval_s=row.interval_s,
     )
+
+
+def _adopt(dev: _Device, row: DeviceRow) -> None:
+    """Newer figures of ``row`` (another backend's) into ``dev``."""
+    dev.last_seen = max(dev.last_seen, row.last_seen)
+    if row.last_sample_ts is not None:
+        dev.last_sample_ts = max(dev.last_sample_ts or row.last_sample_ts, row.last_sample_ts)
+    if row.session_ts is not None:
+        dev.session_ts = max(dev.session_ts or row.session_ts, row.session_ts)
+    if row.health is not None and (row.health_sent_at or 0.0) > (dev.health_sent_at or 0.0):
+        dev.health, dev.health_sent_at = dict(row.health), row.health_sent_at
+    dev.agent_version = row.agent_version or dev.agent_version
+    dev.interval_s = row.interval_s or dev.interval_s

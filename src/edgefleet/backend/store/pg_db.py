@@ -12,6 +12,7 @@ from typing import Any
 from psycopg import Connection, Cursor
 from psycopg_pool import ConnectionPool
 
+from edgefleet.backend.store.pg_schema import MIGRATION_LOCK
 from edgefleet.notify.outbox_db import SqlConn
 
 
@@ -23,6 +24,9 @@ class QmarkConnection:
         self._conn = conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor[Any]:
+        if sql.startswith("CREATE "):  # parts make their tables at start: several backends
+            # starting at once would race (CREATE ... IF NOT EXISTS is not safe against that)
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         return self._conn.execute(sql.replace("?", "%s").encode(), parameters)
 
     def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Cursor[Any]:
@@ -33,6 +37,8 @@ class QmarkConnection:
 
 class PgDb:
     """Connections of the store's pool, one per block; ``write`` is one transaction."""
+
+    row_locks = True  # several backends share the tables: the outbox claims its rows
 
     def __init__(self, pool: ConnectionPool[Connection[Any]]) -> None:
         self._pool = pool

@@ -16,6 +16,7 @@ so ``(device, ts, seq)`` names it as well as ``(device, stream, seq)`` does.
 from __future__ import annotations
 
 from edgefleet.backend.store.history import select_sql
+from edgefleet.backend.store.pg_feed import FEED_STEP
 
 DAY_S = 86400
 _T = "double precision"
@@ -53,6 +54,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE TABLE device_forgotten (device text PRIMARY KEY, at {_T} NOT NULL, "
         "purged integer NOT NULL)",
     ),
+    FEED_STEP,  # 2: several backends (issue 17): the alert feed and the alert leader
 )
 """Ordered schema steps (``migrate.py``); append, never edit a released step."""
 
@@ -64,11 +66,18 @@ UPSERT_DEVICE = (
     "INSERT INTO devices AS d (name, first_seen, last_seen, last_sample_ts, status, "
     "status_ts, session_ts, health, health_sent_at, agent_version, interval_s) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-    "first_seen = least(d.first_seen, excluded.first_seen), last_seen = excluded.last_seen, "
-    "last_sample_ts = excluded.last_sample_ts, status = excluded.status, "
-    "status_ts = excluded.status_ts, session_ts = excluded.session_ts, "
-    "health = excluded.health, health_sent_at = excluded.health_sent_at, "
-    "agent_version = excluded.agent_version, interval_s = excluded.interval_s"
+    # several backends write a device's row, each from what it heard: nothing goes back
+    "first_seen = least(d.first_seen, excluded.first_seen), "
+    "last_seen = greatest(d.last_seen, excluded.last_seen), "
+    "last_sample_ts = greatest(d.last_sample_ts, excluded.last_sample_ts), "
+    "status = CASE WHEN excluded.status_ts >= d.status_ts THEN excluded.status "
+    "ELSE d.status END, status_ts = greatest(d.status_ts, excluded.status_ts), "
+    "session_ts = greatest(d.session_ts, excluded.session_ts), "
+    "health = CASE WHEN coalesce(excluded.health_sent_at, 0) >= coalesce(d.health_sent_at, 0) "
+    "THEN coalesce(excluded.health, d.health) ELSE d.health END, "
+    "health_sent_at = greatest(d.health_sent_at, excluded.health_sent_at), "
+    "agent_version = coalesce(excluded.agent_version, d.agent_version), "
+    "interval_s = coalesce(excluded.interval_s, d.interval_s)"
 )
 UPSERT_CURSOR = (
     "INSERT INTO cursors VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO "

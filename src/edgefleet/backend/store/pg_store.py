@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import Connection
@@ -33,8 +33,10 @@ from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow, History
 from edgefleet.backend.store.history import BUCKET_S
 from edgefleet.backend.store.pg_compact import compact as compact_days
+from edgefleet.backend.store.pg_cursors import lock_stored, merge, new_to_store
 from edgefleet.backend.store.pg_db import PgDb
 from edgefleet.backend.store.pg_errors import StoreConnectError, redact
+from edgefleet.backend.store.pg_feed import add_feed
 from edgefleet.backend.store.pg_history import find_keys, q, read_history
 from edgefleet.backend.store.pg_schema import (
     INSERT_RAW,
@@ -63,6 +65,7 @@ from edgefleet.notify.outbox_db import SqlDb
 
 _log = logging.getLogger(__name__)
 Conn = Connection[Any]
+T = TypeVar("T")
 AHEAD_DAYS = 2  # day partitions made ahead of the clock (device clocks run a little fast)
 
 
@@ -86,6 +89,9 @@ class PgFleetStore:
         self._wlock = threading.Lock()
         self._ids: dict[str, int] = {}
         self._days: set[int] | None = None  # partitions known to exist; None: read again
+        self.alert_feed = False  # several backends: batches feed the alert leader (pg_feed)
+        self._merged: dict[str, SeqCursor] = {}  # committed cursors, union of every backend's
+        self._pending_merged: dict[str, SeqCursor] = {}
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
             check=ConnectionPool.check_connection, name="edgefleet-store",
@@ -126,6 +132,7 @@ class PgFleetStore:
                 raise
             self._ids.update(ids)
             self.duplicates_total += known
+            self._merged.update(self._pending_merged)
             tx.committed()
         return len(samples)
 
@@ -141,15 +148,34 @@ class PgFleetStore:
                 cur.executemany(UPSERT_DEVICE, rows)
             new_ids = self._ids_for(conn, samples, cursors)
             ids = self._ids | new_ids if new_ids else self._ids
+            # another backend's share of these devices' seqs: see pg_cursors.py
+            stored_cursors = lock_stored(cur, sorted(ids[name] for name in cursors))
+            fresh = new_to_store(samples, stored_cursors, cursors)
             stored = 0
-            if samples:
+            if fresh:
                 cur.executemany(INSERT_RAW, [(ids[s.device], s.ts, s.seq, compact_json(s.metrics))
-                                             for s in samples])
+                                             for s in fresh])
                 stored = max(cur.rowcount, 0)
-            if cursors:
+            merged = {name: merge(c, stored_cursors.get(name)) for name, c in cursors.items()}
+            if merged:
                 cur.executemany(UPSERT_CURSOR, sorted(
-                    cursor_params(ids[name], c) for name, c in cursors.items()))
+                    cursor_params(ids[name], c) for name, c in merged.items()))
+            if self.alert_feed:
+                add_feed(cur, fresh)
+        self._pending_merged = merged
         return len(samples) - stored, new_ids
+
+    def take_merged(self) -> dict[str, SeqCursor]:
+        """The cursors committed since the last call, each the union of what every backend
+        stored (``Ingest.absorb`` adopts them)."""
+        with self._wlock:
+            taken, self._merged = self._merged, {}
+        return taken
+
+    def run(self, work: Callable[[Conn], T]) -> T:
+        """``work`` on a pooled connection, one transaction (the cluster's reads)."""
+        with self._pool.connection() as conn:
+            return work(conn)
 
     def put_state(self, name: str, text: str) -> None:
         """Save another component's state under ``name``."""

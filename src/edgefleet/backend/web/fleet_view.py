@@ -59,6 +59,14 @@ class FleetViewModel:
                 if value is not None:
                     self._spark.setdefault(s.device, deque(maxlen=SPARK_POINTS)).append(value)
 
+    def on_remote(self, device: str, ts: float, metrics: dict[str, float]) -> None:
+        """The newest sample of a device another backend stored (several backends)."""
+        if self._latest.get(device, (0.0, {}))[0] < ts:
+            self._latest[device] = (ts, metrics)
+            value = metrics.get(SPARK_KEY)
+            if value is not None:
+                self._spark.setdefault(device, deque(maxlen=SPARK_POINTS)).append(value)
+
     def _row(self, device: str, severities: dict[str, list[str]]) -> dict[str, Any] | None:
         row = self.b.fleet.device(device)
         if row is None or self.meta.hidden(device):

@@ -97,12 +97,27 @@ def _delivery_metrics(b: FleetParts) -> list[Family]:
             ("edgefleet_watermarks_pending", "gauge", "watermarks waiting to be published",
              [({}, float(b.acker.pending))]),
         ]
+    if (role := b.cluster()) is not None:
+        out += [(f"edgefleet_alert_{name}", kind, text, [({}, _number(role[key]))])
+                for name, key, kind, text in _CLUSTER]
     if b.received:
         out.append(("edgefleet_connection_messages_total", "counter",
                     "messages received per broker connection (shared subscription)",
                     [({"connection": str(k)}, float(n))
                      for k, n in enumerate(b.received, 1)]))
     return out
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (bool, int, float)) else 0.0
+
+
+_CLUSTER = (  # several backends on PostgreSQL (backend/cluster.py)
+    ("leader", "leading", "gauge", "1 while this backend is the alert leader"),
+    ("leader_takeovers_total", "takeovers", "counter", "times this backend took the lead"),
+    ("evaluated_samples_total", "evaluated", "counter",
+     "stored samples this backend evaluated as the alert leader"),
+)
 
 
 def _labelled(label: str, counts: Mapping[str, int]) -> list[tuple[dict[str, str], float]]:

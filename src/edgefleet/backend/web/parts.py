@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,3 +40,5 @@ class FleetParts:
     acker: Acker | None = None  # commit watermarks to devices (None: turned off)
     received: Sequence[int] = ()  # messages per broker connection (K > 1 only)
     groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # rules-file groups
+    # several backends on PostgreSQL: ``Cluster.public()`` (leading, takeovers, evaluated)
+    cluster: Callable[[], Mapping[str, object] | None] = lambda: None
