@@ -37,7 +37,7 @@ REGION, ACCOUNT = "eu-west-1", "123456789012"
 PREFIX = "EDGE_BACKEND_"
 # Settings the template sets that the backend does not know yet: each needs a change in
 # src/edgefleet/backend (docs/production.md says which). Remove an entry once it exists.
-PENDING = {"connection_first"}  # first number of this task's connections (backend-<n>)
+PENDING: set[str] = set()
 TASKS = ("TaskDefinitionA", "TaskDefinitionB")
 
 

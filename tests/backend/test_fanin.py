@@ -99,3 +99,73 @@ async def test_k_connections_share_the_load_and_a_dropped_link_loses_nothing(
         backend.stop()
         await asyncio.wait_for(task, 15)
         await proxy.close()
+
+
+def task_settings(broker: Mosquitto, db: Path, first: int, count: int) -> BackendSettings:
+    """One process of several sharing the ``backend`` identity (a task of
+    infra/backend-service.yaml): its connections are numbered from ``first``."""
+    for k in range(first, first + count):
+        cert, key, ca = broker.identity(f"backend-{k}")
+    last = first + count - 1
+    return BackendSettings(
+        db_path=db, endpoint="127.0.0.1", port=broker.port, ca_file=ca, aws_limits=False,
+        cert_file=Path(str(cert).replace(f"backend-{last}", "backend-{n}")),
+        key_file=Path(str(key).replace(f"backend-{last}", "backend-{n}")),
+        connections=count, connection_first=first,
+    )
+
+
+async def test_two_processes_on_one_identity_number_their_connections_apart(
+    broker: Mosquitto, mqtt_client: ClientFactory, tmp_path: Path,
+) -> None:
+    """Task A (connections 1-2) and task B (connection 3, K = 1, still shared) run at once:
+    no client id is used twice (the broker would drop the older link), both receive a share,
+    and between them every sample is stored once."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    a = task_settings(broker, tmp_path / "a.db", first=1, count=2)
+    b = task_settings(broker, tmp_path / "b.db", first=3, count=1)
+    backends = [Backend(s, load_rules(rules), transport_factory(s, "mqtt")) for s in (a, b)]
+    pools = [bk.transport for bk in backends]
+    assert all(isinstance(p, TransportPool) for p in pools)
+    ids = [[m.cfg.client_id for m in p.members] for p in pools  # type: ignore[attr-defined]
+           if isinstance(p, TransportPool)]
+    assert ids == [["backend-1", "backend-2"], ["backend-3"]]
+    tasks = [asyncio.create_task(bk.run(lambda stop: stop.wait())) for bk in backends]
+    try:
+        for bk in backends:
+            await until(lambda bk=bk: bk._subscribing is not None and bk._subscribing.done())
+        devices = [await Device.connect(mqtt_client, f"dev-{i:02d}") for i in range(8)]
+        for dev in devices:
+            for _ in range(10):
+                await dev.sample(time.time(), cpu_percent=1.0)
+
+        def union() -> dict[str, list[int]]:
+            got: dict[str, list[int]] = {}
+            for db in (a.db_path, b.db_path):
+                for name, seqs in stored(db).items():
+                    got.setdefault(name, []).extend(seqs)
+            return {name: sorted(seqs) for name, seqs in got.items()}
+
+        await until(lambda: union() == {d.name: list(range(10)) for d in devices}, timeout=30)
+        received = [sum(p.received) for p in pools if isinstance(p, TransportPool)]
+        assert all(n > 0 for n in received), received
+        assert all(m.connected.is_set() for p in pools if isinstance(p, TransportPool)
+                   for m in p.members)  # nobody was disconnected by a twin
+        assert 'edgefleet_connection_messages_total{connection="3"}' in backends[1].view.metrics_text()
+    finally:
+        for bk in backends:
+            bk.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+
+@pytest.mark.parametrize(("first", "count", "numbers"), [
+    (None, 1, [0]), (None, 3, [1, 2, 3]), (1, 1, [1]), (4, 2, [4, 5]), (9, 1, [9])])
+def test_connection_numbers(first: int | None, count: int, numbers: list[int]) -> None:
+    s = BackendSettings(connections=count, connection_first=first)
+    assert s.connection_numbers() == numbers
+
+
+def test_connections_beyond_the_policy_are_refused() -> None:
+    with pytest.raises(ValueError, match="connection_first 8 \\+ connections 3 - 1 = 10"):
+        BackendSettings(connections=3, connection_first=8)

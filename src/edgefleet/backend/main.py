@@ -7,7 +7,6 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def preflight(s: BackendSettings) -> str:
                 raise ConfigError(f"EDGE_BACKEND_{name.upper()} is not set")
         assert s.cert_file and s.key_file and s.ca_file  # noqa: S101 - checked above
         check_cert_file(s.ca_file, "EDGE_BACKEND_CA_FILE")
-        for k in range(1 if s.connections > 1 else 0, s.connections + 1):
+        for k in s.connection_numbers():
             check_cert_file(connection_file(s.cert_file, k), "EDGE_BACKEND_CERT_FILE")
             check_private_key(connection_file(s.key_file, k), "EDGE_BACKEND_KEY_FILE")
     if s.tls_key_file is not None:
@@ -66,13 +65,13 @@ def transport_factory(
                 on_connect=on_connect,
                 on_client=watch_backend_configuration,
             )
-        if s.connections > 1:
-            return TransportPool(s.connections, partial(_mqtt_member, s), on_message,
-                                 on_connect, group=SHARE_GROUP)
-        if s.database_url is not None:  # several backends may share the fleet (issue 17):
-            return TransportPool(  # one connection, as client_id, in the shared group
-                1, lambda _k, *rest: _mqtt_member(s, 0, *rest), on_message, on_connect,
-                group=SHARE_GROUP)
+        numbers = s.connection_numbers()
+        if numbers != [0] or s.database_url is not None:
+            # K connections, or several backends sharing the fleet (issue 17): members
+            # numbered as the settings say, all in the shared group (member k is 1-based)
+            return TransportPool(
+                len(numbers), lambda k, *rest: _mqtt_member(s, numbers[k - 1], *rest),
+                on_message, on_connect, group=SHARE_GROUP)
         return _mqtt_member(s, 0, on_message, on_connect, None)
 
     return make

@@ -145,6 +145,7 @@ class Backend:
             quarantine=self.quarantine, feed=self.feed, inbox=self.inbox,
             connected=self.transport.connected, acker=self.acker, groups=rules.groups,
             received=self.transport.received if isinstance(self.transport, TransportPool) else (),
+            connection_first=max(1, s.connection_numbers()[0]),
             cluster=lambda: None if self.cluster is None else self.cluster.public()))
         # silences and inhibition see the fleet's devices, their labels, the confirm share
         self.alerts.gate.known_devices = lambda: (row.device for row in self.fleet.devices())

@@ -26,6 +26,10 @@ class BackendSettings(BaseSettings):
     # K connections sharing the fleet's subscriptions ($share/edgefleet/...); client ids
     # <client_id>-1 .. -K; "{n}" in cert_file/key_file becomes k (docs/production.md)
     connections: int = Field(default=1, ge=1, le=MAX_BACKEND_CONNECTIONS)
+    # The number of this process's first connection when several processes share the one
+    # identity (two tasks of infra/backend-service.yaml): connections first .. first+K-1,
+    # always in the shared group, also when K = 1. Unset: 1 .. K (K = 1: client_id alone).
+    connection_first: int | None = Field(default=None, ge=1, le=MAX_BACKEND_CONNECTIONS)
     endpoint: str = "localhost"
     port: int = Field(default=8883, ge=1, le=65535)
     cert_file: Path | None = None
@@ -159,4 +163,16 @@ class BackendSettings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.ack_min_interval_s > self.ack_interval_s:
             raise ValueError("ack_min_interval_s must not exceed ack_interval_s")
+        last = (self.connection_first or 1) + self.connections - 1
+        if last > MAX_BACKEND_CONNECTIONS:
+            raise ValueError(
+                f"connection_first {self.connection_first} + connections {self.connections}"
+                f" - 1 = {last}: the policy grants connections 1-{MAX_BACKEND_CONNECTIONS}")
         return self
+
+    def connection_numbers(self) -> list[int]:
+        """The numbers of this process's connections (0: the only one, as ``client_id``)."""
+        if self.connection_first is None and self.connections == 1:
+            return [0]
+        first = self.connection_first or 1
+        return list(range(first, first + self.connections))

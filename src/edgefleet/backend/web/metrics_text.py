@@ -104,7 +104,7 @@ def _delivery_metrics(b: FleetParts) -> list[Family]:
         out.append(("edgefleet_connection_messages_total", "counter",
                     "messages received per broker connection (shared subscription)",
                     [({"connection": str(k)}, float(n))
-                     for k, n in enumerate(b.received, 1)]))
+                     for k, n in enumerate(b.received, b.connection_first)]))
     return out
 
 

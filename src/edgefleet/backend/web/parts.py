@@ -39,6 +39,7 @@ class FleetParts:
     connected: asyncio.Event  # set while the broker link is up
     acker: Acker | None = None  # commit watermarks to devices (None: turned off)
     received: Sequence[int] = ()  # messages per broker connection (K > 1 only)
+    connection_first: int = 1  # the number of the first of them (backend-<n>)
     groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # rules-file groups
     # several backends on PostgreSQL: ``Cluster.public()`` (leading, takeovers, evaluated)
     cluster: Callable[[], Mapping[str, object] | None] = lambda: None
