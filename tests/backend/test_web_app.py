@@ -107,7 +107,7 @@ async def with_devices(served: Served) -> float:
     served.send("dev-b", 0, t, temp_celsius=99.0, cpu_percent=5.0)
     await until(lambda: len(served.backend.view.device_rows()) == 2
                 and len(served.backend.alerts.firing) == 1)
-    await until(lambda: not served.backend.inbox)
+    await until(lambda: len(served.transport.acked) == 5)  # acknowledged once committed
     return t
 
 
