@@ -29,6 +29,7 @@ from edgefleet.backend.settings import BackendSettings
 from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.dev.broker import Mosquitto
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
+from edgefleet.transport.mqtt import MqttClient
 from edgefleet.wire.messages import metrics_topic, status_topic
 
 RULES = "version: 1\noffline: {enabled: true, severity: critical, for: 0s}\nrules: []\n"
@@ -377,6 +378,14 @@ async def test_quarantined_message_is_acked_at_the_broker_and_a_restart_flows(
     """Real Mosquitto, persistent session: the message the store cannot take is quarantined
     and acknowledged, so the restarted backend is not handed it again and ingests on."""
     poison(monkeypatch, "dev-x", 2)
+    acked: list[AckHandle | None] = []
+    real_ack = MqttClient.ack
+
+    def ack(self: MqttClient, handle: AckHandle | None) -> None:
+        real_ack(self, handle)
+        acked.append(handle)
+
+    monkeypatch.setattr(MqttClient, "ack", ack)
     cert, key, ca = broker.identity("backend")
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(RULES)
@@ -401,6 +410,8 @@ async def test_quarantined_message_is_acked_at_the_broker_and_a_restart_flows(
             # the messages published after it on the same connection: once these are stored,
             # it would have been counted.
             await until(lambda: stored(tmp_path / "fleet.db") == want, timeout=30)
+            # and acknowledged (after the commit): a stop before that means a redelivery
+            await until(lambda: len(acked) >= 2 * seqs.stop, timeout=30)
         finally:
             backend.stop()
             await asyncio.wait_for(task, 15)
