@@ -34,6 +34,7 @@ STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 URL_ENV = "EDGE_BACKEND_DATABASE_URL"
+OPENED: list[PgFleetStore] = []
 TEMPLATE = "edgefleet_template"
 # a throw-away cluster: durability is what test_pg_outage.py tests, with a cluster of its own
 FAST = "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
@@ -71,6 +72,7 @@ def pg_database(postgres: Postgres, pg_template: str) -> Iterator[str]:
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}".encode())
     yield database_url(postgres, name)
+    close_opened()
     with psycopg.connect(postgres.url, autocommit=True) as conn:  # ends what the test left
         conn.execute(f"DROP DATABASE {name} WITH (FORCE)".encode())
 
@@ -79,7 +81,17 @@ def fleet_store(path: Path, **options: Any) -> FleetStoreContract:
     """The fleet store of this test: PostgreSQL at ``EDGE_BACKEND_DATABASE_URL`` when the run
     is on PostgreSQL (conftest.py sets it), else the SQLite file ``path``."""
     url = os.environ.get(URL_ENV)
-    return PgFleetStore(url, **options) if url else FleetStore(path, **options)
+    if not url:
+        return FleetStore(path, **options)
+    store = PgFleetStore(url, **options)
+    OPENED.append(store)  # closed after the test (conftest.py), before its database goes
+    return store
+
+
+def close_opened() -> None:
+    """Close the PostgreSQL stores :func:`fleet_store` opened (closing twice is harmless)."""
+    while OPENED:
+        OPENED.pop().close()
 
 
 def schema_url(pg: Postgres) -> str:
