@@ -26,7 +26,9 @@ class BackendProc:
         self.log_path = workdir / "backend.log"
         self.http_port = int(settings.pop("http_port", 0) or free_port())
         self.token: str | None = settings.get("auth_token")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_BACKEND_")}
+        # the test's settings only; but a PostgreSQL run's database (tests/backend/conftest.py)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("EDGE_BACKEND_") or k == "EDGE_BACKEND_DATABASE_URL"}
         base: dict[str, Any] = {
             "endpoint": "127.0.0.1", "port": broker.port, "cert_file": cert, "key_file": key,
             "ca_file": ca, "db_path": workdir / "fleet.db", "http_port": self.http_port,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.engine import (
@@ -22,7 +23,7 @@ from edgefleet.backend.alerts.engine import (
 from edgefleet.backend.alerts.persist import DEVICE_PREFIX, DEVICES, OLD_FIRING, OLD_STATE
 from edgefleet.backend.alerts.rules import RuleSet, parse_rules
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.notify import AlertDispatcher, Outbox
 
@@ -37,16 +38,20 @@ rules:
 T0 = 1_800_000_000.0
 
 
-class CountingStore(FleetStore):
-    """A real store that remembers the state names written in its transactions."""
+class CountingStore:
+    """A real store (of this run's kind: ``fleet_store``) that remembers the state names
+    written in its transactions."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
+        self.inner = fleet_store(path)
         self.puts: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
     def run(self, job: Callable[[StoreTx], None]) -> None:
         """Run a save in one batch transaction, as the backend's writer does."""
-        self.add_samples([], also=lambda tx: job(CountingTx(tx, self.puts)))
+        self.inner.add_samples([], also=lambda tx: job(CountingTx(tx, self.puts)))
 
 
 class CountingTx(StoreTx):
@@ -98,13 +103,13 @@ def store(tmp_path: Path) -> Iterator[CountingStore]:
 
 
 @pytest.fixture
-def dispatcher(tmp_path: Path) -> Iterator[AlertDispatcher]:
-    d = AlertDispatcher(outbox=Outbox(tmp_path / "fleet.db"), notifier=None)
+def dispatcher(store: CountingStore) -> Iterator[AlertDispatcher]:
+    d = AlertDispatcher(outbox=Outbox(store.open_db()), notifier=None)  # in the fleet db
     yield d
     d.outbox.close()
 
 
-def center(store: FleetStore, dispatcher: AlertDispatcher, rules: RuleSet = RULES) -> AlertCenter:
+def center(store: FleetStoreContract, dispatcher: AlertDispatcher, rules: RuleSet = RULES) -> AlertCenter:
     return AlertCenter(rules, store, dispatcher)
 
 

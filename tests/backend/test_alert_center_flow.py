@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.persist import DEVICE_PREFIX
 from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.store.tx import StoreTx
 from edgefleet.notify import Alert, AlertDispatcher, Outbox
 
@@ -34,8 +34,9 @@ class Parts:
     """A store, an outbox on the same database, a dispatcher (not started) and a centre."""
 
     def __init__(self, path: Path) -> None:
-        self.store = FleetStore(path)
-        self.outbox = Outbox(path)
+        self.path = path
+        self.store = fleet_store(path)
+        self.outbox = Outbox(self.store.open_db())  # in the fleet database, as in the backend
         self.dispatcher = AlertDispatcher(outbox=self.outbox, notifier=None,
                                           group_window_s=WINDOW, repeat_interval_s=3600,
                                           clock=lambda: T0)
@@ -49,7 +50,7 @@ class Parts:
 
     def restart(self) -> Parts:
         self.close()
-        return Parts(self.store.path)
+        return Parts(self.path)
 
     def close(self) -> None:
         self.outbox.close()

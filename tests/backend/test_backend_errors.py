@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.backend.store_backends import store_class
 
 from backend.test_service import Start, start, stored, until  # noqa: F401
 from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.runtime import BackendFailedError
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.writer import error_kind, is_transient
 from edgefleet.errors import TransportError
 
@@ -64,14 +65,16 @@ async def test_a_bug_in_ingest_stops_the_backend_loudly_and_acks_nothing_unstore
 async def test_a_bug_in_the_store_is_not_quarantined_but_stops_the_backend(
     start: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real = FleetStore.add_samples
+    cls = store_class()
+    real = cls.add_samples
 
-    def add_samples(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+    def add_samples(self: FleetStoreContract, samples: Sequence[AcceptedSample],
+                    **kw: Any) -> int:
         if any(s.seq == 1 for s in samples):
             raise AttributeError("'NoneType' object has no attribute 'id'")
-        return real(self, samples, **kw)
+        return real(self, samples, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(FleetStore, "add_samples", add_samples)
+    monkeypatch.setattr(cls, "add_samples", add_samples)
     r = await start()
     r.send("dev-a", 0)
     await until(lambda: r.t.acked == [("dev-a", 0)])
@@ -85,10 +88,11 @@ async def test_a_bug_in_the_store_is_not_quarantined_but_stops_the_backend(
 async def test_a_store_failing_past_its_bound_stops_the_backend_and_acks_nothing(
     start: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def add_samples(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+    def add_samples(self: FleetStoreContract, samples: Sequence[AcceptedSample],
+                    **kw: Any) -> int:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(FleetStore, "add_samples", add_samples)
+    monkeypatch.setattr(store_class(), "add_samples", add_samples)
     r = await start(store_give_up_s=0.3)
     r.b.writer.backoff_max_s = 0.05
     r.send("dev-a", 0)

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.ingest.handler import Ingest
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.backend.store.fleet_state import DeviceTransition, FleetState
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.wire.messages import metrics_topic, status_topic
 
 T = 1_700_000_000.0
@@ -19,8 +20,8 @@ DEV = "dev-1"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[FleetStore]:
-    opened = FleetStore(tmp_path / "fleet.db")
+def store(tmp_path: Path) -> Iterator[FleetStoreContract]:
+    opened = fleet_store(tmp_path / "fleet.db")
     yield opened
     opened.close()
 
@@ -28,7 +29,7 @@ def store(tmp_path: Path) -> Iterator[FleetStore]:
 class Rig:
     """Ingest + fleet state fed with messages the way the backend wires them."""
 
-    def __init__(self, store: FleetStore, now: float = T, **kw: Any) -> None:
+    def __init__(self, store: FleetStoreContract, now: float = T, **kw: Any) -> None:
         self.store = store
         self.ingest = Ingest()
         self.ingest.restore(store.cursors())
@@ -70,14 +71,14 @@ def online(rig: Rig) -> bool:
     return row.status == "online"
 
 
-def test_first_data_brings_a_device_online(store: FleetStore) -> None:
+def test_first_data_brings_a_device_online(store: FleetStoreContract) -> None:
     rig = Rig(store)
     rig.data(T + 1)
     assert rig.fleet.tick(T + 1) == [DeviceTransition(DEV, True, T + 1, "data")]
     assert rig.fleet.tick(T + 2) == []
 
 
-def test_staleness_after_three_intervals(store: FleetStore) -> None:
+def test_staleness_after_three_intervals(store: FleetStoreContract) -> None:
     rig = Rig(store)
     rig.status(T, "online", ts=T, interval_s=10.0)
     rig.data(T + 5)
@@ -88,7 +89,7 @@ def test_staleness_after_three_intervals(store: FleetStore) -> None:
     assert rig.fleet.tick(T + 40) == [DeviceTransition(DEV, True, T + 40, "data")]
 
 
-def test_stale_window_has_a_floor_and_a_default(store: FleetStore) -> None:
+def test_stale_window_has_a_floor_and_a_default(store: FleetStoreContract) -> None:
     rig = Rig(store, stale_min_s=5.0, default_interval_s=20.0)
     rig.status(T, "online", ts=T, interval_s=1.0)
     rig.data(T)
@@ -101,7 +102,7 @@ def test_stale_window_has_a_floor_and_a_default(store: FleetStore) -> None:
     assert [t.device for t in rig.fleet.tick(T + 61)] == ["dev-2"]
 
 
-def test_will_newer_than_all_data_marks_offline_at_once(store: FleetStore) -> None:
+def test_will_newer_than_all_data_marks_offline_at_once(store: FleetStoreContract) -> None:
     rig = Rig(store)
     rig.status(T, "online", ts=T, interval_s=10.0)
     rig.data(T + 1, ts=T + 1)
@@ -111,7 +112,7 @@ def test_will_newer_than_all_data_marks_offline_at_once(store: FleetStore) -> No
 
 
 def test_late_will_of_an_old_connection_does_not_mark_a_live_device_offline(
-    store: FleetStore,
+    store: FleetStoreContract,
 ) -> None:
     rig = Rig(store)
     rig.status(T, "online", ts=T, interval_s=10.0)  # connection A
@@ -127,7 +128,7 @@ def test_late_will_of_an_old_connection_does_not_mark_a_live_device_offline(
     assert online(rig)
 
 
-def test_old_will_counts_once_the_device_is_silent(store: FleetStore) -> None:
+def test_old_will_counts_once_the_device_is_silent(store: FleetStoreContract) -> None:
     """The agent's will carries the time it was built, older than all its data."""
     rig = Rig(store)
     rig.status(T, "online", ts=T, interval_s=10.0)
@@ -139,7 +140,7 @@ def test_old_will_counts_once_the_device_is_silent(store: FleetStore) -> None:
     assert rig.fleet.tick(T + 26) == [DeviceTransition(DEV, False, T + 10, "status")]
 
 
-def test_late_online_of_an_older_connection_is_ignored(store: FleetStore) -> None:
+def test_late_online_of_an_older_connection_is_ignored(store: FleetStoreContract) -> None:
     rig = Rig(store)
     rig.status(T + 20, "online", ts=T + 20, interval_s=10.0)
     rig.status(T + 21, "offline", ts=T + 20)
@@ -149,7 +150,7 @@ def test_late_online_of_an_older_connection_is_ignored(store: FleetStore) -> Non
     assert not online(rig)
 
 
-def test_health_keeps_the_newest_report(store: FleetStore) -> None:
+def test_health_keeps_the_newest_report(store: FleetStoreContract) -> None:
     rig = Rig(store)
     rig.data(T, dropped=2, sent_at=T + 10)
     rig.data(T + 1, dropped=1, sent_at=T + 5)  # an older message delivered late
@@ -158,7 +159,7 @@ def test_health_keeps_the_newest_report(store: FleetStore) -> None:
     assert (row.agent_dropped, row.agent_version) == (2, "0.1.0")
 
 
-def test_summary_counts_devices_rate_and_losses(store: FleetStore) -> None:
+def test_summary_counts_devices_rate_and_losses(store: FleetStoreContract) -> None:
     rig = Rig(store)
     rig.data(T, n=5)
     rig.seq += 3  # three samples lost on the way
@@ -178,7 +179,7 @@ def test_summary_counts_devices_rate_and_losses(store: FleetStore) -> None:
 
 
 def test_restart_restores_devices_and_marks_silent_ones_offline_after_grace(
-    store: FleetStore,
+    store: FleetStoreContract,
 ) -> None:
     rig = Rig(store)
     for device in ("quiet", "back"):
@@ -199,7 +200,7 @@ def test_restart_restores_devices_and_marks_silent_ones_offline_after_grace(
     assert rig.fleet.device("back").status == "online"  # type: ignore[union-attr]
 
 
-def test_dirty_rows_round_trip_through_the_store(store: FleetStore) -> None:
+def test_dirty_rows_round_trip_through_the_store(store: FleetStoreContract) -> None:
     rig = Rig(store)
     rig.status(T, "online", ts=T, interval_s=2.5)
     rig.data(T + 1, dropped=7)
@@ -213,7 +214,7 @@ def test_dirty_rows_round_trip_through_the_store(store: FleetStore) -> None:
     assert (saved.interval_s, saved.agent_dropped, saved.session_ts) == (2.5, 7, T)
 
 
-def test_nobody_goes_stale_while_the_feed_is_lost(store: FleetStore) -> None:
+def test_nobody_goes_stale_while_the_feed_is_lost(store: FleetStoreContract) -> None:
     rig = Rig(store)
     for device in ("a", "b"):
         rig.status(T, "online", ts=T, interval_s=1.0, device=device)
@@ -222,7 +223,7 @@ def test_nobody_goes_stale_while_the_feed_is_lost(store: FleetStore) -> None:
     assert all(row.status == "online" for row in rig.fleet.devices())
 
 
-def test_after_the_feed_returns_everyone_gets_one_stale_window(store: FleetStore) -> None:
+def test_after_the_feed_returns_everyone_gets_one_stale_window(store: FleetStoreContract) -> None:
     rig = Rig(store, stale_min_s=5.0)
     for device in ("quiet", "back"):
         rig.status(T, "online", ts=T, interval_s=1.0, device=device)
@@ -236,7 +237,7 @@ def test_after_the_feed_returns_everyone_gets_one_stale_window(store: FleetStore
 
 
 def test_a_device_goes_stale_only_when_the_feed_proves_it_silent_alone(
-    store: FleetStore,
+    store: FleetStoreContract,
 ) -> None:
     rig = Rig(store, stale_min_s=5.0)
     for device in ("a", "b"):
@@ -249,7 +250,7 @@ def test_a_device_goes_stale_only_when_the_feed_proves_it_silent_alone(
     assert rig.fleet.tick(T + 31, feed_heard=T + 31) == [DeviceTransition("a", False, T, "stale")]
 
 
-def test_typical_interval_is_the_median_of_online_devices(store: FleetStore) -> None:
+def test_typical_interval_is_the_median_of_online_devices(store: FleetStoreContract) -> None:
     rig = Rig(store, default_interval_s=10.0)
     assert rig.fleet.typical_interval() == 10.0
     for device, interval in (("a", 1.0), ("b", 2.0), ("c", 60.0)):

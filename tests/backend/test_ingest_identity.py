@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import DeviceRow
 from edgefleet.backend.store.fleet_state import FleetState
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.backend.web.shapes import device_row
 from edgefleet.wire.messages import metrics_topic
 
@@ -126,7 +126,7 @@ def test_when_the_current_stream_stops_the_retired_one_is_taken_back() -> None:
 
 
 def test_last_sample_ts_never_comes_from_refused_samples(tmp_path: Path) -> None:
-    store = FleetStore(tmp_path / "fleet.db")
+    store = fleet_store(tmp_path / "fleet.db")
     ingest = Ingest()
     fleet = FleetState(store.devices(), now=T, lost=ingest.lost)
     a, b = Agent("aaaa"), Agent("bbbb")

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.backend.store_backends import fleet_store, on_postgres, schema_url
 
 from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor, SeqTracker
 from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.pg_store import PgFleetStore
 from edgefleet.wire.messages import MAX_SEQ, metrics_topic
 
 DEV, OTHER = "dev-1", "dev-2"
@@ -37,9 +38,9 @@ def payload(seqs: list[int], *, device: str = DEV, stream: str = "a") -> bytes:
 class Pipeline:
     """Ingest + store, one transaction per message, as the backend's ingest loop does."""
 
-    def __init__(self, path: Path, **ingest: Any) -> None:
-        self.path, self.opts = path, ingest
-        self.store = FleetStore(path)
+    def __init__(self, path: Path, url: str | None = None, **ingest: Any) -> None:
+        self.path, self.url, self.opts = path, url, ingest
+        self.store = PgFleetStore(url) if url else fleet_store(path)
         self.ingest = Ingest(**ingest)
         self.ingest.restore(self.store.cursors())
         self.stored = 0
@@ -52,7 +53,7 @@ class Pipeline:
 
     def reopen(self) -> None:
         self.store.close()
-        self.__init__(self.path, **self.opts)  # type: ignore[misc]
+        self.__init__(self.path, self.url, **self.opts)  # type: ignore[misc]
 
     def stored_lost(self, device: str = DEV) -> int:
         row = {r.device: r for r in self.store.devices()}.get(device)
@@ -137,7 +138,7 @@ def test_state_survives_a_restart_at_the_edges(pipe: Pipeline) -> None:
 
 def test_a_cursor_saved_by_an_older_backend_recovers(tmp_path: Path) -> None:
     """A cursor at 2^63-1 (possible before the wire bound) neither overflows nor blocks."""
-    store = FleetStore(tmp_path / "f.db")
+    store = fleet_store(tmp_path / "f.db")
     store.add_samples([AcceptedSample(DEV, 2**63 - 1, 1.0, {})], cursors={
         DEV: SeqCursor("a", 0, 2**63 - 1, 2, holes=0, lost_prior=2**64)})
     (row,) = store.devices()
@@ -160,9 +161,13 @@ _messages = st.lists(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(messages=_messages)
-def test_any_valid_seqs_store_and_keep_the_loss_sane(tmp_path_factory: pytest.TempPathFactory,
-                                                     messages: list[tuple[str, list[int]]]) -> None:
-    pipe = Pipeline(tmp_path_factory.mktemp("p") / "fleet.db")
+def test_any_valid_seqs_store_and_keep_the_loss_sane(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+    messages: list[tuple[str, list[int]]],
+) -> None:
+    # every example on an empty store: a new file, or a new schema of the test's PostgreSQL
+    url = schema_url(request.getfixturevalue("postgres")) if on_postgres() else None
+    pipe = Pipeline(tmp_path_factory.mktemp("p") / "fleet.db", url)
     jump = 1_000_000
     for stream, seqs in messages:
         pipe.send(seqs, stream=stream)  # never raises

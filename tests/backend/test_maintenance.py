@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.alerts.centre import REMIND_EVERY_S, AlertCenter
 from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.alerts.ruleset import RuleSet
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.errors import ConfigError
 from edgefleet.notify import AlertDispatcher, Outbox
 from edgefleet.notify.slack import SlackNotifier
@@ -49,8 +49,8 @@ class Centre:
 
     def __init__(self, path: Path, rules: RuleSet, slack: FakeSlack) -> None:
         self.now = T0
-        self.store = FleetStore(path)
-        self.outbox = Outbox(path)
+        self.store = fleet_store(path)
+        self.outbox = Outbox(self.store.open_db())
         self.notifier = SlackNotifier(webhook_url=slack.webhook_url)
         self.dispatcher = AlertDispatcher(outbox=self.outbox, notifier=self.notifier,
                                           group_window_s=0, clock=lambda: self.now)

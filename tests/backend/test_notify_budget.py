@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from slack_sdk.models.blocks import Block
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.notify import (
     Alert,
     AlertDispatcher,
@@ -143,8 +143,8 @@ async def test_a_flood_from_one_device_is_summarised_not_posted(
 ) -> None:
     now = [T0]
     notifier = SlackNotifier(webhook_url=slack.webhook_url)
-    store = FleetStore(tmp_path / "fleet.db")
-    dispatcher = AlertDispatcher(outbox=Outbox(store.path), notifier=notifier,
+    store = fleet_store(tmp_path / "fleet.db")
+    dispatcher = AlertDispatcher(outbox=Outbox(store.open_db()), notifier=notifier,
                                  group_window_s=10, clock=lambda: now[0])
     center = AlertCenter(RULES, store, dispatcher)
     events = 0

@@ -22,6 +22,10 @@ from edgefleet.notify import Alert, Outbox
 from edgefleet.notify.outbox import OutboxImportError
 from fakeslack import FakeSlack, _no_proxy, slack  # noqa: F401 - shared fixtures
 
+pytestmark = pytest.mark.sqlite_only(
+    "an outbox file of older versions is imported into a SQLite fleet database only "
+    "(PostgreSQL had no earlier version)")
+
 T0 = time.time() - 600  # due long ago: sent as soon as the dispatcher looks
 OLD_TABLE = """
 CREATE TABLE outbox (event_id TEXT PRIMARY KEY, group_key TEXT NOT NULL, alert TEXT NOT NULL,

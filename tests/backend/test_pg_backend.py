@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.backend.store_backends import postgres, schema_url  # noqa: F401
+from tests.backend.store_backends import schema_url
 from tests.backend.test_service import RULES, FakeTransport, Running, until
 
 from devices import status_payload

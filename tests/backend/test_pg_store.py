@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import errors
-from tests.backend.store_backends import postgres, schema_url  # noqa: F401
+from tests.backend.store_backends import schema_url
 
 from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample

@@ -10,12 +10,12 @@ import math
 from pathlib import Path
 
 import pytest
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.predict import FitSettings, Replay, Series, forecast, replay
 from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.errors import ConfigError
 from edgefleet.notify import AlertDispatcher, Outbox
 from edgefleet.sim.model import DISK_SCENARIOS, disk_series
@@ -109,8 +109,8 @@ rules:
 
 def test_a_predict_rule_fires_through_the_alert_centre(tmp_path: Path) -> None:
     rules = parse_rules(PREDICT_RULES)
-    store = FleetStore(tmp_path / "fleet.db")
-    outbox = Outbox(tmp_path / "fleet.db")
+    store = fleet_store(tmp_path / "fleet.db")
+    outbox = Outbox(store.open_db())
     dispatcher = AlertDispatcher(outbox=outbox, notifier=None)
     centre = AlertCenter(rules, store, dispatcher)
     points, full_at = disk_series("sudden", seed=0, t0=1_800_000_000.0)

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from tests.backend.store_backends import on_postgres, query, store_class
 
 from conftest import ClientFactory
 from devices import Device, metrics_payload, status_payload
@@ -24,9 +26,10 @@ from edgefleet.backend.main import transport_factory
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.runtime import Backend
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.dev.broker import Mosquitto
 from edgefleet.transport.base import AckHandle, OnMessage, Transport
+from edgefleet.transport.mqtt import MqttClient
 from edgefleet.wire.messages import metrics_topic, status_topic
 
 RULES = "version: 1\noffline: {enabled: true, severity: critical, for: 0s}\nrules: []\n"
@@ -127,12 +130,9 @@ async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
 
 
 def stored(db: Path) -> dict[str, list[int]]:
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("SELECT d.name, r.seq FROM raw AS r JOIN devices AS d "
-                            "ON d.id = r.device ORDER BY r.seq").fetchall()
-    finally:
-        conn.close()
+    """The seqs stored per device (in the SQLite file ``db``, or this test's PostgreSQL)."""
+    rows = query(db, "SELECT d.name, r.seq FROM raw AS r JOIN devices AS d "
+                     "ON d.id = r.device ORDER BY r.seq")
     out: dict[str, list[int]] = {}
     for name, seq in rows:
         out.setdefault(name, []).append(seq)
@@ -142,16 +142,18 @@ def stored(db: Path) -> dict[str, list[int]]:
 def poison(monkeypatch: pytest.MonkeyPatch, device: str, seq: int) -> list[int]:
     """Make the store raise OverflowError for one sample, the way seq 2^63 did; return a
     list that counts the failed calls."""
-    real = FleetStore.add_samples
+    cls = store_class()
+    real = cls.add_samples
     failures: list[int] = []
 
-    def add_samples(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+    def add_samples(self: FleetStoreContract, samples: Sequence[AcceptedSample],
+                    **kw: Any) -> int:
         if any(s.device == device and s.seq == seq for s in samples):
             failures.append(1)
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return real(self, samples, **kw)
+        return real(self, samples, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(FleetStore, "add_samples", add_samples)
+    monkeypatch.setattr(cls, "add_samples", add_samples)
     return failures
 
 
@@ -216,21 +218,25 @@ async def test_one_unstorable_message_is_quarantined_and_the_fleet_flows(
 async def test_store_failing_makes_health_degraded_and_nothing_is_acked(
     start: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real = FleetStore.add_samples
+    cls = store_class()
+    real = cls.add_samples
     locked = True
+    error = (psycopg.OperationalError("server closed the connection unexpectedly")
+             if on_postgres() else sqlite3.OperationalError("database is locked"))
 
-    def add_samples(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+    def add_samples(self: FleetStoreContract, samples: Sequence[AcceptedSample],
+                    **kw: Any) -> int:
         if locked:
-            raise sqlite3.OperationalError("database is locked")
-        return real(self, samples, **kw)
+            raise error
+        return real(self, samples, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(FleetStore, "add_samples", add_samples)
+    monkeypatch.setattr(cls, "add_samples", add_samples)
     r = await start(store_retries=1)
     r.send("dev-a", 0)
     await until(lambda: r.b.writer.failures_total >= 4)  # retried beyond store_retries
     ok, body = r.b.view.health()
     assert not ok
-    assert body["reason"] == "storing fails: OperationalError: database is locked"
+    assert body["reason"] == f"storing fails: OperationalError: {error}"
     assert "edgefleet_store_failing 1" in r.b.view.metrics_text()
     assert r.t.acked == []
     assert r.b.quarantine.total == 0  # a locked disk is not the data's fault
@@ -303,13 +309,14 @@ async def test_full_inbox_leaves_messages_at_the_broker_and_loses_none(
 ) -> None:
     """Real Mosquitto: the backend announces its inbox bound as the MQTT5 receive maximum,
     so with a slow store the broker holds what does not fit; nothing is dropped or lost."""
-    real = FleetStore.add_samples
+    cls = store_class()
+    real = cls.add_samples
 
-    def slow(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+    def slow(self: FleetStoreContract, samples: Sequence[AcceptedSample], **kw: Any) -> int:
         time.sleep(0.02)
-        return real(self, samples, **kw)
+        return real(self, samples, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(FleetStore, "add_samples", slow)
+    monkeypatch.setattr(cls, "add_samples", slow)
     cert, key, ca = broker.identity("backend")
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(RULES)
@@ -371,6 +378,14 @@ async def test_quarantined_message_is_acked_at_the_broker_and_a_restart_flows(
     """Real Mosquitto, persistent session: the message the store cannot take is quarantined
     and acknowledged, so the restarted backend is not handed it again and ingests on."""
     poison(monkeypatch, "dev-x", 2)
+    acked: list[AckHandle | None] = []
+    real_ack = MqttClient.ack
+
+    def ack(self: MqttClient, handle: AckHandle | None) -> None:
+        real_ack(self, handle)
+        acked.append(handle)
+
+    monkeypatch.setattr(MqttClient, "ack", ack)
     cert, key, ca = broker.identity("backend")
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(RULES)
@@ -395,6 +410,8 @@ async def test_quarantined_message_is_acked_at_the_broker_and_a_restart_flows(
             # the messages published after it on the same connection: once these are stored,
             # it would have been counted.
             await until(lambda: stored(tmp_path / "fleet.db") == want, timeout=30)
+            # and acknowledged (after the commit): a stop before that means a redelivery
+            await until(lambda: len(acked) >= 2 * seqs.stop, timeout=30)
         finally:
             backend.stop()
             await asyncio.wait_for(task, 15)

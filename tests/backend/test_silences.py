@@ -19,6 +19,7 @@ from typing import Any
 from test_labels import _listening
 from test_web_app import Serve, Served, serve, until  # noqa: F401 - fixture
 from test_web_fleet_view import status
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.alerts.silences import Silences, parse_silence
 from edgefleet.backend.web.app import create_app
@@ -129,20 +130,22 @@ async def test_bad_silences_get_one_line_and_nothing_is_stored(serve: Serve) -> 
 
 def test_silences_are_stored_in_the_fleet_database(tmp_path: Path) -> None:
     now = time.time()
-    book = Silences(tmp_path / "fleet.db", groups_of=lambda _d: ("north",))
+    store = fleet_store(tmp_path / "fleet.db")
+    book = Silences(store.open_db(), groups_of=lambda _d: ("north",))
     made = book.add(parse_silence({"matchers": {"group": "north", "labels": {"site": "x"}},
                                    "duration": "2h", "author": "ann", "comment": "work"}, now),
                     now)
     device = book.silence_device("pi-7", author="bob", duration_s=600, comment="fan")
     book.expire(device.id, now + 1)
     book.close()
-    again = Silences(tmp_path / "fleet.db", groups_of=lambda _d: ("north",))
+    again = Silences(store.open_db(), groups_of=lambda _d: ("north",))
     assert again.get(made.id) == made
     assert again.get(device.id).state(now + 2) == "expired"  # type: ignore[union-attr]
     target = again.target("cpu", "pi-1", "warning", {"site": "x"})
     assert again.silencing(target, now + 5) == made
     assert again.silencing(again.target("cpu", "pi-1", "warning"), now + 5) is None
     again.close()
+    store.close()
 
 
 async def test_cli_adds_lists_and_expires_through_a_running_backend(

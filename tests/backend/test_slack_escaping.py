@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from slack_sdk.models.blocks import Block
+from tests.backend.store_backends import fleet_store
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.notify import Alert, AlertDispatcher, BudgetSettings, Outbox, SlackNotifier
 from edgefleet.notify.format import format_group, format_suppressed
 from fakeslack import FakeSlack, _no_proxy, slack  # noqa: F401 - fixtures
@@ -149,8 +149,8 @@ rules:
      summary: "Disk {instance} {value:.0f}% full on {device}"}
 """)
     notifier = SlackNotifier(token=slack.token, channel="#alerts", api_url=slack.api_url)
-    store = FleetStore(tmp_path / "fleet.db")
-    d = AlertDispatcher(outbox=Outbox(store.path), notifier=notifier, group_window_s=0,
+    store = fleet_store(tmp_path / "fleet.db")
+    d = AlertDispatcher(outbox=Outbox(store.open_db()), notifier=notifier, group_window_s=0,
                         budget=BudgetSettings(per_device=0, per_rule=0))
     center = AlertCenter(rules, store, d)
     names = {f"disk.used_percent[{name}]": 99.0 for name in HOSTILE}

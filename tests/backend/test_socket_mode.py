@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.backend.store_backends import fleet_store
 from tests.fakeslack import FakeSlack, _no_proxy  # noqa: F401
 
 from edgefleet.backend.alerts.centre import AlertCenter
@@ -21,7 +22,6 @@ from edgefleet.backend.alerts.rules import parse_rules
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.runtime import _start_actions, build_slack_actions
 from edgefleet.backend.settings import BackendSettings
-from edgefleet.backend.store.fleet_store import FleetStore
 from edgefleet.notify import AlertDispatcher, BudgetSettings, Outbox
 from edgefleet.notify.format import ACTION_ACK, ACTION_SILENCE, ACTION_SNOOZE
 from edgefleet.notify.slack import SlackNotifier
@@ -42,8 +42,8 @@ class Rig:
 
     def __init__(self, path: Path, slack: FakeSlack) -> None:
         self.slack = slack
-        self.store = FleetStore(path)
-        self.outbox = Outbox(path)
+        self.store = fleet_store(path)
+        self.outbox = Outbox(self.store.open_db())
         self.history = AlertHistory(path)
         notifier = SlackNotifier(token=slack.token, channel="#alerts", api_url=slack.api_url)
         self.dispatcher = AlertDispatcher(outbox=self.outbox, notifier=notifier,

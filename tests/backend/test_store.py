@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.backend.store_backends import OpenStore, open_store, postgres, store  # noqa: F401
+from tests.backend.store_backends import OpenStore, open_store, store  # noqa: F401
 
 from edgefleet.backend.ingest.dedup import LOST_CAP, SeqCursor
 from edgefleet.backend.ingest.handler import Ingest

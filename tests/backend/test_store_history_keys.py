@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from tests.backend.store_backends import open_store, postgres, store  # noqa: F401
+from tests.backend.store_backends import open_store, store  # noqa: F401
 
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.contract import FleetStoreContract

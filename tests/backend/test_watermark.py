@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.backend.store_backends import store_class
 
 from backend.test_service import Start, start, until  # noqa: F401
 from devices import metrics_payload
@@ -19,7 +20,7 @@ from edgefleet.backend.ingest.acks import Acker, AckPolicy
 from edgefleet.backend.ingest.dedup import SeqTracker
 from edgefleet.backend.ingest.handler import Ingest
 from edgefleet.backend.records import AcceptedSample
-from edgefleet.backend.store.fleet_store import FleetStore
+from edgefleet.backend.store.contract import FleetStoreContract
 from edgefleet.errors import ProtocolError, TransportError
 from edgefleet.wire.base import decode_ack, encode_ack
 from edgefleet.wire.messages import AckMessage, encode, metrics_topic
@@ -209,15 +210,17 @@ def acks_of(published: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, in
 async def test_the_backend_acknowledges_only_what_it_stored(
     start: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real = FleetStore.add_samples
+    cls = store_class()
+    real = cls.add_samples
     locked = False
 
-    def add_samples(self: FleetStore, samples: Sequence[AcceptedSample], **kw: Any) -> int:
+    def add_samples(self: FleetStoreContract, samples: Sequence[AcceptedSample],
+                    **kw: Any) -> int:
         if locked:
             raise sqlite3.OperationalError("database is locked")
-        return real(self, samples, **kw)
+        return real(self, samples, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(FleetStore, "add_samples", add_samples)
+    monkeypatch.setattr(cls, "add_samples", add_samples)
     r = await start(ack_every=1)
     waiting = metrics_payload("dev-a", 0, T, {"x": 1.0}, held_from=0, seqs=[1, 2])
     old = metrics_payload("dev-old", 0, T, {"x": 1.0})  # an agent that does not wait
