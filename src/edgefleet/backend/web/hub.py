@@ -51,6 +51,8 @@ class Hub:
         self._dirty: set[str] = set()
         self._alerts: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
+        # Takes the changes of a cycle without clients (the fleet view forgets those rows).
+        self.idle: Callable[[set[str], list[dict[str, Any]]], None] | None = None
 
     def register(self, peer: str = "") -> Client:
         """Add the calling task as a client whose snapshot holds every alert event so far
@@ -97,7 +99,8 @@ class Hub:
             client.task.cancel()
 
     async def run(self, build: Callable[[set[str], list[dict[str, Any]]], dict[str, Any]]) -> None:
-        """Every interval, if anything changed, build one update frame and broadcast it."""
+        """Every interval, if anything changed, build one update frame and broadcast it;
+        with no client connected, the changes go to :attr:`idle` instead (no frame)."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
@@ -111,6 +114,8 @@ class Hub:
             alerts, self._alerts = self._alerts, []
             if self.clients:
                 self._send(build(dirty, alerts), alerts)
+            elif self.idle is not None:
+                self.idle(dirty, alerts)
 
     def _send(self, doc: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
         """Broadcast ``doc``; a client whose snapshot already holds some of ``alerts`` gets

@@ -7,12 +7,12 @@ from typing import Any
 
 from edgefleet.backend.records import DeviceRow, History
 from edgefleet.notify.model import severity_rank
-from edgefleet.wire.base import split_key
 
 
 def _max_family(metrics: Mapping[str, float], family: str) -> float | None:
     """The highest value of ``family`` and ``family[*]`` (both are valid keys, docs/protocol.md)."""
-    values = [v for k, v in metrics.items() if split_key(k)[0] == family]
+    prefix = family + "["  # as split_key(k)[0] == family, without splitting every key
+    values = [v for k, v in metrics.items() if k == family or k.startswith(prefix)]
     return max(values) if values else None
 
 
