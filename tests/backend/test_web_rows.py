@@ -68,7 +68,7 @@ def test_a_page_applying_every_frame_holds_the_server_rows_through_random_change
 
 
 async def test_only_changed_devices_are_rebuilt_and_a_new_client_gets_full_rows(
-    make_rig: MakeRig,  # noqa: F811
+    make_rig: MakeRig,
 ) -> None:
     rig = await make_rig()
     t = time.time()
@@ -129,7 +129,7 @@ class Mirror:
 
 
 async def test_clients_joining_mid_stream_or_after_unwatched_changes_see_the_server_rows(
-    serve: Serve,  # noqa: F811
+    serve: Serve,
 ) -> None:
     served = await serve()
     t = await with_devices(served)
@@ -141,7 +141,7 @@ async def test_clients_joining_mid_stream_or_after_unwatched_changes_see_the_ser
             cycle = hub.generation
             for i in range(devices):
                 served.send(f"dev-{i}", 10 + seq, t + seq, cpu_percent=float(seq % 7 + i))
-            await until(lambda: not served.backend.inbox and hub.generation > cycle)
+            await until(lambda c=cycle: not served.backend.inbox and hub.generation > c)
 
     async with served.client.websocket("/ws") as ws_one:
         one = Mirror(ws_one)
