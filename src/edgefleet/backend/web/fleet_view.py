@@ -70,10 +70,9 @@ class FleetViewModel:
         if row is None or self.meta.hidden(device):
             return None
         latest = self._latest.get(device, (0.0, {}))[1]
-        spark = list(self._spark.get(device, ()))
-        lost = self.b.ingest.lost(device)
+        spark = self._spark.get(device, ())
         return self.meta.decorate(device_row(
-            row, latest, spark, severities.get(device, []), lost,
+            row, latest, spark, severities.get(device, []), row.lost_samples,
             identity_conflict=self.b.ingest.conflict(device)))
 
     def device_rows(self) -> list[dict[str, Any]]:
