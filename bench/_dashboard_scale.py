@@ -11,7 +11,10 @@ same instrumentation as (a) of bench_dashboard.py:
 - time to all rows: navigation start until the table holds every device (its
   ``data-total``; rows are virtualised, so only those on screen are in the DOM), median of
   ``--loads`` page loads;
-- frame lag: per update frame, arrival in the page minus the frame's ``summary.now``;
+- frame lag: per update frame, ``Date.now()`` when the page's message event starts minus the
+  frame's ``summary.now``, the moment the backend cut the frame (so building, serialising and
+  sending it, the event loop's other work and the page's busy main thread are all in it;
+  before the delta frames ``summary.now`` was taken after the rows were built);
   handler and next-paint times; long tasks; bytes per frame (``data.length``);
 - backend CPU per frame: thread CPU time of building an update frame (``update_frame``) and
   serialising/queueing it (``Hub._send``), per frame; and the whole process's CPU (ingest,

@@ -163,7 +163,10 @@ function onFrame(msg) {
     pollPending(Array.isArray((msg.alerts || {}).pending));
   } else if (msg.type === "update") {
     const unknown = table.update(msg.devices || [], msg.removed || []);
-    if (unknown.length) socket.resync(); // changes to rows we lack: start again from a snapshot
+    if (unknown.length) { // changes to rows this page lacks: start again from a snapshot
+      console.warn(`update for ${unknown.length} unknown device(s), e.g. ${unknown[0]}: resyncing`);
+      socket.resync();
+    }
     feed.add(msg.alerts || []);
     if (Array.isArray(msg.pending)) {
       pendingInFrames = true; // the full list, when the backend sends it
