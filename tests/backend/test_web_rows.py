@@ -164,3 +164,28 @@ async def test_clients_joining_mid_stream_or_after_unwatched_changes_see_the_ser
         await three.holds(served)
         three.task.cancel()
     assert three.rows["dev-2"]["spark"][-1] == float(69 % 7 + 2)
+
+
+async def test_rows_made_when_touched_are_current_when_the_frame_is_cut(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    t = time.time()
+    await rig.sample("dev-a", 0, t, metrics={"cpu_percent": 10.0})
+    view = rig.view
+    view.hub.register("page")
+    view.snapshot()
+    await rig.sample("dev-a", 1, t + 1, metrics={"cpu_percent": 20.0})  # touched: made now
+    assert view.update_frame({"dev-a"}, [])["devices"] == [
+        {"id": "dev-a", "last_seen": t + 1, "last_sample_ts": t + 1, "cpu": 20.0,
+         "spark_add": [20.0]}]
+
+    await rig.sample("dev-a", 2, t + 2, metrics={"cpu_percent": 30.0})
+    await view.set_labels("dev-a", {"site": "north"}, [])  # touched again before the frame
+    [change] = view.update_frame({"dev-a"}, [])["devices"]
+    assert (change["cpu"], change["labels"], change["spark_add"]) == (30.0, {"site": "north"},
+                                                                      [30.0])
+    assert view.rows.row("dev-a") == rig.row("dev-a")
+    await rig.sample("dev-a", 3, t + 3, metrics={"cpu_percent": 99.0, "temp_celsius": 99.0})
+    frame = view.update_frame({"dev-a"}, rig.events[-1:])  # too hot: critical, fired now
+    assert frame["devices"][0]["severity"] == "critical" == rig.row("dev-a")["severity"]

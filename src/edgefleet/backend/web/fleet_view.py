@@ -1,10 +1,8 @@
 """What the web layer shows: device rows, summary, alerts, history, health, metrics.
 
 Keeps each device's newest metrics and a short CPU sparkline in memory (filled from the
-store at start), so a frame for 1,000 devices never touches SQLite. The WebSocket's update
-frames carry only what changed since the previous frame: rows are rebuilt only for devices
-that changed, and sent as their changed fields against the rows every client holds
-(``rows.RowBook``); a snapshot is the book's rows, each serialised once.
+store at start), so a frame for 1,000 devices never touches SQLite. The WebSocket's frames
+are made by ``frames.Frames``.
 """
 
 from __future__ import annotations
@@ -19,10 +17,10 @@ from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.metadata import MetadataStore
 from edgefleet.backend.web.exposition import DeviceSeries, render
 from edgefleet.backend.web.fleet_meta import DeviceMeta, RateMeter, backend_figures
+from edgefleet.backend.web.frames import Frames
 from edgefleet.backend.web.marks import periods, thresholds
 from edgefleet.backend.web.metrics_text import metrics_text
 from edgefleet.backend.web.parts import FleetParts
-from edgefleet.backend.web.rows import RowBook, dumps
 from edgefleet.backend.web.shapes import device_row, history_json, problem_rank
 from edgefleet.backend.web.silence_api import SilenceDesk
 from edgefleet.wire.base import split_key
@@ -43,8 +41,8 @@ class FleetViewModel:
         self._spark: dict[str, deque[float]] = {}
         self.meta = DeviceMeta(MetadataStore(parts.store.open_db()), parts.groups)
         self._rejected = RateMeter()
-        self.rows = RowBook(SPARK_POINTS)  # what every WebSocket client holds
-        self.hub.idle = self.consume
+        self.frames = Frames(self, SPARK_POINTS)  # the WebSocket's frames
+        self.rows = self.frames.rows  # what every WebSocket client holds
         for row in parts.fleet.devices():
             latest = parts.store.latest(row.device)
             self._latest[row.device] = (row.last_sample_ts or 0.0, latest)
@@ -65,7 +63,8 @@ class FleetViewModel:
                 if value is not None:
                     self._spark.setdefault(s.device, deque(maxlen=SPARK_POINTS)).append(value)
 
-    def _row(self, device: str, severities: dict[str, list[str]]) -> dict[str, Any] | None:
+    def row(self, device: str, severities: dict[str, list[str]]) -> dict[str, Any] | None:
+        """``device``'s row as the page shows it (None: unknown or forgotten)."""
         row = self.b.fleet.device(device)
         if row is None or self.meta.hidden(device):
             return None
@@ -77,7 +76,7 @@ class FleetViewModel:
 
     def device_rows(self) -> list[dict[str, Any]]:
         sev = self.b.alerts.severities()
-        rows = [self._row(r.device, sev) for r in self.b.fleet.devices()]
+        rows = [self.row(r.device, sev) for r in self.b.fleet.devices()]
         return sorted((r for r in rows if r is not None), key=problem_rank)
 
     def device_exposition(self) -> str:
@@ -92,9 +91,9 @@ class FleetViewModel:
 
     def summary(self) -> dict[str, Any]:
         """The fleet's figures (REST; frames take the uncommitted count from the row book)."""
-        return self._summary(time.time(), self._uncommitted())
+        return self.live_summary(time.time(), self._uncommitted())
 
-    def _summary(self, now: float, uncommitted: int | None) -> dict[str, Any]:
+    def live_summary(self, now: float, uncommitted: int | None) -> dict[str, Any]:
         b = self.b
         s, c = b.fleet.summary(now), b.ingest.counters()
         online, offline = s.online, s.offline
@@ -156,7 +155,7 @@ class FleetViewModel:
         purged = await asyncio.to_thread(self.meta.forget, device, purge=purge)
         self._latest.pop(device, None)
         self._spark.pop(device, None)
-        self.rows.drop(device)  # should it come back, it is sent as a full row
+        self.frames.forget(device)  # should it come back, it is sent as a full row
         now = time.time()
         for event in self.b.alerts.forget(device, now):
             self.hub.alert(event)  # its firing alerts resolve; nothing of it stays pending
@@ -167,67 +166,20 @@ class FleetViewModel:
                 "purged_rows": purged}
 
     def update_frame(self, dirty: set[str], alerts: list[dict[str, Any]]) -> dict[str, Any]:
-        """One coalesced WebSocket frame: what changed in the rows (``rows.RowBook.update``),
-        devices removed, the summary, new alert events and the current pending list
-        (bounded by the alert centre; the page replaces its own). ``summary.now`` is when the
-        frame was cut."""
-        now = time.time()
-        sev = self.b.alerts.severities()
-        if alerts:  # a device's severity may have changed
-            dirty = dirty | {a["device"] for a in alerts}
-        removed = set(self.meta.take_removed())
-        changes = []
-        for device in sorted(dirty):
-            row = self._row(device, sev)
-            if row is None:
-                if self.rows.drop(device):
-                    removed.add(device)
-                continue
-            change = self.rows.update(row)
-            if change is not None:
-                changes.append(change)
-        for device in removed:
-            self.rows.drop(device)
-        return {"type": "update", "devices": changes, "removed": sorted(removed),
-                "summary": self._summary(now, self.rows.uncommitted()),
-                "alerts": alerts, "pending": self.b.alerts.pending_public()}
-
-    def consume(self, dirty: set[str], alerts: list[dict[str, Any]]) -> None:
-        """Changes taken while no client is connected: nobody holds those rows any more."""
-        for device in dirty | {a["device"] for a in alerts} | set(self.meta.take_removed()):
-            self.rows.drop(device)
+        """One coalesced WebSocket frame (``frames.Frames.update``)."""
+        return self.frames.update(dirty, alerts)
 
     def snapshot_key(self) -> tuple[int, int]:
-        """Equal keys, equal snapshots (the hub's cycle, the row book's version)."""
-        return self.hub.generation, self.rows.version
+        return self.frames.key()
 
     def snapshot(self) -> str:
-        """The serialised snapshot for a client that just registered with the hub: every
-        device's row as the others hold it, the summary, the alerts. The rows the book lacks
-        are made now; kept in the book only when this client is the only one."""
-        alone = len(self.hub.clients) <= 1
-        sev = self.b.alerts.severities()
-        rows = []
-        for fleet_row in self.b.fleet.devices():
-            row = self.rows.row(fleet_row.device)
-            if row is None:
-                row = self._row(fleet_row.device, sev)
-                if row is None:
-                    continue
-                if alone:
-                    self.rows.put(row)
-            rows.append(row)
-        rows.sort(key=problem_rank)
-        devices = ",".join(self.rows.text(r["id"]) if r["id"] in self.rows else dumps(r)
-                           for r in rows)
-        rest = dumps({"summary": self._summary(time.time(), self.rows.uncommitted()),
-                      "alerts": self.alerts(), "spark_points": SPARK_POINTS})
-        return f'{{"type":"snapshot","devices":[{devices}],{rest[1:]}'
+        """The serialised snapshot for a client that just registered with the hub."""
+        return self.frames.snapshot()
 
     async def device_detail(
         self, device: str, start: float, end: float, keys: list[str] | None, points: int
     ) -> dict[str, Any] | None:
-        row = self._row(device, self.b.alerts.severities())
+        row = self.row(device, self.b.alerts.severities())
         if row is None:
             return None
         latest = self._latest.get(device, (0.0, {}))[1]

@@ -53,6 +53,9 @@ class Hub:
         self._changed = asyncio.Event()
         # Takes the changes of a cycle without clients (the fleet view forgets those rows).
         self.idle: Callable[[set[str], list[dict[str, Any]]], None] | None = None
+        # Told of touched devices while clients are connected (the fleet view builds their
+        # rows then, so that a frame is quick to make when it is due).
+        self.prebuild: Callable[[set[str] | list[str]], None] | None = None
 
     def register(self, peer: str = "") -> Client:
         """Add the calling task as a client whose snapshot holds every alert event so far
@@ -71,6 +74,8 @@ class Hub:
         """Mark devices whose row changed."""
         self._dirty.update(device_ids)
         self._changed.set()
+        if device_ids and self.clients and self.prebuild is not None:
+            self.prebuild(device_ids)
 
     def alert(self, event: dict[str, Any]) -> None:
         """Queue an alert event for the next frame."""
