@@ -11,10 +11,14 @@ same instrumentation as (a) of bench_dashboard.py:
 - time to all rows: navigation start until the table holds every device (its
   ``data-total``; rows are virtualised, so only those on screen are in the DOM), median of
   ``--loads`` page loads;
-- frame lag: per update frame, arrival in the page minus the frame's ``summary.now``;
+- frame lag: per update frame, ``Date.now()`` when the page's message event starts minus the
+  frame's ``summary.now``, the moment the backend cut the frame (so building, serialising and
+  sending it, the event loop's other work and the page's busy main thread are all in it;
+  before the delta frames ``summary.now`` was taken after the rows were built);
   handler and next-paint times; long tasks; bytes per frame (``data.length``);
-- backend CPU per frame: thread CPU time of building an update frame (``update_frame``) and
-  serialising/queueing it (``Hub._send``), per frame; and the whole process's CPU (ingest,
+- backend CPU per frame: thread CPU time of building an update frame (``update_frame``, and
+  the rows made when devices are touched, ``Hub.prebuild``) and serialising/queueing it
+  (``Hub._send``), per frame; and the whole process's CPU (ingest,
   store, feeder included) over the render phase.
 """
 
@@ -132,6 +136,17 @@ class FrameCpu:
 
         view.update_frame = timed_build  # type: ignore[method-assign]
         hub._send = timed_send  # type: ignore[method-assign]
+        prebuild = hub.prebuild  # rows made when their device is touched count too
+        if prebuild is not None:
+
+            def timed_prebuild(devices: set[str] | list[str]) -> None:
+                t0 = time.thread_time()
+                try:
+                    prebuild(devices)
+                finally:
+                    self._add(time.thread_time() - t0, 0)
+
+            hub.prebuild = timed_prebuild
 
     def _add(self, cpu: float, frames: int) -> None:
         if self.recording:

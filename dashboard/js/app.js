@@ -158,11 +158,15 @@ function onFrame(msg) {
     feedState.set(msg.summary.feed);
   }
   if (msg.type === "snapshot") {
-    table.replaceAll(msg.devices || []);
+    table.replaceAll(msg.devices || [], msg.spark_points);
     feed.replace(msg.alerts || {});
     pollPending(Array.isArray((msg.alerts || {}).pending));
   } else if (msg.type === "update") {
-    table.update(msg.devices || [], msg.removed || []);
+    const unknown = table.update(msg.devices || [], msg.removed || []);
+    if (unknown.length) { // changes to rows this page lacks: start again from a snapshot
+      console.warn(`update for ${unknown.length} unknown device(s), e.g. ${unknown[0]}: resyncing`);
+      socket.resync();
+    }
     feed.add(msg.alerts || []);
     if (Array.isArray(msg.pending)) {
       pendingInFrames = true; // the full list, when the backend sends it

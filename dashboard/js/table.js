@@ -11,6 +11,7 @@ import { bindRow, createRow } from "./row.js";
 import { choices, comparator, firstDirection, matches, sortValueChanged } from "./sort.js";
 
 const SORT_EVERY_MS = 1000;
+const SPARK_POINTS = 30; // a backend whose snapshot does not say (shapes.py SPARK_POINTS)
 const OVERSCAN = 8; // rows rendered above and below the screen
 
 function spacer() {
@@ -24,6 +25,7 @@ export class FleetTable {
   constructor(tbody, { onOpen, onCounts, onChoices = () => {}, onForget = () => {}, thead = null }) {
     Object.assign(this, { tbody, onOpen, onCounts, onChoices, onForget, thead });
     this.records = new Map(); // id -> {id, row, rank, visible}
+    this.sparkPoints = SPARK_POINTS;
     this.order = []; // the records that pass the filters, sorted
     this.views = new Map(); // id -> {tr, cells, shown}: rows in the DOM
     this.pool = [];
@@ -53,19 +55,32 @@ export class FleetTable {
     return this.records.size;
   }
 
-  /** A snapshot: the rows it lists replace everything. */
-  replaceAll(rows) {
+  /** A snapshot: the rows it lists replace everything; `sparkPoints`: how many trend points
+   * a row keeps (the snapshot's `spark_points`). */
+  replaceAll(rows, sparkPoints = SPARK_POINTS) {
+    this.sparkPoints = sparkPoints;
     this.records.clear();
     for (const row of rows) this._upsert(row);
     this.choicesDirty = true;
     this._sortNow();
   }
 
-  /** An update: only the rows that changed, and the ids of devices that are gone. */
-  update(rows, removed = []) {
-    for (const row of rows) this._upsert(row);
+  /**
+   * An update: per device that changed, its full row or the fields that changed
+   * (applyChange), and the ids of devices that are gone. Returns the ids of changes to
+   * devices this table does not hold (it then lacks part of the state: ask for a snapshot).
+   */
+  update(changes, removed = []) {
+    const unknown = [];
+    for (const change of changes) {
+      const rec = this.records.get(change.id);
+      if (rec) this._upsert(applyChange(rec.row, change, this.sparkPoints));
+      else if (isFullRow(change)) this._upsert(change);
+      else unknown.push(change.id);
+    }
     for (const id of removed) this._drop(id);
     if (this.orderDirty) this._scheduleSort();
+    return unknown;
   }
 
   /** A device is gone (forgotten): off the screen at once. */
@@ -285,6 +300,25 @@ export class FleetTable {
       if (i >= 0 && next >= 0 && next < this.order.length) this._focusIndex(next);
     }
   }
+}
+
+/** A full row (a device new to the page) rather than a change: it has every field. */
+export function isFullRow(change) {
+  return "status" in change && "spark" in change;
+}
+
+/**
+ * The row after `change` (the backend's rows.py row_delta): its fields replace the row's;
+ * `spark_add` points are appended to the trend, of which the last `keep` stay. A new object
+ * (the table compares the old row with the new one).
+ */
+export function applyChange(row, change, keep) {
+  const next = { ...row, ...change };
+  if (change.spark_add) {
+    next.spark = (row.spark || []).concat(change.spark_add).slice(-keep);
+    delete next.spark_add;
+  }
+  return next;
 }
 
 function metaKey(row) {

@@ -53,6 +53,11 @@ export class ReconnectingSocket {
     this._connect();
   }
 
+  /** The page's state went wrong: close and reconnect (as after any close) for a snapshot. */
+  resync() {
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(4000, "resync");
+  }
+
   _onOnline = () => this.reconnectNow();
 
   async _connect() {

@@ -314,7 +314,8 @@ async def test_ws_sends_a_snapshot_then_an_update_when_a_device_changes(serve: S
     t = await with_devices(served)
     async with served.client.websocket("/ws") as ws:
         snapshot = json.loads(await ws.receive())
-        assert set(snapshot) == {"type", "devices", "summary", "alerts"}
+        assert set(snapshot) == {"type", "devices", "summary", "alerts", "spark_points"}
+        assert snapshot["spark_points"] == 30 and all(set(r) == ROW_KEYS for r in snapshot["devices"])
         assert snapshot["type"] == "snapshot"
         assert [r["id"] for r in snapshot["devices"]] == ["dev-b", "dev-a"]
         assert [a["device"] for a in snapshot["alerts"]["firing"]] == ["dev-b"]
@@ -338,6 +339,10 @@ async def test_ws_sends_a_snapshot_then_an_update_when_a_device_changes(serve: S
         await frames_until(ws, seen)
         assert (rows["dev-c"]["disk"], rows["dev-c"]["severity"]) == (95.0, "warning")
         assert rows["dev-a"]["cpu"] == 77.0
+        # dev-a is in the snapshot: only what changed (its trend as the point appended);
+        # dev-c is new to the client: its full row
+        assert "status" not in rows["dev-a"] and rows["dev-a"]["spark_add"] == [77.0]
+        assert set(rows["dev-c"]) == ROW_KEYS
         assert events == [("disk_full", "dev-c")]  # dev-b's alert was in the snapshot
     await until(lambda: not served.backend.hub.clients)  # the client left: forgotten
     assert served.backend.view.summary()["ws_clients"] == 0

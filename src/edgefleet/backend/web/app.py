@@ -50,6 +50,8 @@ class FleetView(Protocol):
     silences: SilenceDesk  # /api/silences and /api/maintenance
 
     def device_rows(self) -> list[dict[str, Any]]: ...
+    def snapshot_key(self) -> tuple[int, int]: ...
+    def snapshot(self) -> str: ...
     def summary(self) -> dict[str, Any]: ...
     def alerts(self) -> dict[str, Any]: ...
     async def device_detail(
@@ -365,17 +367,16 @@ def _foreign_host(host: str | None) -> ResponseReturnValue:
 
 def _add_websocket(app: Quart, view: FleetView, token: str | None) -> None:
     """``/ws``: a snapshot on connect, then the hub's coalesced frames (docs/api.md)."""
-    cached: dict[str, Any] = {"generation": -1, "frame": "", "seen": 0}
+    cached: dict[str, Any] = {"key": None, "frame": "", "seen": 0}
 
     def snapshot() -> tuple[str, int]:
         """The full state, serialised once and shared by every client that connects before
-        the hub next consumes changes (a storm of reconnects costs one snapshot, not N),
-        and the number of alert events it holds (``Hub.alerts_total`` when it was made)."""
-        if cached["generation"] != view.hub.generation:
-            doc = {"type": "snapshot", "devices": view.device_rows(),
-                   "summary": view.summary(), "alerts": view.alerts()}
-            cached.update(generation=view.hub.generation, seen=view.hub.alerts_total,
-                          frame=json.dumps(doc, separators=(",", ":")))
+        the hub next consumes changes or the rows every client holds change (a storm of
+        reconnects costs one snapshot, not N), and the number of alert events it holds
+        (``Hub.alerts_total`` when it was made)."""
+        if cached["key"] != view.snapshot_key():
+            frame = view.snapshot()
+            cached.update(key=view.snapshot_key(), seen=view.hub.alerts_total, frame=frame)
         return str(cached["frame"]), int(cached["seen"])
 
     @app.websocket("/ws")

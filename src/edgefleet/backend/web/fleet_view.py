@@ -1,7 +1,8 @@
 """What the web layer shows: device rows, summary, alerts, history, health, metrics.
 
 Keeps each device's newest metrics and a short CPU sparkline in memory (filled from the
-store at start), so a frame for 1,000 devices never touches SQLite.
+store at start), so a frame for 1,000 devices never touches SQLite. The WebSocket's frames
+are made by ``frames.Frames``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.metadata import MetadataStore
 from edgefleet.backend.web.exposition import DeviceSeries, render
 from edgefleet.backend.web.fleet_meta import DeviceMeta, RateMeter, backend_figures
+from edgefleet.backend.web.frames import Frames
 from edgefleet.backend.web.marks import periods, thresholds
 from edgefleet.backend.web.metrics_text import metrics_text
 from edgefleet.backend.web.parts import FleetParts
@@ -39,6 +41,8 @@ class FleetViewModel:
         self._spark: dict[str, deque[float]] = {}
         self.meta = DeviceMeta(MetadataStore(parts.store.open_db()), parts.groups)
         self._rejected = RateMeter()
+        self.frames = Frames(self, SPARK_POINTS)  # the WebSocket's frames
+        self.rows = self.frames.rows  # what every WebSocket client holds
         for row in parts.fleet.devices():
             latest = parts.store.latest(row.device)
             self._latest[row.device] = (row.last_sample_ts or 0.0, latest)
@@ -67,20 +71,20 @@ class FleetViewModel:
             if value is not None:
                 self._spark.setdefault(device, deque(maxlen=SPARK_POINTS)).append(value)
 
-    def _row(self, device: str, severities: dict[str, list[str]]) -> dict[str, Any] | None:
+    def row(self, device: str, severities: dict[str, list[str]]) -> dict[str, Any] | None:
+        """``device``'s row as the page shows it (None: unknown or forgotten)."""
         row = self.b.fleet.device(device)
         if row is None or self.meta.hidden(device):
             return None
         latest = self._latest.get(device, (0.0, {}))[1]
-        spark = list(self._spark.get(device, ()))
-        lost = self.b.ingest.lost(device)
+        spark = self._spark.get(device, ())
         return self.meta.decorate(device_row(
-            row, latest, spark, severities.get(device, []), lost,
+            row, latest, spark, severities.get(device, []), row.lost_samples,
             identity_conflict=self.b.ingest.conflict(device)))
 
     def device_rows(self) -> list[dict[str, Any]]:
         sev = self.b.alerts.severities()
-        rows = [self._row(r.device, sev) for r in self.b.fleet.devices()]
+        rows = [self.row(r.device, sev) for r in self.b.fleet.devices()]
         return sorted((r for r in rows if r is not None), key=problem_rank)
 
     def device_exposition(self) -> str:
@@ -94,7 +98,11 @@ class FleetViewModel:
         return render(series, time.time())
 
     def summary(self) -> dict[str, Any]:
-        now, b = time.time(), self.b
+        """The fleet's figures (REST; frames take the uncommitted count from the row book)."""
+        return self.live_summary(time.time(), self._uncommitted())
+
+    def live_summary(self, now: float, uncommitted: int | None) -> dict[str, Any]:
+        b = self.b
         s, c = b.fleet.summary(now), b.ingest.counters()
         online, offline = s.online, s.offline
         for device in self.meta.forgotten:  # not shown, not counted
@@ -113,8 +121,7 @@ class FleetViewModel:
             "backend": backend_figures(
                 connected=b.connected.is_set(), last_heard=b.feed.last_heard, now=now,
                 inbox=len(b.inbox), rejected_per_s=self._rejected.rate(rejected, now),
-                outbox=b.dispatcher.stats().outbox_depth,
-                uncommitted=self._uncommitted()),
+                outbox=b.dispatcher.stats().outbox_depth, uncommitted=uncommitted),
         }
 
     def _uncommitted(self) -> int | None:
@@ -156,6 +163,7 @@ class FleetViewModel:
         purged = await asyncio.to_thread(self.meta.forget, device, purge=purge)
         self._latest.pop(device, None)
         self._spark.pop(device, None)
+        self.frames.forget(device)  # should it come back, it is sent as a full row
         now = time.time()
         for event in self.b.alerts.forget(device, now):
             self.hub.alert(event)  # its firing alerts resolve; nothing of it stays pending
@@ -166,20 +174,20 @@ class FleetViewModel:
                 "purged_rows": purged}
 
     def update_frame(self, dirty: set[str], alerts: list[dict[str, Any]]) -> dict[str, Any]:
-        """One coalesced WebSocket frame: changed rows, summary, new alert events and the
-        current pending list (bounded by the alert centre; the page replaces its own)."""
-        sev = self.b.alerts.severities()
-        if alerts:  # a device's severity may have changed
-            dirty = dirty | {a["device"] for a in alerts}
-        rows = [r for r in (self._row(d, sev) for d in sorted(dirty)) if r is not None]
-        return {"type": "update", "devices": rows, "removed": self.meta.take_removed(),
-                "summary": self.summary(),
-                "alerts": alerts, "pending": self.b.alerts.pending_public()}
+        """One coalesced WebSocket frame (``frames.Frames.update``)."""
+        return self.frames.update(dirty, alerts)
+
+    def snapshot_key(self) -> tuple[int, int]:
+        return self.frames.key()
+
+    def snapshot(self) -> str:
+        """The serialised snapshot for a client that just registered with the hub."""
+        return self.frames.snapshot()
 
     async def device_detail(
         self, device: str, start: float, end: float, keys: list[str] | None, points: int
     ) -> dict[str, Any] | None:
-        row = self._row(device, self.b.alerts.severities())
+        row = self.row(device, self.b.alerts.severities())
         if row is None:
             return None
         latest = self._latest.get(device, (0.0, {}))[1]

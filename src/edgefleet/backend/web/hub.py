@@ -51,6 +51,11 @@ class Hub:
         self._dirty: set[str] = set()
         self._alerts: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
+        # Takes the changes of a cycle without clients (the fleet view forgets those rows).
+        self.idle: Callable[[set[str], list[dict[str, Any]]], None] | None = None
+        # Told of touched devices while clients are connected (the fleet view builds their
+        # rows then, so that a frame is quick to make when it is due).
+        self.prebuild: Callable[[set[str] | list[str]], None] | None = None
 
     def register(self, peer: str = "") -> Client:
         """Add the calling task as a client whose snapshot holds every alert event so far
@@ -69,6 +74,8 @@ class Hub:
         """Mark devices whose row changed."""
         self._dirty.update(device_ids)
         self._changed.set()
+        if device_ids and self.clients and self.prebuild is not None:
+            self.prebuild(device_ids)
 
     def alert(self, event: dict[str, Any]) -> None:
         """Queue an alert event for the next frame."""
@@ -97,7 +104,8 @@ class Hub:
             client.task.cancel()
 
     async def run(self, build: Callable[[set[str], list[dict[str, Any]]], dict[str, Any]]) -> None:
-        """Every interval, if anything changed, build one update frame and broadcast it."""
+        """Every interval, if anything changed, build one update frame and broadcast it;
+        with no client connected, the changes go to :attr:`idle` instead (no frame)."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
@@ -111,6 +119,8 @@ class Hub:
             alerts, self._alerts = self._alerts, []
             if self.clients:
                 self._send(build(dirty, alerts), alerts)
+            elif self.idle is not None:
+                self.idle(dirty, alerts)
 
     def _send(self, doc: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
         """Broadcast ``doc``; a client whose snapshot already holds some of ``alerts`` gets
