@@ -13,13 +13,14 @@ asked again until its stuck call returns. Healthy mounts get ``disk.error[mount]
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import metric_key, percent
 from edgefleet.agent.collectors.timed import TimedCalls
 from edgefleet.common.logs import RateLimitedLog, kv
@@ -63,9 +64,54 @@ class StatVfs(Protocol):
     def f_ffree(self) -> int: ...
 
 
-def read_mounts() -> list[Mount]:
+def read_mounts_psutil() -> list[Mount]:
     """Every line of the mount table, pseudo filesystems included."""
+    import psutil
+
     return [Mount(p.device, p.mountpoint, p.fstype) for p in psutil.disk_partitions(all=True)]
+
+
+@functools.cache
+def root_device() -> str | None:
+    """The block device behind ``/`` (``/dev/mmcblk0p2``) for a table that says ``/dev/root``,
+    from the kernel's ``uevent`` of its device number; None when it cannot be told."""
+    dev = Path("/").stat().st_dev
+    try:
+        uevent = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent").read_bytes()
+    except OSError:
+        return None
+    for line in uevent.split(b"\n"):
+        if line.startswith(b"DEVNAME="):
+            return "/dev/" + line[8:].decode()
+    return None
+
+
+def mounts_from_table(table: bytes) -> list[Mount]:
+    """:func:`read_mounts_psutil`'s answer from the text of a mount table: ``none`` as the
+    device becomes ``""`` and ``/dev/root`` (``rootfs``) the real device, as psutil does."""
+    out: list[Mount] = []
+    for listed, mountpoint, fstype, _opts in procfs.parse_mounts(table):
+        device = "" if listed == "none" else listed
+        if device in ("/dev/root", "rootfs"):
+            device = root_device() or device
+        out.append(Mount(device, mountpoint, fstype))
+    return out
+
+
+_parsed: tuple[bytes, list[Mount]] = (b"", [])
+
+
+def read_mounts_proc() -> list[Mount]:
+    """The same from ``/proc/self/mounts`` (read once per round with the vitals collector),
+    parsed again only when it changed."""
+    global _parsed  # noqa: PLW0603 - a one-entry cache of the last parse
+    table = procfs.MOUNTS.read()
+    if table != _parsed[0]:
+        _parsed = (table, mounts_from_table(table))
+    return list(_parsed[1])
+
+
+read_mounts = read_mounts_proc if procfs.HAVE_PROC else read_mounts_psutil
 
 
 def _is_real(mount: Mount) -> bool:

@@ -11,8 +11,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import Clock, RateTracker, metric_key
 
 _NOT_PHYSICAL = re.compile(
@@ -32,10 +31,20 @@ FAMILIES = {
 DiskCounters = Mapping[str, Mapping[str, int]]
 
 
-def read_disk_counters() -> dict[str, dict[str, int]]:
+def read_disk_counters_psutil() -> dict[str, dict[str, int]]:
     """Raw cumulative counters per block device (psutil's own wrap fixing is off)."""
+    import psutil
+
     stats = psutil.disk_io_counters(perdisk=True, nowrap=False) or {}
     return {name: {f: getattr(io, f) for f in FAMILIES} for name, io in stats.items()}
+
+
+def read_disk_counters_proc() -> dict[str, dict[str, int]]:
+    """The same from ``/proc/diskstats``."""
+    return procfs.parse_diskstats(procfs.DISKSTATS.read())
+
+
+read_disk_counters = read_disk_counters_proc if procfs.HAVE_PROC else read_disk_counters_psutil
 
 
 def is_physical_disk(name: str) -> bool:

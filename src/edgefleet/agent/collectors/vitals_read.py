@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.command import run_bounded
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-MOUNTS = Path("/proc/self/mounts")
 THROTTLED = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
 STATE_NAME = "vitals-boot.txt"
 
@@ -82,8 +82,8 @@ def save_boot(folder: Path, text: str) -> None:
 
 
 def read_mounts_text() -> str:
-    """The mount table of this process's namespace."""
-    return MOUNTS.read_text(encoding="utf-8", errors="replace")
+    """The mount table of this process's namespace (read once per round with ``disk``)."""
+    return procfs.MOUNTS.read().decode("utf-8", "replace")
 
 
 def read_throttled_file() -> str | None:
