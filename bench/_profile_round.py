@@ -66,20 +66,27 @@ def run(workdir: Path, rounds: int, interval: float) -> None:
     keys = 0
     for _ in range(rounds):
         time.sleep(interval)
-        spent, (metrics, failed) = cpu_us(lambda: collect_one_by_one(collectors, table))
-        table["=collect_all"].append(spent)
-        keys = len(metrics)
-        spent, body = cpu_us(lambda: sample_body(metrics, failed))
-        table["sample_body"].append(spent)
-        spent, _ = cpu_us(lambda: queue.put(time.time(), body))  # type: ignore[arg-type]
-        table["queue.put"].append(spent)
-        spent, batch = cpu_us(lambda: message(queue))
-        table["health+build"].append(spent)
-        spent, _ = cpu_us(lambda: queue.ack([s.seq for s in batch]))  # type: ignore[attr-defined]
-        table["queue.ack"].append(spent)
+        keys = one_round(collectors, queue, table)
     queue.close()
     print(f"{len(collectors)} collectors, {keys} keys, {rounds} rounds {interval} s apart")
     show(table)
+
+
+def one_round(
+    collectors: list, queue: SqliteQueue, table: dict[str, list[float]]  # type: ignore[type-arg]
+) -> int:
+    """One round timed step by step; the number of keys it gave."""
+    spent, (metrics, failed) = cpu_us(lambda: collect_one_by_one(collectors, table))
+    table["=collect_all"].append(spent)
+    spent, body = cpu_us(lambda: sample_body(metrics, failed))
+    table["sample_body"].append(spent)
+    spent, _ = cpu_us(lambda: queue.put(time.time(), body))  # type: ignore[arg-type]
+    table["queue.put"].append(spent)
+    spent, batch = cpu_us(lambda: message(queue))
+    table["health+build"].append(spent)
+    spent, _ = cpu_us(lambda: queue.ack([s.seq for s in batch]))  # type: ignore[attr-defined]
+    table["queue.ack"].append(spent)
+    return len(metrics)
 
 
 def collect_one_by_one(

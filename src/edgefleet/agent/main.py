@@ -223,9 +223,10 @@ class Agent:
     async def _wait_round(self, at: float) -> bool:
         """Sleep until ``at``; True when woken early by a new interval (not by stop)."""
         delay = at - time.monotonic()
-        if delay > 0:
+        if delay > 0:  # asyncio.timeout: no task per wait, unlike wait_for (3.11)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tick.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._tick.wait()
         if self._tick.is_set() and not self._stop.is_set():
             self._tick.clear()
             return True

@@ -35,7 +35,7 @@ def read_cpu_times_psutil() -> CpuTimes:
 
 def read_cpu_times_proc() -> CpuTimes:
     """The same from one read of ``/proc/stat``."""
-    total, cores = procfs.parse_cpu_stat(procfs.STAT.read())
+    total, cores = procfs.STAT.parsed(procfs.parse_cpu_stat)
     return CpuTimes(total, cores)
 
 

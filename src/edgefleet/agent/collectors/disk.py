@@ -6,9 +6,10 @@ or a container runtime's storage. ``overlay`` is kept only when mounted at ``/``
 the root of a container (or an overlayroot device), while other overlays are per-container
 layers. A block device mounted twice (bind mounts) is reported once, at its first mount.
 
-``statvfs`` runs through :class:`TimedCalls`: a mount that does not answer within the timeout
-(a dead NFS server) gets ``disk.error[mount] = 1`` instead of blocking the agent, and is not
-asked again until its stuck call returns. Healthy mounts get ``disk.error[mount] = 0``.
+``statvfs`` of a local disk filesystem (:data:`IN_PLACE`: ext2/3/4, FAT, exFAT) is called
+directly. Any other runs through :class:`TimedCalls`: a mount that does not answer within the
+timeout (a dead NFS server) gets ``disk.error[mount] = 1`` instead of blocking the agent, and
+is not asked again until its stuck call returns. Healthy mounts get ``disk.error[mount] = 0``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ PSEUDO_FSTYPES = frozenset({
     "hugetlbfs", "iso9660", "mqueue", "nsfs", "overlay", "proc", "procfs", "pstore", "ramfs",
     "rpc_pipefs", "securityfs", "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs",
 })  # fmt: skip
+# Local disk filesystems whose statfs the kernel answers from the superblock in memory: asked
+# in place. Every other kind (network, FUSE, ...) goes through a deadline-bound worker thread,
+# whose hand-over cost more CPU than the call itself.
+IN_PLACE = frozenset({"ext2", "ext3", "ext4", "vfat", "msdos", "exfat"})
 SKIPPED_PREFIXES = (
     "/proc/", "/sys/", "/dev/", "/run/credentials/", "/var/lib/docker/",
     "/var/lib/containers/storage/", "/var/lib/kubelet/pods/", "/snap/",
@@ -98,17 +103,10 @@ def mounts_from_table(table: bytes) -> list[Mount]:
     return out
 
 
-_parsed: tuple[bytes, list[Mount]] = (b"", [])
-
-
 def read_mounts_proc() -> list[Mount]:
-    """The same from ``/proc/self/mounts`` (read once per round with the vitals collector),
-    parsed again only when it changed."""
-    global _parsed  # noqa: PLW0603 - a one-entry cache of the last parse
-    table = procfs.MOUNTS.read()
-    if table != _parsed[0]:
-        _parsed = (table, mounts_from_table(table))
-    return list(_parsed[1])
+    """The same from ``/proc/self/mounts``, read and parsed again only after the kernel
+    flagged a change (see :class:`~edgefleet.agent.collectors.procfs.MountTable`)."""
+    return list(procfs.MOUNTS.parsed(mounts_from_table))
 
 
 read_mounts = read_mounts_proc if procfs.HAVE_PROC else read_mounts_psutil
@@ -166,20 +164,32 @@ class DiskCollector:
         timeout_s: float = 2.0,
     ) -> None:
         self._read = read
+        self._statvfs = statvfs
         self._calls: TimedCalls[str, StatVfs] = TimedCalls(statvfs, timeout_s=timeout_s)
         self._log_limit = RateLimitedLog(60.0)
 
     def collect(self) -> dict[str, float]:
         """Figures for every real mount; a failed or hung mount only sets its error flag."""
-        mountpoints = [m.mountpoint for m in real_mounts(self._read())]
+        mounts = real_mounts(self._read())
+        results = self._calls.run_all(m.mountpoint for m in mounts if m.fstype not in IN_PLACE)
+        for mount in mounts:
+            if mount.fstype in IN_PLACE:
+                results[mount.mountpoint] = self._in_place(mount.mountpoint)
         out: dict[str, float] = {}
-        for mountpoint, result in self._calls.run_all(mountpoints).items():
+        for mountpoint in (m.mountpoint for m in mounts):
+            result = results[mountpoint]
             if isinstance(result, Exception):
                 self._log_failure(mountpoint, result)
             else:
                 out.update(disk_metrics(mountpoint, result))
             out[metric_key("disk.error", mountpoint)] = float(isinstance(result, Exception))
         return out
+
+    def _in_place(self, mountpoint: str) -> StatVfs | Exception:
+        try:
+            return self._statvfs(mountpoint)
+        except OSError as exc:
+            return exc
 
     def _log_failure(self, mountpoint: str, exc: Exception) -> None:
         suppressed = self._log_limit.allow(mountpoint)

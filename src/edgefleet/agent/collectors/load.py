@@ -30,7 +30,7 @@ def read_load_proc() -> LoadReading:
     """The same with ``getloadavg`` and the online cores counted in ``/proc/stat`` (read once
     per round with the cpu collector; ``os.cpu_count`` would read sysfs again)."""
     load1, load5, load15 = os.getloadavg()
-    cores = len(procfs.parse_cpu_stat(procfs.STAT.read())[1])
+    cores = len(procfs.STAT.parsed(procfs.parse_cpu_stat)[1])
     return LoadReading(load1, load5, load15, cores or None)
 
 

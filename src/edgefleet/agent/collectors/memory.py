@@ -26,7 +26,7 @@ def read_memory_psutil() -> MemoryReading:
 
 def read_memory_proc() -> MemoryReading:
     """The same from ``/proc/meminfo``."""
-    mem = procfs.parse_meminfo(procfs.MEMINFO.read())
+    mem = procfs.MEMINFO.parsed(procfs.parse_meminfo)
     return MemoryReading(mem["MemTotal"], procfs.memory_available(mem))
 
 

@@ -19,10 +19,14 @@ false) the collectors keep their psutil readers.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HAVE_PROC = Path("/proc/self/stat").exists()
 SHARED_S = 0.02  # reads this close together belong to one round
@@ -41,6 +45,7 @@ class ProcFile:
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._last: tuple[float, bytes] | None = None
+        self._parsed: dict[Callable[[bytes], object], tuple[bytes, object]] = {}
 
     def read(self) -> bytes:
         """The file's current content (the same bytes for calls within :data:`SHARED_S`)."""
@@ -54,6 +59,16 @@ class ProcFile:
             self._last = (now, data)
             return data
 
+    def parsed(self, parse: Callable[[bytes], T]) -> T:
+        """``parse(self.read())``, parsed once per round and parser (the result is shared:
+        callers must not change it)."""
+        data = self.read()
+        with self._lock:
+            seen = self._parsed.get(parse)
+            if seen is None or seen[0] is not data:
+                seen = self._parsed[parse] = (data, parse(data))
+            return seen[1]  # type: ignore[return-value]
+
 
 def _pread_all(fd: int) -> bytes:
     chunks = [os.pread(fd, _CHUNK, 0)]
@@ -62,11 +77,37 @@ def _pread_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+class MountTable(ProcFile):
+    """``/proc/self/mounts``, read again only after the kernel flagged a change.
+
+    The file is pollable (proc(5)): a mount or unmount since the last read marks the kept
+    descriptor with ``POLLPRI``. Generating the table costs the kernel more than any other
+    file here (a path per mount), and it changes a few times in a device's life."""
+
+    def __init__(self, path: str = "/proc/self/mounts", **kw: Callable[[], float]) -> None:
+        super().__init__(path, **kw)
+        self._poller: select.poll | None = None
+        self._table: bytes | None = None
+
+    def read(self) -> bytes:
+        """The table as of now (a ``poll`` with no wait when unchanged)."""
+        with self._lock:
+            if self._fd is None or self._poller is None:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._poller = select.poll()
+                self._poller.register(self._fd, select.POLLPRI)
+                self._table = None
+            changed = any(ev & (select.POLLPRI | select.POLLERR) for _, ev in self._poller.poll(0))
+            if changed or self._table is None:
+                self._table = _pread_all(self._fd)
+            return self._table
+
+
 STAT = ProcFile("/proc/stat")
 MEMINFO = ProcFile("/proc/meminfo")
 DISKSTATS = ProcFile("/proc/diskstats")
 NET_DEV = ProcFile("/proc/net/dev")
-MOUNTS = ProcFile("/proc/self/mounts")
+MOUNTS = MountTable()
 SELF_STATM = ProcFile("/proc/self/statm")
 
 

@@ -26,7 +26,7 @@ def read_swap_psutil() -> SwapReading:
 
 def read_swap_proc() -> SwapReading:
     """The same from ``/proc/meminfo`` (read once per round with the memory collector)."""
-    mem = procfs.parse_meminfo(procfs.MEMINFO.read())
+    mem = procfs.MEMINFO.parsed(procfs.parse_meminfo)
     return SwapReading(mem["SwapTotal"], mem["SwapTotal"] - mem["SwapFree"])
 
 

@@ -11,7 +11,8 @@
 - **Root read-only**: ``vitals.root_readonly`` 0/1 from the mount table.
 - **Raspberry Pi**: ``vitals.<flag>_now`` / ``vitals.<flag>_seen`` (since boot) for
   undervoltage, freq_capped, throttled, soft_temp_limit, where the firmware exposes them
-  (sysfs ``get_throttled`` each round, else ``vcgencmd`` at most every 60 s).
+  (sysfs ``get_throttled`` each round, else ``vcgencmd`` at most every 60 s; which of the
+  two exists is found at start).
 
 One part failing (a container forbidding ``adjtimex``) leaves the others; it is logged once.
 """
@@ -77,6 +78,10 @@ def throttled_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def _absent() -> None:
+    return None
+
+
 class VitalsCollector:
     """``vitals.*``: reboots, clock, read-only root, Raspberry Pi throttling."""
 
@@ -100,7 +105,8 @@ class VitalsCollector:
         self._started = clock()
         self._boot: tuple[str, int, bool] | None = None
         self._vcgencmd: Refresher[str] | None = None
-        if throttled() is None:
+        if throttled() is None:  # no firmware file (looked for once: it comes with the board)
+            self._throttled = _absent
             if vcgencmd is None and rd.vcgencmd_available():
                 vcgencmd = rd.read_throttled_vcgencmd
             if vcgencmd is not None:

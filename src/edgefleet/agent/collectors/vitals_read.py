@@ -50,11 +50,16 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+@functools.cache
+def _timex_buffer() -> _CTimex:
+    return _CTimex()
+
+
 def read_timex() -> Timex:
     """The kernel clock's state via ``adjtimex`` with no change requested (unprivileged)."""
-    libc = _libc()
-    buf = _CTimex()
-    state = libc.adjtimex(ctypes.byref(buf))
+    buf = _timex_buffer()
+    buf.modes = 0  # read only: never ask the kernel to change the clock
+    state = _libc().adjtimex(ctypes.byref(buf))
     if state < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"adjtimex: {os.strerror(err)}")
@@ -82,8 +87,12 @@ def save_boot(folder: Path, text: str) -> None:
 
 
 def read_mounts_text() -> str:
-    """The mount table of this process's namespace (read once per round with ``disk``)."""
-    return procfs.MOUNTS.read().decode("utf-8", "replace")
+    """The mount table of this process's namespace (read again only after a change)."""
+    return procfs.MOUNTS.parsed(_decode)
+
+
+def _decode(table: bytes) -> str:
+    return table.decode("utf-8", "replace")
 
 
 def read_throttled_file() -> str | None:
