@@ -179,7 +179,10 @@ async def one_run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     broker = Broker(workdir / "broker", host=HOST, readers=(OBSERVER,))
     broker.start()
     collectd: subprocess.Popen[bytes] | None = None
-    agent = AgentProcess(broker, workdir, **agent_settings(workdir, args.interval))
+    settings = agent_settings(workdir, args.interval)
+    if args.collectors:  # a subset, to split the agent's cost (the comparison needs all)
+        settings["collectors"] = args.collectors
+    agent = AgentProcess(broker, workdir, **settings)
     got, heard = Received(), CollectdCount()
     subscriber = await start_subscriber(broker, got)
     counter = await count_collectd(broker, heard)
@@ -280,6 +283,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--collectors", default="", help="agent collectors (default: all)")
     parser.add_argument("--collectd", default=shutil.which("collectd") or "/usr/sbin/collectd")
     args = parser.parse_args()
     if not Path(args.collectd).exists():

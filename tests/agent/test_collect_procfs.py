@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -90,16 +89,24 @@ def test_statm_rss() -> None:
 def test_proc_file_shares_one_read_per_round(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"one")
-    now = [10.0]
-    shared = procfs.ProcFile(str(path), clock=lambda: now[0])
-    assert shared.read() == b"one"
-    path.write_bytes(b"two")  # same inode: the kept descriptor sees it
-    assert shared.read() == b"one"  # within SHARED_S: the same round
-    now[0] += procfs.SHARED_S * 1.5
-    assert shared.read() == b"two"
+    shared = procfs.ProcFile(str(path))
+    with procfs.one_round():
+        assert shared.read() == b"one"
+        path.write_bytes(b"two")  # same inode: the kept descriptor sees it
+        assert shared.read() == b"one"  # the same round: read once
+        assert shared.parsed(bytes.upper) is shared.parsed(bytes.upper)  # parsed once
+    assert shared.read() == b"two"  # outside a round: always afresh
+    with procfs.one_round():
+        assert shared.parsed(bytes.upper) == b"TWO"
     path.write_bytes(b"x" * 200_000)
-    now[0] += 1
     assert len(shared.read()) == 200_000  # more than one pread
+
+
+def test_mount_table_read_again_only_after_a_change(tmp_path: Path) -> None:
+    table = procfs.MountTable()
+    first = table.read()
+    assert table.read() is first  # unchanged: the kernel flagged nothing, nothing re-read
+    assert b" /proc proc " in first
 
 
 def test_sensors_found_once_then_only_values_read() -> None:
@@ -157,14 +164,14 @@ def test_counters_agree_with_psutil() -> None:
 
 
 def test_pid_list_shared_within_a_round() -> None:
-    listings = [[1, 7], [1, 7, 9]]
-    now = [5.0]
-    pids = procfs.PidList(lister=lambda: listings.pop(0), clock=lambda: now[0])
-    assert pids() == [1, 7]
-    now[0] += procfs.SHARED_S / 2
-    assert pids() == [1, 7]  # procs and processes of one round: one listing
-    now[0] += procfs.SHARED_S * 1.5
-    assert pids() == [1, 7, 9]
+    listings = [[1, 7], [1, 7, 9], [1, 9]]
+    pids = procfs.PidList(lister=lambda: listings.pop(0))
+    with procfs.one_round():
+        assert pids() == [1, 7]
+        assert pids() == [1, 7]  # procs and processes of one round: one listing
+    with procfs.one_round():
+        assert pids() == [1, 7, 9]
+    assert pids() == [1, 9]  # outside a round: listed afresh
     assert listings == []
 
 
@@ -180,7 +187,6 @@ def test_pid_list_is_psutils() -> None:
 
 @linux_only
 def test_own_rss_like_psutil() -> None:
-    time.sleep(procfs.SHARED_S)
     assert procfs.self_rss() == pytest.approx(psutil.Process().memory_info().rss, rel=0.05)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
 from edgefleet.agent.checks import preflight
+from edgefleet.agent.collect_thread import CollectThread
 from edgefleet.agent.collectors import CollectorOptions, build_collectors, collect_all
 from edgefleet.agent.collectors.procfs import HAVE_PROC, self_rss
 from edgefleet.agent.commits import Commits
@@ -100,6 +102,7 @@ class Agent:
             s.queue, s.queue_path, max_bytes=s.queue_max_bytes, max_samples=s.queue_max_samples
         )
         self._stop = asyncio.Event()
+        self._rounds: CollectThread[tuple[dict[str, float], list[str]]] = CollectThread()
         self._tick = asyncio.Event()  # wakes the sampler: stop, or a new interval
         self._switching = asyncio.Lock()  # one connection rebuild at a time
         self._side: set[asyncio.Task[None]] = set()
@@ -213,7 +216,8 @@ class Agent:
         while not self._stop.is_set():
             self._tick.clear()
             started, taken = time.monotonic(), time.time()
-            metrics, failed = await asyncio.to_thread(collect_all, self.collectors)
+            job = functools.partial(collect_all, self.collectors)
+            metrics, failed = await self._rounds.run(job)
             self.queue.put(taken, sample_body(metrics, failed))
             self.publisher.wake.set()
             next_at = _next_round(next_at, self.s.interval_s, time.monotonic())

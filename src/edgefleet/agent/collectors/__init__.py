@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Protocol
 
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.cpu import CpuCollector
 from edgefleet.agent.collectors.disk import DiskCollector
 from edgefleet.agent.collectors.diskio import DiskIoCollector
@@ -183,13 +184,14 @@ def collect_all(
     limiter = _LOG_LIMIT if limiter is None else limiter
     metrics: dict[str, float] = {}
     failed: list[str] = []
-    for collector in collectors:
-        started = time.monotonic()
-        try:
-            metrics.update(_valid(collector.name, collector.collect(), limiter))
-        except Exception as exc:  # noqa: BLE001 - one collector's failure must not stop the rest
-            failed.append(collector.name)
-            _report(collector.name, exc, limiter)
-        if durations is not None:
-            durations[collector.name] = time.monotonic() - started
+    with procfs.one_round():  # a /proc file needed by several collectors is read once
+        for collector in collectors:
+            started = time.monotonic()
+            try:
+                metrics.update(_valid(collector.name, collector.collect(), limiter))
+            except Exception as exc:  # noqa: BLE001 - one collector's failure must not stop others
+                failed.append(collector.name)
+                _report(collector.name, exc, limiter)
+            if durations is not None:
+                durations[collector.name] = time.monotonic() - started
     return metrics, failed

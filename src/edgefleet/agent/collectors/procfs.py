@@ -5,11 +5,12 @@ call, every field parsed, named tuples, ``/proc/stat`` read again for the boot t
 more than the agent's whole round should. Here:
 
 - :class:`ProcFile` keeps one file open and re-reads it with ``pread`` (procfs generates the
-  text afresh on every read from offset 0), saving the ``open``/``close`` of each round. A
-  read within :data:`SHARED_S` of the previous one returns the same bytes, so collectors of
-  one round that need the same file (``cpu`` and ``load``; ``memory`` and ``swap``; ``disk``
-  and ``vitals``) read it once.
+  text afresh on every read from offset 0), saving the ``open``/``close`` of each round.
+  Within one sampling round (:func:`one_round`, entered by ``collect_all``) a file is read
+  once, and parsed once per parser, for every collector that needs it (``cpu`` and
+  ``load``; ``memory`` and ``swap``).
 - :func:`pids` lists ``/proc`` once per round for ``procs`` and ``processes`` the same way.
+- :class:`MountTable` re-reads the mount table (``disk``, ``vitals``) only after a change.
 
 The parsers are pure (bytes in, plain data out) and tested on fixture files and against
 psutil on the machine running the tests. Where there is no ``/proc`` (:data:`HAVE_PROC`
@@ -21,37 +22,54 @@ from __future__ import annotations
 import os
 import select
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
 HAVE_PROC = Path("/proc/self/stat").exists()
-SHARED_S = 0.02  # reads this close together belong to one round
 TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _CHUNK = 65536
 _MAX_CHUNKS = 64  # 4 MiB: far beyond any file read here
 
 
+class _Round:
+    """The sampling round in progress (:func:`one_round`); 0 outside of one."""
+
+    number = 0
+    counter = 0
+
+
+@contextmanager
+def one_round() -> Iterator[None]:
+    """Within this block (one sampling round, :func:`collect_all`), each file is read and
+    ``/proc`` listed at most once; outside of it every call reads afresh."""
+    _Round.counter += 1
+    _Round.number = _Round.counter
+    try:
+        yield
+    finally:
+        _Round.number = 0
+
+
 class ProcFile:
     """One procfs file, opened on first use and kept open; :meth:`read` gives its content."""
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._clock = clock
         self._fd: int | None = None
         self._lock = threading.Lock()
-        self._last: tuple[float, bytes] | None = None
+        self._last: tuple[int, bytes] | None = None  # round number, content
         self._parsed: dict[Callable[[bytes], object], tuple[bytes, object]] = {}
 
     def read(self) -> bytes:
-        """The file's current content (the same bytes for calls within :data:`SHARED_S`)."""
+        """The file's current content (the same bytes again within one round)."""
         with self._lock:
-            now = self._clock()
-            if self._last is not None and 0 <= now - self._last[0] < SHARED_S:
+            now = _Round.number
+            if now and self._last is not None and self._last[0] == now:
                 return self._last[1]
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -60,8 +78,8 @@ class ProcFile:
             return data
 
     def parsed(self, parse: Callable[[bytes], T]) -> T:
-        """``parse(self.read())``, parsed once per round and parser (the result is shared:
-        callers must not change it)."""
+        """``parse(self.read())``, parsed once per content and parser (the result is
+        shared: callers must not change it)."""
         data = self.read()
         with self._lock:
             seen = self._parsed.get(parse)
@@ -84,8 +102,8 @@ class MountTable(ProcFile):
     descriptor with ``POLLPRI``. Generating the table costs the kernel more than any other
     file here (a path per mount), and it changes a few times in a device's life."""
 
-    def __init__(self, path: str = "/proc/self/mounts", **kw: Callable[[], float]) -> None:
-        super().__init__(path, **kw)
+    def __init__(self, path: str = "/proc/self/mounts") -> None:
+        super().__init__(path)
         self._poller: select.poll | None = None
         self._table: bytes | None = None
 
@@ -118,22 +136,17 @@ def list_pids() -> list[int]:
 
 
 class PidList:
-    """The PIDs in ``/proc``, listed at most once per :data:`SHARED_S` (a copy each call)."""
+    """The PIDs in ``/proc``, listed once per round (a copy each call)."""
 
-    def __init__(
-        self,
-        *,
-        lister: Callable[[], list[int]] = list_pids,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._lister, self._clock = lister, clock
+    def __init__(self, *, lister: Callable[[], list[int]] = list_pids) -> None:
+        self._lister = lister
         self._lock = threading.Lock()
-        self._last: tuple[float, list[int]] | None = None
+        self._last: tuple[int, list[int]] | None = None
 
     def __call__(self) -> list[int]:
         with self._lock:
-            now = self._clock()
-            if self._last is None or not 0 <= now - self._last[0] < SHARED_S:
+            now = _Round.number
+            if not now or self._last is None or self._last[0] != now:
                 self._last = (now, self._lister())
             return list(self._last[1])
 

@@ -150,7 +150,7 @@ class SqliteQueue:
             return
         with self._lock:
             try:  # never retried on a new store: its seqs are other samples
-                self._guarded(lambda: self._ack(json.dumps(wanted)), retry=False)
+                self._guarded(lambda: self._ack(wanted), retry=False)
             except (sqlite3.Error, OSError) as exc:
                 self._events.failed("ack", exc)
 
@@ -348,15 +348,27 @@ class SqliteQueue:
         rows = (QueuedSample(seq=seq, ts=ts, body=body) for seq, ts, body in cursor)
         return take_batch(rows, max_samples=max_samples, max_bytes=max_bytes)
 
-    def _ack(self, wanted: str) -> None:
+    def _ack(self, wanted: list[int]) -> None:
+        """Delete ``wanted`` (sorted, distinct): a batch is a run of seqs, deleted as a range
+        (no JSON list for SQLite to read back)."""
+        lo, hi = wanted[0], wanted[-1]
         with _transaction(self._conn):
-            gone: list[tuple[int, int]] = self._conn.execute(
-                "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?)) "
-                "RETURNING seq, length(body)",
-                (wanted,),
-            ).fetchall()
-            removed = {seq for seq, _ in gone}
-            revived = self._recent.revive(s for s in json.loads(wanted) if s not in removed)
+            gone: list[tuple[int, int]]
+            if hi - lo + 1 == len(wanted):
+                gone = self._conn.execute(
+                    "DELETE FROM samples WHERE seq BETWEEN ? AND ? RETURNING seq, length(body)",
+                    (lo, hi),
+                ).fetchall()
+            else:
+                gone = self._conn.execute(
+                    "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?)) "
+                    "RETURNING seq, length(body)",
+                    (json.dumps(wanted),),
+                ).fetchall()
+            revived = 0
+            if len(gone) < len(wanted):  # some were dropped earlier: revive their count
+                removed = {seq for seq, _ in gone}
+                revived = self._recent.revive(s for s in wanted if s not in removed)
             if gone or revived:
                 self._save_counters(self._next_seq, self._dropped - revived)
         self._dropped -= revived
