@@ -49,7 +49,8 @@ def child(out: str) -> int:
         profiles.append(profile)
         profile.enable()
 
-    threading.setprofile(start_in_thread)
+    if not os.environ.get("PROFILE_MAIN_ONLY"):
+        threading.setprofile(start_in_thread)
     profiles[0].enable()
     try:
         runpy.run_module("edgefleet.agent.run", run_name="__main__")
@@ -127,7 +128,10 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help="keep the profile in this file")
+    parser.add_argument("--main-only", action="store_true", help="profile the event loop only")
     args = parser.parse_args()
+    if args.main_only:
+        os.environ["PROFILE_MAIN_ONLY"] = "1"
     if args.child:
         return child(args.child)
     with tempfile.TemporaryDirectory(prefix="profile-agent-") as tmp:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench_vs_collectd import PROCESSES
 from edgefleet.agent.batch import build_message, sample_body
-from edgefleet.agent.collectors import CollectorOptions, build_collectors, collect_all
+from edgefleet.agent.collectors import CollectorOptions, build_collectors, collect_all, procfs
 from edgefleet.agent.queue.sqlite import SqliteQueue
 from edgefleet.wire.base import HealthDoc
 
@@ -94,11 +94,12 @@ def collect_one_by_one(
 ) -> tuple[dict[str, float], list[str]]:
     metrics: dict[str, float] = {}
     failed: list[str] = []
-    for collector in collectors:
-        spent, (got, bad) = cpu_us(lambda c=collector: collect_all([c]))  # type: ignore[misc]
-        table[collector.name].append(spent)
-        metrics.update(got)
-        failed += bad
+    with procfs.one_round():  # as in the agent: files shared by collectors are read once
+        for collector in collectors:
+            spent, (got, bad) = cpu_us(lambda c=collector: collect_all([c]))  # type: ignore[misc]
+            table[collector.name].append(spent)
+            metrics.update(got)
+            failed += bad
     return metrics, failed
 
 

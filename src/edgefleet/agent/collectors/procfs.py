@@ -46,7 +46,10 @@ class _Round:
 @contextmanager
 def one_round() -> Iterator[None]:
     """Within this block (one sampling round, :func:`collect_all`), each file is read and
-    ``/proc`` listed at most once; outside of it every call reads afresh."""
+    ``/proc`` listed at most once; outside of it every call reads afresh. Nested: one round."""
+    if _Round.number:
+        yield
+        return
     _Round.counter += 1
     _Round.number = _Round.counter
     try:

@@ -209,6 +209,12 @@ class SqliteQueue:
 
     # -- internals; callers hold self._lock ---------------------------------------------
 
+    def _forget_head(self) -> None:
+        """After a delete: the oldest sample is unknown, unless none is left (the common
+        case: each message's samples acknowledged before the next round)."""
+        self._head = None
+        self._head_known = self._depth == 0
+
     def _read_head(self) -> tuple[float, int] | None:
         if not self._head_known:
             row = self._conn.execute("SELECT ts, seq FROM samples ORDER BY seq LIMIT 1").fetchone()
@@ -341,6 +347,8 @@ class SqliteQueue:
         yield from self._conn.execute("SELECT seq, length(body) FROM samples ORDER BY seq")
 
     def _peek(self, max_samples: int, max_bytes: int, after_seq: int) -> list[QueuedSample]:
+        if after_seq >= self._next_seq - 1:  # every stored seq is below next_seq: none after
+            return take_batch((), max_samples=max_samples, max_bytes=max_bytes)  # checks limits
         cursor = self._conn.execute(
             "SELECT seq, ts, body FROM samples WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, max_samples),
@@ -372,10 +380,10 @@ class SqliteQueue:
             if gone or revived:
                 self._save_counters(self._next_seq, self._dropped - revived)
         self._dropped -= revived
-        if gone:
-            self._head_known = False
         self._depth -= len(gone)
         self._bytes -= sum(size for _, size in gone) + len(gone) * ROW_OVERHEAD_BYTES
+        if gone:
+            self._forget_head()
 
     def _ack_through(self, seq: int) -> int:
         with _transaction(self._conn):
@@ -388,10 +396,10 @@ class SqliteQueue:
             if count or revived:
                 self._save_counters(self._next_seq, self._dropped - revived)
         self._dropped -= revived
-        if count:
-            self._head_known = False
         self._depth -= count
         self._bytes -= size + count * ROW_OVERHEAD_BYTES
+        if count:
+            self._forget_head()
         return int(count)
 
     def _note(self, key: str, value: str) -> None:
