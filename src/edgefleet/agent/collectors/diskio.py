@@ -7,6 +7,7 @@ that each byte is counted once, on the disk that moved it.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +48,7 @@ def read_disk_counters_proc() -> dict[str, dict[str, int]]:
 read_disk_counters = read_disk_counters_proc if procfs.HAVE_PROC else read_disk_counters_psutil
 
 
+@functools.lru_cache(maxsize=1024)
 def is_physical_disk(name: str) -> bool:
     """True for a whole physical disk such as ``sda``, ``vda``, ``nvme0n1``, ``mmcblk0``."""
     return not _NOT_PHYSICAL.match(name)

@@ -104,6 +104,7 @@ class VitalsCollector:
         self._boot_id = boot_id()
         self._started = clock()
         self._boot: tuple[str, int, bool] | None = None
+        self._root_seen: tuple[str | None, float | None] = (None, None)
         self._vcgencmd: Refresher[str] | None = None
         if throttled() is None:  # no firmware file (looked for once: it comes with the board)
             self._throttled = _absent
@@ -138,7 +139,10 @@ class VitalsCollector:
         return {"vitals.reboots": float(reboots), "vitals.rebooted": float(recent)}
 
     def _root_part(self) -> dict[str, float]:
-        flag = root_readonly(self._mounts())
+        text = self._mounts()
+        if text is not self._root_seen[0]:  # the same table object: the same answer
+            self._root_seen = (text, root_readonly(text))
+        flag = self._root_seen[1]
         return {} if flag is None else {"vitals.root_readonly": flag}
 
     def _throttled_part(self) -> dict[str, float]:
