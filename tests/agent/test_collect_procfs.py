@@ -199,8 +199,8 @@ def test_runtime_readers_do_not_import_psutil() -> None:
 
     code = (
         "import sys\nfrom edgefleet.agent.collectors import build_collectors, collect_all\n"
-        "from edgefleet.agent.main import _rss\n"
-        "collect_all(build_collectors()); _rss()\nprint('psutil' in sys.modules)"
+        "import edgefleet.agent.main\nfrom edgefleet.agent.collectors.procfs import self_rss\n"
+        "collect_all(build_collectors()); self_rss()\nprint('psutil' in sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

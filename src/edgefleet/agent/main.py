@@ -22,7 +22,7 @@ from edgefleet.agent.batch import sample_body
 from edgefleet.agent.checks import preflight
 from edgefleet.agent.collect_thread import CollectThread
 from edgefleet.agent.collectors import CollectorOptions, build_collectors, collect_all
-from edgefleet.agent.collectors.procfs import HAVE_PROC, self_rss
+from edgefleet.agent.collectors.procfs import self_rss
 from edgefleet.agent.commits import Commits
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.contracts import Collector, SampleQueue
@@ -69,16 +69,6 @@ def _cert_state(s: AgentConfig) -> tuple[object, ...] | None:
     if s.cert_file is None or s.key_file is None or resolve_transport(s.transport) == "ipc":
         return None
     return (s.cert_file, s.key_file, file_id(s.cert_file), file_id(s.key_file))
-
-
-def _rss() -> int:
-    """The agent's resident memory (psutil, ~4 MiB of RSS itself, only where there is no
-    ``/proc``)."""
-    if HAVE_PROC:
-        return self_rss()
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def _next_round(prev: float, interval: float, now: float) -> float:
@@ -206,7 +196,7 @@ class Agent:
             oldest_age_s=max(0.0, time.time() - st.oldest_ts) if st.oldest_ts else 0.0,
             dropped_total=st.dropped_total + self.publisher.stats.oversize_dropped,
             publish_errors_total=self.publisher.stats.errors,
-            rss_bytes=_rss(),
+            rss_bytes=self_rss(),
             agent_version=__version__,
             uncommitted=self.commits.uncommitted(st.held_from),
         )

@@ -266,5 +266,10 @@ def parse_statm_rss(data: bytes, page_bytes: int = PAGE_BYTES) -> int:
 
 
 def self_rss() -> int:
-    """This process's resident memory in bytes."""
-    return parse_statm_rss(SELF_STATM.read())
+    """This process's resident memory in bytes (through psutil, itself ~4 MiB of RSS, only
+    where there is no ``/proc``)."""
+    if HAVE_PROC:
+        return parse_statm_rss(SELF_STATM.read())
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
