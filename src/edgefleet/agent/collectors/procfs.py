@@ -20,6 +20,7 @@ false) the collectors keep their psutil readers.
 from __future__ import annotations
 
 import os
+import re
 import select
 import threading
 from collections.abc import Callable, Iterator
@@ -185,15 +186,16 @@ def parse_cpu_stat(
     return total, cores
 
 
+_MEMINFO_LINE = re.compile(rb"^([^:\n]+):[ \t]*(\d+)( kB)?", re.MULTILINE)
+
+
 def parse_meminfo(data: bytes) -> dict[str, int]:
-    """``/proc/meminfo`` in bytes per field (``MemTotal``, ``SwapFree``, ...)."""
-    out: dict[str, int] = {}
-    for line in data.split(b"\n"):
-        name, _, rest = line.partition(b":")
-        fields = rest.split()
-        if fields:
-            out[name.decode()] = int(fields[0]) * (1024 if len(fields) > 1 else 1)
-    return out
+    """``/proc/meminfo`` in bytes per field (``MemTotal``, ``SwapFree``, ...); a field without
+    a unit (``HugePages_Total``) is a count."""
+    return {
+        name.decode(): int(value) * (1024 if kb else 1)
+        for name, value, kb in _MEMINFO_LINE.findall(data)
+    }
 
 
 def memory_available(mem: dict[str, int]) -> int:
