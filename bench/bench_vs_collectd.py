@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -141,6 +142,19 @@ class Measured:
         t = self.ps.cpu_times()
         return t.user + t.system
 
+    def threads(self) -> dict[int, tuple[str, int]]:
+        """Per thread: its name (``comm``) and CPU ticks (user + system) so far."""
+        out: dict[int, tuple[str, int]] = {}
+        for task in Path(f"/proc/{self.ps.pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue  # the thread ended meanwhile
+            head, _, tail = stat.rpartition(")")
+            fields = tail.split()
+            out[int(task.name)] = (head.partition("(")[2], int(fields[11]) + int(fields[12]))
+        return out
+
     def sample_rss(self) -> int:
         rss = int(self.ps.memory_info().rss)
         self.rss_max = max(self.rss_max, rss)
@@ -165,7 +179,10 @@ async def one_run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     broker = Broker(workdir / "broker", host=HOST, readers=(OBSERVER,))
     broker.start()
     collectd: subprocess.Popen[bytes] | None = None
-    agent = AgentProcess(broker, workdir, **agent_settings(workdir, args.interval))
+    settings = agent_settings(workdir, args.interval)
+    if args.collectors:  # a subset, to split the agent's cost (the comparison needs all)
+        settings["collectors"] = args.collectors
+    agent = AgentProcess(broker, workdir, **settings)
     got, heard = Received(), CollectdCount()
     subscriber = await start_subscriber(broker, got)
     counter = await count_collectd(broker, heard)
@@ -181,6 +198,7 @@ async def one_run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, agent.started_at + args.warmup - time.monotonic()))
         for m in procs.values():
             m.cpu0 = m.cpu()
+        threads0 = procs["agent"].threads()
         msgs0, heard0 = len(got.arrivals), heard.messages
         wall0 = time.monotonic()
         while (left := wall0 + args.duration - time.monotonic()) > 0:
@@ -198,6 +216,7 @@ async def one_run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             out[f"{name}_cpu"] = 100.0 * (m.cpu() - m.cpu0) / wall
             out[f"{name}_rss"] = m.sample_rss()
             out[f"{name}_rss_max"] = m.rss_max
+        out["agent_threads"] = thread_cpu(threads0, procs["agent"].threads(), wall)
         out["agent_msgs"] = len(got.arrivals) - msgs0
         out["collectd_msgs"] = heard.messages - heard0
         return out
@@ -210,6 +229,19 @@ async def one_run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 await client.stop(2.0)
         broker.stop()
+
+
+def thread_cpu(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], wall: float
+) -> list[tuple[int, str, float]]:
+    """Each thread's CPU over the window in % of one core (threads started in it count
+    from 0; those that ended in it are missing), busiest first."""
+    tick = os.sysconf("SC_CLK_TCK")
+    rows = [
+        (tid, name, 100.0 * (ticks - before.get(tid, (name, 0))[1]) / tick / wall)
+        for tid, (name, ticks) in after.items()
+    ]
+    return sorted(rows, key=lambda row: -row[2])
 
 
 def _tail(path: Path) -> str:
@@ -227,6 +259,8 @@ def report(r: dict[str, Any]) -> list[dict[str, Any]]:
         print(f"{name:<10} CPU {r[f'{name}_cpu']:.3f} % of one core, RSS max "
               f"{r[f'{name}_rss_max'] / MIB:.1f} MiB (final {r[f'{name}_rss'] / MIB:.1f}), "
               f"{r[f'{name}_msgs']} messages")  # fmt: skip
+    for tid, name, share in r["agent_threads"]:
+        print(f"  agent thread {tid:<8} {name:<16} {share:.3f} %")
     print(
         f"ratio      agent/collectd CPU {ratio:.2f}, RSS "
         f"{r['agent_rss_max'] / max(r['collectd_rss_max'], 1):.2f}"
@@ -249,6 +283,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--collectors", default="", help="agent collectors (default: all)")
     parser.add_argument("--collectd", default=shutil.which("collectd") or "/usr/sbin/collectd")
     args = parser.parse_args()
     if not Path(args.collectd).exists():

@@ -287,6 +287,28 @@ def test_hung_statvfs_is_reported_failed_without_blocking_or_piling_threads(
     assert "disk.used_percent[/mnt/hung]" in third
 
 
+def test_local_disks_asked_in_place_others_in_a_worker() -> None:
+    threads: dict[str, str] = {}
+
+    def statvfs(path: str) -> SimpleNamespace:
+        threads[path] = threading.current_thread().name
+        if path == "/boot/firmware":
+            raise OSError(5, "Input/output error")
+        return _statvfs()
+
+    mounts = [Mount("/dev/mmcblk0p2", "/", "ext4"), Mount("/dev/mmcblk0p1", "/boot/firmware", "vfat")]
+    mounts += [Mount("srv:/x", "/mnt/nas", "nfs4"), Mount("/dev/sda1", "/data", "fuseblk")]
+    got = DiskCollector(read=lambda: mounts, statvfs=statvfs).collect()
+    here = threading.current_thread().name
+    assert threads["/"] == threads["/boot/firmware"] == here
+    assert threads["/mnt/nas"] != here and threads["/data"] != here  # a FUSE daemon can hang
+    assert [k for k in got if k.startswith("disk.error")] == [
+        "disk.error[/]", "disk.error[/boot/firmware]", "disk.error[/mnt/nas]", "disk.error[/data]",
+    ]  # fmt: skip
+    assert got["disk.error[/boot/firmware]"] == 1.0
+    assert "disk.used_percent[/data]" in got
+
+
 def test_timed_calls_returns_values_errors_and_timeouts(release: threading.Event) -> None:
     def func(key: str) -> int:
         if key == "bad":

@@ -106,6 +106,31 @@ def test_peek_on_empty_queue_and_bad_limit(make_queue: MakeQueue) -> None:
         queue.peek(max_samples=0, max_bytes=BIG)
 
 
+def test_oldest_sample_follows_puts_acks_and_drops(make_queue: MakeQueue) -> None:
+    """What the health object reports (oldest age, held_from) after every kind of change."""
+    queue = make_queue(max_samples=3)
+
+    def head() -> tuple[float | None, int]:
+        st = queue.stats()
+        return st.oldest_ts, st.held_from
+
+    assert head() == (None, 0)
+    for i in range(3):
+        queue.put(10.0 + i, body(i))
+    assert head() == (10.0, 0)
+    queue.ack([0])
+    assert head() == (11.0, 1)
+    queue.put(13.0, body(3))
+    queue.put(14.0, body(4))  # full: 1 dropped
+    assert head() == (12.0, 2)
+    queue.ack([2, 3, 4])
+    assert head() == (None, 5)  # empty: held from the next seq
+    assert seqs(queue, after_seq=4) == []
+    queue.put(15.0, body(5))
+    assert head() == (15.0, 5)
+    assert seqs(queue, after_seq=4) == [5]
+
+
 def test_ack_removes_given_seqs_and_ignores_unknown(make_queue: MakeQueue) -> None:
     queue = make_queue()
     for i in range(6):

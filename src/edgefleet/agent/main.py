@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
-
 from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
 from edgefleet.agent.checks import preflight
+from edgefleet.agent.collect_thread import CollectThread
 from edgefleet.agent.collectors import CollectorOptions, build_collectors, collect_all
+from edgefleet.agent.collectors.procfs import self_rss
 from edgefleet.agent.commits import Commits
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.contracts import Collector, SampleQueue
@@ -90,8 +91,8 @@ class Agent:
         self.queue: SampleQueue = open_queue(
             s.queue, s.queue_path, max_bytes=s.queue_max_bytes, max_samples=s.queue_max_samples
         )
-        self._proc = psutil.Process()
         self._stop = asyncio.Event()
+        self._rounds: CollectThread[tuple[dict[str, float], list[str]]] = CollectThread()
         self._tick = asyncio.Event()  # wakes the sampler: stop, or a new interval
         self._switching = asyncio.Lock()  # one connection rebuild at a time
         self._side: set[asyncio.Task[None]] = set()
@@ -195,7 +196,7 @@ class Agent:
             oldest_age_s=max(0.0, time.time() - st.oldest_ts) if st.oldest_ts else 0.0,
             dropped_total=st.dropped_total + self.publisher.stats.oversize_dropped,
             publish_errors_total=self.publisher.stats.errors,
-            rss_bytes=self._proc.memory_info().rss,
+            rss_bytes=self_rss(),
             agent_version=__version__,
             uncommitted=self.commits.uncommitted(st.held_from),
         )
@@ -205,7 +206,8 @@ class Agent:
         while not self._stop.is_set():
             self._tick.clear()
             started, taken = time.monotonic(), time.time()
-            metrics, failed = await asyncio.to_thread(collect_all, self.collectors)
+            job = functools.partial(collect_all, self.collectors)
+            metrics, failed = await self._rounds.run(job)
             self.queue.put(taken, sample_body(metrics, failed))
             self.publisher.wake.set()
             next_at = _next_round(next_at, self.s.interval_s, time.monotonic())
@@ -215,9 +217,10 @@ class Agent:
     async def _wait_round(self, at: float) -> bool:
         """Sleep until ``at``; True when woken early by a new interval (not by stop)."""
         delay = at - time.monotonic()
-        if delay > 0:
+        if delay > 0:  # asyncio.timeout: no task per wait, unlike wait_for (3.11)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tick.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._tick.wait()
         if self._tick.is_set() and not self._stop.is_set():
             self._tick.clear()
             return True

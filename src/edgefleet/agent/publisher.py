@@ -206,8 +206,9 @@ class Publisher:
 
     async def _wait_for_work(self) -> None:
         self.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), 1.0)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
+            async with asyncio.timeout(1.0):
+                await self.wake.wait()
 
     async def _throttle(self, size: int) -> None:
         for bucket, amount in ((self._pub_bucket, 1.0), (self._byte_bucket, float(size))):

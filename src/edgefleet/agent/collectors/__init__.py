@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Protocol
 
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.cpu import CpuCollector
 from edgefleet.agent.collectors.disk import DiskCollector
 from edgefleet.agent.collectors.diskio import DiskIoCollector
@@ -102,6 +103,8 @@ REGISTRY: dict[str, Factory] = {
 
 _KEY_RE = re.compile(METRIC_KEY_PATTERN)
 _LOG_LIMIT = RateLimitedLog(60.0)
+_GOOD_KEYS: set[str] = set()  # keys that matched the pattern (most repeat every round)
+_GOOD_KEYS_MAX = 20_000
 
 
 def _check_names(names: Iterable[str], setting: str) -> list[str]:
@@ -138,8 +141,19 @@ def build_collectors(
     return collectors
 
 
+def _good_key(key: str) -> bool:
+    if key in _GOOD_KEYS:
+        return True
+    if _KEY_RE.fullmatch(key) is None:
+        return False
+    if len(_GOOD_KEYS) >= _GOOD_KEYS_MAX:  # keys that keep changing: start over, stay bounded
+        _GOOD_KEYS.clear()
+    _GOOD_KEYS.add(key)
+    return True
+
+
 def _valid(name: str, metrics: dict[str, float], limiter: RateLimitedLog) -> dict[str, float]:
-    good = {k: v for k, v in metrics.items() if _KEY_RE.fullmatch(k) and math.isfinite(v)}
+    good = {k: v for k, v in metrics.items() if _good_key(k) and math.isfinite(v)}
     if len(good) < len(metrics):
         bad = sorted(set(metrics) - set(good))
         if limiter.allow(f"{name}:bad") is not None:
@@ -170,13 +184,14 @@ def collect_all(
     limiter = _LOG_LIMIT if limiter is None else limiter
     metrics: dict[str, float] = {}
     failed: list[str] = []
-    for collector in collectors:
-        started = time.monotonic()
-        try:
-            metrics.update(_valid(collector.name, collector.collect(), limiter))
-        except Exception as exc:  # noqa: BLE001 - one collector's failure must not stop the rest
-            failed.append(collector.name)
-            _report(collector.name, exc, limiter)
-        if durations is not None:
-            durations[collector.name] = time.monotonic() - started
+    with procfs.one_round():  # a /proc file needed by several collectors is read once
+        for collector in collectors:
+            started = time.monotonic()
+            try:
+                metrics.update(_valid(collector.name, collector.collect(), limiter))
+            except Exception as exc:  # noqa: BLE001 - one collector's failure must not stop others
+                failed.append(collector.name)
+                _report(collector.name, exc, limiter)
+            if durations is not None:
+                durations[collector.name] = time.monotonic() - started
     return metrics, failed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 
@@ -11,6 +12,7 @@ MAX_INSTANCE_CHARS = 200
 _INSTANCE_TABLE = str.maketrans({"[": "(", "]": ")", "\n": " ", "\r": " ", "\t": " "})
 
 
+@functools.lru_cache(maxsize=4096)  # the same keys come back every round
 def metric_key(family: str, instance: str | None = None) -> str:
     """``family`` or ``family[instance]``, with brackets in the instance turned into parens."""
     if instance is None:

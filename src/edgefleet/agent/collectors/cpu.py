@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import metric_key, percent
 
 Times = Mapping[str, float]
@@ -26,10 +25,21 @@ class CpuTimes(NamedTuple):
     cores: Sequence[Times]
 
 
-def read_cpu_times() -> CpuTimes:
-    """Read the machine's and every core's cumulative CPU times."""
+def read_cpu_times_psutil() -> CpuTimes:
+    """Read the machine's and every core's cumulative CPU times through psutil."""
+    import psutil
+
     cores = [dict(c._asdict()) for c in psutil.cpu_times(percpu=True)]
     return CpuTimes(dict(psutil.cpu_times()._asdict()), cores)
+
+
+def read_cpu_times_proc() -> CpuTimes:
+    """The same from one read of ``/proc/stat``."""
+    total, cores = procfs.STAT.parsed(procfs.parse_cpu_stat)
+    return CpuTimes(total, cores)
+
+
+read_cpu_times = read_cpu_times_proc if procfs.HAVE_PROC else read_cpu_times_psutil
 
 
 def _deltas(prev: Times, cur: Times) -> dict[str, float]:

@@ -7,12 +7,12 @@ that each byte is counted once, on the disk that moved it.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import Clock, RateTracker, metric_key
 
 _NOT_PHYSICAL = re.compile(
@@ -32,12 +32,23 @@ FAMILIES = {
 DiskCounters = Mapping[str, Mapping[str, int]]
 
 
-def read_disk_counters() -> dict[str, dict[str, int]]:
+def read_disk_counters_psutil() -> dict[str, dict[str, int]]:
     """Raw cumulative counters per block device (psutil's own wrap fixing is off)."""
+    import psutil
+
     stats = psutil.disk_io_counters(perdisk=True, nowrap=False) or {}
     return {name: {f: getattr(io, f) for f in FAMILIES} for name, io in stats.items()}
 
 
+def read_disk_counters_proc() -> dict[str, dict[str, int]]:
+    """The same from ``/proc/diskstats``."""
+    return procfs.parse_diskstats(procfs.DISKSTATS.read())
+
+
+read_disk_counters = read_disk_counters_proc if procfs.HAVE_PROC else read_disk_counters_psutil
+
+
+@functools.lru_cache(maxsize=1024)
 def is_physical_disk(name: str) -> bool:
     """True for a whole physical disk such as ``sda``, ``vda``, ``nvme0n1``, ``mmcblk0``."""
     return not _NOT_PHYSICAL.match(name)

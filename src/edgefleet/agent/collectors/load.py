@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
-import psutil
+from edgefleet.agent.collectors import procfs
 
 
 class LoadReading(NamedTuple):
@@ -17,10 +18,23 @@ class LoadReading(NamedTuple):
     cores: int | None
 
 
-def read_load() -> LoadReading:
-    """Read the load averages and the logical core count."""
+def read_load_psutil() -> LoadReading:
+    """Read the load averages and the logical core count through psutil."""
+    import psutil
+
     load1, load5, load15 = psutil.getloadavg()
     return LoadReading(load1, load5, load15, psutil.cpu_count())
+
+
+def read_load_proc() -> LoadReading:
+    """The same with ``getloadavg`` and the online cores counted in ``/proc/stat`` (read once
+    per round with the cpu collector; ``os.cpu_count`` would read sysfs again)."""
+    load1, load5, load15 = os.getloadavg()
+    cores = len(procfs.STAT.parsed(procfs.parse_cpu_stat)[1])
+    return LoadReading(load1, load5, load15, cores or None)
+
+
+read_load = read_load_proc if procfs.HAVE_PROC else read_load_psutil
 
 
 def load_metrics(reading: LoadReading) -> dict[str, float]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import percent
 
 
@@ -17,10 +16,21 @@ class MemoryReading(NamedTuple):
     available: int
 
 
-def read_memory() -> MemoryReading:
-    """Read total and available memory."""
+def read_memory_psutil() -> MemoryReading:
+    """Read total and available memory through psutil."""
+    import psutil
+
     vm = psutil.virtual_memory()
     return MemoryReading(vm.total, vm.available)
+
+
+def read_memory_proc() -> MemoryReading:
+    """The same from ``/proc/meminfo``."""
+    mem = procfs.MEMINFO.parsed(procfs.parse_meminfo)
+    return MemoryReading(mem["MemTotal"], procfs.memory_available(mem))
+
+
+read_memory = read_memory_proc if procfs.HAVE_PROC else read_memory_psutil
 
 
 def memory_metrics(reading: MemoryReading) -> dict[str, float]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import Clock, RateTracker, metric_key
 
 # Counter name in psutil's snetio -> metric family (rate per second).
@@ -21,10 +20,20 @@ FAMILIES = {
 NicCounters = Mapping[str, Mapping[str, int]]
 
 
-def read_nic_counters() -> dict[str, dict[str, int]]:
+def read_nic_counters_psutil() -> dict[str, dict[str, int]]:
     """Raw cumulative counters per interface (psutil's own wrap fixing is off)."""
+    import psutil
+
     stats = psutil.net_io_counters(pernic=True, nowrap=False)
     return {nic: {f: getattr(io, f) for f in FAMILIES} for nic, io in stats.items()}
+
+
+def read_nic_counters_proc() -> dict[str, dict[str, int]]:
+    """The same from ``/proc/net/dev`` (this process's network namespace)."""
+    return procfs.parse_net_dev(procfs.NET_DEV.read())
+
+
+read_nic_counters = read_nic_counters_proc if procfs.HAVE_PROC else read_nic_counters_psutil
 
 
 def net_counters(stats: NicCounters, exclude: Iterable[str] = ("lo",)) -> dict[str, float]:

@@ -17,13 +17,13 @@ times and RSS are read each round.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import Clock, metric_key, percent
 from edgefleet.agent.collectors.processes_read import (
     COMM_MAX,
@@ -82,6 +82,15 @@ def cmdline_needed(specs: Sequence[ProcessSpec]) -> Callable[[str], bool]:
 default_identify = read_identity_proc if PROC else read_identity
 
 
+def _list_pids() -> list[int]:
+    """Every PID (``/proc`` listed once per round with the procs collector)."""
+    if procfs.HAVE_PROC:
+        return procfs.pids()
+    import psutil
+
+    return psutil.pids()
+
+
 @dataclass(slots=True)
 class _Known:
     identity: Identity | None
@@ -96,7 +105,7 @@ class ProcessScanner:
         self,
         specs: Sequence[ProcessSpec],
         *,
-        pids: Callable[[], Iterable[int]] = psutil.pids,
+        pids: Callable[[], Iterable[int]] = _list_pids,
         identify: Callable[[int], Identity | None] = default_identify,
     ) -> None:
         self._specs, self._pids, self._identify = list(specs), pids, identify
@@ -165,7 +174,7 @@ class ProcessesCollector:
         self,
         *,
         specs: Sequence[str] = (),
-        pids: Callable[[], Iterable[int]] = psutil.pids,
+        pids: Callable[[], Iterable[int]] = _list_pids,
         identify: Callable[[int], Identity | None] | None = None,
         usage: Callable[[int], Usage | None] = read_usage,
         clock: Clock = time.monotonic,
@@ -179,7 +188,7 @@ class ProcessesCollector:
             )
         self._scanner = ProcessScanner(self._specs, pids=pids, identify=identify)
         self._usage, self._clock = usage, clock
-        self._cpus = cpus if cpus is not None else (psutil.cpu_count() or 1)
+        self._cpus = cpus if cpus is not None else (os.cpu_count() or 1)
         self._restarts = {s.label: RestartState() for s in self._specs}
         self._cpu: dict[str, dict[Ident, float]] = {}
         self._last_t: float | None = None

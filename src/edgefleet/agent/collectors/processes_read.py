@@ -8,9 +8,8 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import psutil
+from edgefleet.agent.collectors import procfs
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +31,8 @@ class Usage:
 
 def read_identity(pid: int) -> Identity | None:
     """Name, command line and start time of ``pid``; ``None`` when it is gone or hidden."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -66,9 +67,17 @@ def parse_identity(stat: bytes, cmdline: bytes, boot_s: float, ticks_per_s: int)
     return Identity(name, " ".join(args), boot_s + start_ticks / ticks_per_s)
 
 
+def parse_btime(stat: bytes) -> float:
+    """The boot time (Unix seconds) in ``/proc/stat``, the base of processes' start times."""
+    for line in stat.split(b"\n"):
+        if line.startswith(b"btime "):
+            return float(line.split()[1])
+    raise ValueError("no btime line in /proc/stat")
+
+
 @functools.cache
 def _boot_s() -> float:
-    return float(psutil.boot_time())
+    return parse_btime(procfs.STAT.read())
 
 
 def _read_file(path: str) -> bytes:
@@ -100,6 +109,8 @@ def read_identity_proc(
 
 def read_usage_psutil(pid: int) -> Usage | None:
     """CPU times and RSS of ``pid`` through psutil; ``None`` when it is gone or not readable."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -116,8 +127,8 @@ def parse_proc_stat(data: bytes, ticks_per_s: int, page_bytes: int) -> Usage:
     return Usage((int(fields[11]) + int(fields[12])) / ticks_per_s, int(fields[21]) * page_bytes)
 
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_TICKS = procfs.TICKS_PER_S
+_PAGE = procfs.PAGE_BYTES
 
 
 def read_usage_proc(pid: int) -> Usage | None:
@@ -133,5 +144,5 @@ def read_usage_proc(pid: int) -> Usage | None:
         return None
 
 
-PROC = Path("/proc/self/stat").exists()
+PROC = procfs.HAVE_PROC
 read_usage = read_usage_proc if PROC else read_usage_psutil

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import psutil
+from edgefleet.agent.collectors import procfs
 
 
 def count_processes() -> int:
     """How many processes exist right now."""
+    if procfs.HAVE_PROC:
+        return len(procfs.pids())  # listed once per round with the processes collector
+    import psutil
+
     return len(psutil.pids())
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-import psutil
-
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.base import percent
 
 
@@ -17,10 +16,21 @@ class SwapReading(NamedTuple):
     used: int
 
 
-def read_swap() -> SwapReading:
-    """Read total and used swap."""
+def read_swap_psutil() -> SwapReading:
+    """Read total and used swap through psutil."""
+    import psutil
+
     sw = psutil.swap_memory()
     return SwapReading(sw.total, sw.used)
+
+
+def read_swap_proc() -> SwapReading:
+    """The same from ``/proc/meminfo`` (read once per round with the memory collector)."""
+    mem = procfs.MEMINFO.parsed(procfs.parse_meminfo)
+    return SwapReading(mem["SwapTotal"], mem["SwapTotal"] - mem["SwapFree"])
+
+
+read_swap = read_swap_proc if procfs.HAVE_PROC else read_swap_psutil
 
 
 def swap_metrics(reading: SwapReading) -> dict[str, float]:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import psutil
-
 from edgefleet.agent.collectors.base import Clock
+
+
+def boot_time() -> float:
+    """When the machine booted (Unix time): the wall clock minus the time since boot,
+    suspend included (``CLOCK_BOOTTIME``, as ``/proc/uptime`` counts it; no file read). It
+    follows the wall clock when that is stepped, as psutil's boot time (``/proc/stat``'s
+    ``btime``) does, but to the microsecond, not to the second."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:  # not Linux
+        import psutil
+
+        return float(psutil.boot_time())
+    return time.time() - time.clock_gettime(boottime)
 
 
 def uptime_seconds(now: float, boot_time: float) -> float:
@@ -23,7 +34,7 @@ class UptimeCollector:
     def __init__(
         self,
         *,
-        read_boot_time: Callable[[], float] = psutil.boot_time,
+        read_boot_time: Callable[[], float] = boot_time,
         wall_clock: Clock = time.time,
     ) -> None:
         self._read_boot_time = read_boot_time

@@ -11,7 +11,8 @@
 - **Root read-only**: ``vitals.root_readonly`` 0/1 from the mount table.
 - **Raspberry Pi**: ``vitals.<flag>_now`` / ``vitals.<flag>_seen`` (since boot) for
   undervoltage, freq_capped, throttled, soft_temp_limit, where the firmware exposes them
-  (sysfs ``get_throttled`` each round, else ``vcgencmd`` at most every 60 s).
+  (sysfs ``get_throttled`` each round, else ``vcgencmd`` at most every 60 s; which of the
+  two exists is found at start).
 
 One part failing (a container forbidding ``adjtimex``) leaves the others; it is logged once.
 """
@@ -77,6 +78,10 @@ def throttled_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def _absent() -> None:
+    return None
+
+
 class VitalsCollector:
     """``vitals.*``: reboots, clock, read-only root, Raspberry Pi throttling."""
 
@@ -99,8 +104,10 @@ class VitalsCollector:
         self._boot_id = boot_id()
         self._started = clock()
         self._boot: tuple[str, int, bool] | None = None
+        self._root_seen: tuple[str | None, float | None] = (None, None)
         self._vcgencmd: Refresher[str] | None = None
-        if throttled() is None:
+        if throttled() is None:  # no firmware file (looked for once: it comes with the board)
+            self._throttled = _absent
             if vcgencmd is None and rd.vcgencmd_available():
                 vcgencmd = rd.read_throttled_vcgencmd
             if vcgencmd is not None:
@@ -132,7 +139,10 @@ class VitalsCollector:
         return {"vitals.reboots": float(reboots), "vitals.rebooted": float(recent)}
 
     def _root_part(self) -> dict[str, float]:
-        flag = root_readonly(self._mounts())
+        text = self._mounts()
+        if text is not self._root_seen[0]:  # the same table object: the same answer
+            self._root_seen = (text, root_readonly(text))
+        flag = self._root_seen[1]
         return {} if flag is None else {"vitals.root_readonly": flag}
 
     def _throttled_part(self) -> dict[str, float]:

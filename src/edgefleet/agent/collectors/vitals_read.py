@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.agent.collectors import procfs
 from edgefleet.agent.collectors.command import run_bounded
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-MOUNTS = Path("/proc/self/mounts")
 THROTTLED = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
 STATE_NAME = "vitals-boot.txt"
 
@@ -50,11 +50,16 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+@functools.cache
+def _timex_buffer() -> _CTimex:
+    return _CTimex()
+
+
 def read_timex() -> Timex:
     """The kernel clock's state via ``adjtimex`` with no change requested (unprivileged)."""
-    libc = _libc()
-    buf = _CTimex()
-    state = libc.adjtimex(ctypes.byref(buf))
+    buf = _timex_buffer()
+    buf.modes = 0  # read only: never ask the kernel to change the clock
+    state = _libc().adjtimex(ctypes.byref(buf))
     if state < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"adjtimex: {os.strerror(err)}")
@@ -82,8 +87,12 @@ def save_boot(folder: Path, text: str) -> None:
 
 
 def read_mounts_text() -> str:
-    """The mount table of this process's namespace."""
-    return MOUNTS.read_text(encoding="utf-8", errors="replace")
+    """The mount table of this process's namespace (read again only after a change)."""
+    return procfs.MOUNTS.parsed(_decode)
+
+
+def _decode(table: bytes) -> str:
+    return table.decode("utf-8", "replace")
 
 
 def read_throttled_file() -> str | None:

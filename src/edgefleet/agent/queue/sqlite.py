@@ -4,7 +4,9 @@ One file in WAL mode with two tables: ``samples(seq INTEGER PRIMARY KEY, ts, bod
 key/value ``meta`` holding ``stream``, ``next_seq`` and ``dropped_total``. A put that drops
 nothing is a single INSERT; any transaction that deletes rows also writes the counters, so
 on open ``next_seq = max(meta.next_seq, max(seq) + 1)`` is exact. Depth and bytes are
-counted on open and kept in memory. See ``docs/queue.md`` for the guarantees.
+counted on open and kept in memory, and so is the oldest sample's seq and time once read (a
+put to an empty queue sets it, a delete forgets it): the publisher asks for them several times
+per message. See ``docs/queue.md`` for the guarantees.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class SqliteQueue:
         self._events = QueueLog(self.kind, self.path)
         self._recent = RecentDrops()
         self._counters_dirty = False
+        self._head: tuple[float, int] | None = None  # oldest (ts, seq), valid if _head_known
+        self._head_known = False
         self._stream, self._next_seq, self._dropped, self._depth, self._bytes = "", 0, 0, 0, 0
         self._conn = self._open()
 
@@ -146,7 +150,7 @@ class SqliteQueue:
             return
         with self._lock:
             try:  # never retried on a new store: its seqs are other samples
-                self._guarded(lambda: self._ack(json.dumps(wanted)), retry=False)
+                self._guarded(lambda: self._ack(wanted), retry=False)
             except (sqlite3.Error, OSError) as exc:
                 self._events.failed("ack", exc)
 
@@ -167,10 +171,9 @@ class SqliteQueue:
             oldest: float | None = None
             held = self._next_seq
             try:
-                row = self._conn.execute(
-                    "SELECT ts, seq FROM samples ORDER BY seq LIMIT 1").fetchone()
-                if row is not None:
-                    oldest, held = float(row[0]), int(row[1])
+                head = self._read_head()
+                if head is not None:
+                    oldest, held = head
             except sqlite3.Error as exc:
                 self._events.failed("stats", exc)
                 held = 0  # unknown: claim to hold everything (never wrongly "gone")
@@ -205,6 +208,19 @@ class SqliteQueue:
             self._conn.close()
 
     # -- internals; callers hold self._lock ---------------------------------------------
+
+    def _forget_head(self) -> None:
+        """After a delete: the oldest sample is unknown, unless none is left (the common
+        case: each message's samples acknowledged before the next round)."""
+        self._head = None
+        self._head_known = self._depth == 0
+
+    def _read_head(self) -> tuple[float, int] | None:
+        if not self._head_known:
+            row = self._conn.execute("SELECT ts, seq FROM samples ORDER BY seq LIMIT 1").fetchone()
+            self._head = None if row is None else (float(row[0]), int(row[1]))
+            self._head_known = True
+        return self._head
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -246,6 +262,7 @@ class SqliteQueue:
         except (KeyError, ValueError) as exc:
             raise CorruptStoreError(f"meta table unreadable: {exc!r}") from exc
         self._next_seq, self._dropped = max(next_seq, top + 1), dropped
+        self._head_known = False
         self._depth, self._bytes = depth, body_bytes + depth * ROW_OVERHEAD_BYTES
 
     def _set_aside(self, exc: BaseException, *, lost: int | None) -> None:
@@ -307,6 +324,10 @@ class SqliteQueue:
             )
         self._next_seq = seq + 1
         self._counters_dirty = False
+        if count:
+            self._head_known = False
+        elif self._head_known and self._head is None:  # it was empty: this one is the oldest
+            self._head = (ts, seq)
         self._depth += 1 - count
         self._bytes += len(body) + ROW_OVERHEAD_BYTES - freed
         if count:
@@ -326,6 +347,8 @@ class SqliteQueue:
         yield from self._conn.execute("SELECT seq, length(body) FROM samples ORDER BY seq")
 
     def _peek(self, max_samples: int, max_bytes: int, after_seq: int) -> list[QueuedSample]:
+        if after_seq >= self._next_seq - 1:  # every stored seq is below next_seq: none after
+            return take_batch((), max_samples=max_samples, max_bytes=max_bytes)  # checks limits
         cursor = self._conn.execute(
             "SELECT seq, ts, body FROM samples WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, max_samples),
@@ -333,20 +356,34 @@ class SqliteQueue:
         rows = (QueuedSample(seq=seq, ts=ts, body=body) for seq, ts, body in cursor)
         return take_batch(rows, max_samples=max_samples, max_bytes=max_bytes)
 
-    def _ack(self, wanted: str) -> None:
+    def _ack(self, wanted: list[int]) -> None:
+        """Delete ``wanted`` (sorted, distinct): a batch is a run of seqs, deleted as a range
+        (no JSON list for SQLite to read back)."""
+        lo, hi = wanted[0], wanted[-1]
         with _transaction(self._conn):
-            gone: list[tuple[int, int]] = self._conn.execute(
-                "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?)) "
-                "RETURNING seq, length(body)",
-                (wanted,),
-            ).fetchall()
-            removed = {seq for seq, _ in gone}
-            revived = self._recent.revive(s for s in json.loads(wanted) if s not in removed)
+            gone: list[tuple[int, int]]
+            if hi - lo + 1 == len(wanted):
+                gone = self._conn.execute(
+                    "DELETE FROM samples WHERE seq BETWEEN ? AND ? RETURNING seq, length(body)",
+                    (lo, hi),
+                ).fetchall()
+            else:
+                gone = self._conn.execute(
+                    "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?)) "
+                    "RETURNING seq, length(body)",
+                    (json.dumps(wanted),),
+                ).fetchall()
+            revived = 0
+            if len(gone) < len(wanted):  # some were dropped earlier: revive their count
+                removed = {seq for seq, _ in gone}
+                revived = self._recent.revive(s for s in wanted if s not in removed)
             if gone or revived:
                 self._save_counters(self._next_seq, self._dropped - revived)
         self._dropped -= revived
         self._depth -= len(gone)
         self._bytes -= sum(size for _, size in gone) + len(gone) * ROW_OVERHEAD_BYTES
+        if gone:
+            self._forget_head()
 
     def _ack_through(self, seq: int) -> int:
         with _transaction(self._conn):
@@ -361,6 +398,8 @@ class SqliteQueue:
         self._dropped -= revived
         self._depth -= count
         self._bytes -= size + count * ROW_OVERHEAD_BYTES
+        if count:
+            self._forget_head()
         return int(count)
 
     def _note(self, key: str, value: str) -> None:
