@@ -27,40 +27,27 @@ import psycopg
 import bench_ingest as bi
 from edgefleet.dev.broker import Mosquitto
 from edgefleet.dev.postgres import Postgres
-from edgefleet.wire.policy import mosquitto_acl
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SECOND_IDENTITY = "backendb"
-
-
-class StoresBroker(bi.Broker):
-    """The harness broker; its ACL also gives ``backendb`` (and ``backendb-<k>``) the
-    backend's rights, rendered by ``edgefleet.wire.policy`` like the rest."""
-
-    def prepare(self) -> None:
-        super().prepare()
-        acl = self.workdir / "acl"
-        second = mosquitto_acl(SECOND_IDENTITY)
-        acl.write_text(acl.read_text() + second[second.index("\nuser "):])
-
-
 class StoreBackend(bi.Backend):
-    """One backend process: its own folder and HTTP port, ``identity`` with K connections,
-    the store of ``database_url`` (SQLite in its folder when None)."""
+    """One backend process: its own folder and HTTP port, K connections of the ``backend``
+    identity numbered from ``first`` (``EDGE_BACKEND_CONNECTION_FIRST``: backend-<first> ...,
+    always in the shared subscription), the store of ``database_url`` (SQLite in its folder
+    when None)."""
 
-    def __init__(self, broker: Mosquitto, workdir: Path, identity: str, connections: int,
+    def __init__(self, broker: Mosquitto, workdir: Path, first: int, connections: int,
                  database_url: str | None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(broker, workdir)
-        if connections > 1:
-            for k in range(1, connections + 1):
-                cert, key, _ = broker.identity(f"{identity}-{k}")
-            last = f"{identity}-{connections}"
-            self.env["EDGE_BACKEND_CERT_FILE"] = str(cert).replace(last, identity + "-{n}")
-            self.env["EDGE_BACKEND_KEY_FILE"] = str(key).replace(last, identity + "-{n}")
-        self.env["EDGE_BACKEND_CLIENT_ID"] = identity
+        for k in range(first, first + connections):
+            cert, key, _ = broker.identity(f"backend-{k}")
+        last = f"backend-{first + connections - 1}"
+        self.env["EDGE_BACKEND_CERT_FILE"] = str(cert).replace(last, "backend-{n}")
+        self.env["EDGE_BACKEND_KEY_FILE"] = str(key).replace(last, "backend-{n}")
+        self.env["EDGE_BACKEND_CLIENT_ID"] = "backend"
         self.env["EDGE_BACKEND_CONNECTIONS"] = str(connections)
+        self.env["EDGE_BACKEND_CONNECTION_FIRST"] = str(first)
         if database_url:
             self.env["EDGE_BACKEND_DATABASE_URL"] = database_url
 

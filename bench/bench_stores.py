@@ -14,11 +14,11 @@ single-sample ~1.2 KB messages at QoS 1) and fresh backend processes
   into a temp folder, loopback, ``EDGE_BACKEND_DATABASE_URL``);
 - ``pg2``: two backend processes on one such PostgreSQL, sharing the fleet through the
   shared subscription ``$share/edgefleet/...``. Every backend process opens ``--connections``
-  K connections (K >= 2: with K = 1 a backend subscribes plainly and would get every
-  message); the first uses the client ids ``backend-1`` ... ``backend-K``, the second
-  ``backendb-1`` ... (this broker's ACL grants ``backendb`` the backend's rights; on AWS the
-  two would need disjoint numbers of ``backend-1`` ... ``backend-9``). The same K is used
-  in every configuration, so the store and the number of processes are what differ.
+  K connections of the one ``backend`` identity, numbered as the two tasks of
+  infra/backend-service.yaml number them (``EDGE_BACKEND_CONNECTION_FIRST``): the first
+  process ``backend-1`` ... ``backend-K``, the second ``backend-(K+1)`` ... ``backend-2K``.
+  The same K is used in every configuration, so the store and the number of processes are
+  what differ.
 
 Per configuration: a 2 s warm-up at 500 msgs/s, then a hold of ``--hold-s`` at each rate of
 ``--rates`` up to the first one not kept up (bench_ingest.py explains "kept up"). Reported:
@@ -52,10 +52,8 @@ from typing import Any
 import bench_ingest as bi
 from _loadgen import ACKED, Device
 from _stores_parts import (
-    SECOND_IDENTITY,
     MultiBench,
     StoreBackend,
-    StoresBroker,
     TreeCpu,
     baseline_src,
     postmaster_pid,
@@ -92,7 +90,7 @@ def harness(args: argparse.Namespace, workdir: Path, name: str) -> Iterator[Harn
     """Broker, PostgreSQL (pg, pg2), backends, bare subscriber and generator; all stopped
     on the way out, also on an error."""
     _, on_pg, processes = CONFIGS[name]
-    broker = StoresBroker(workdir / "broker", {"autosave_interval": 3600})
+    broker = bi.Broker(workdir / "broker", {"autosave_interval": 3600})
     pg = Postgres(workdir / "pg") if on_pg else None
     with contextlib.ExitStack() as stack:
         broker.start()
@@ -102,9 +100,9 @@ def harness(args: argparse.Namespace, workdir: Path, name: str) -> Iterator[Harn
             stack.callback(pg.stop)
         names = [f"bench-dev-{i:04d}" for i in range(args.devices)]
         devices = [Device(n, *(str(p) for p in broker.identity(n)[:2])) for n in names]
-        identities = ["backend", SECOND_IDENTITY][:processes]
-        backends = [StoreBackend(broker, workdir / f"backend-{i}", ident, args.connections,
-                                 pg.url if pg else None) for i, ident in enumerate(identities)]
+        backends = [StoreBackend(broker, workdir / f"backend-{i}", 1 + i * args.connections,
+                                 args.connections, pg.url if pg else None)
+                    for i in range(processes)]
         for backend in backends:
             backend.start()
             stack.callback(backend.stop)
@@ -224,7 +222,7 @@ def main() -> None:
                         help="msgs/s of the holds, ascending, comma-separated")
     parser.add_argument("--hold-s", type=float, default=15.0, help="seconds per hold")
     parser.add_argument("--connections", type=int, default=2,
-                        help="K connections per backend process (2-9)")
+                        help="K connections per backend process (1-4)")
     parser.add_argument("--catchup-s", type=float, default=3.0)
     parser.add_argument("--profile-messages", type=int, default=20_000,
                         help="messages per profile round (0: no profile)")
@@ -240,9 +238,8 @@ def main() -> None:
     unknown = [c for c in names if c not in CONFIGS]
     if unknown or not names:
         parser.error(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
-    if not 2 <= args.connections <= 9:
-        parser.error("--connections: 2 to 9 (two backends share the fleet only through the "
-                     "shared subscription, which K = 1 does not use)")
+    if not 1 <= args.connections <= 4:
+        parser.error("--connections: 1 to 4 (two processes use 2K of backend-1 ... -9)")
     exit_on_sigterm()
     setup_logging("ERROR")
     print_machine()
