@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from tests.backend.store_backends import postgres, schema_url  # noqa: F401
+from tests.backend.store_backends import schema_url
 from tests.backend.test_service import FakeTransport, Running, until
 
 from devices import metrics_payload, status_payload

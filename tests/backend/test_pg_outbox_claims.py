@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.backend.store_backends import postgres, schema_url  # noqa: F401
+from tests.backend.store_backends import schema_url
 
 from edgefleet.backend.store.pg_store import PgFleetStore
 from edgefleet.dev.postgres import Postgres

@@ -73,7 +73,9 @@ def test_device_rows_are_upserted(store: FleetStoreContract) -> None:
     store.add_samples([], devices=[later])
     (got,) = store.devices()
     assert got.device == DEV
-    assert (got.first_seen, got.last_seen, got.status, got.health) == (10.0, 30.0, "offline", None)
+    # a row without health (the writer has not heard it) keeps the stored one
+    assert (got.first_seen, got.last_seen, got.status, got.health) == (
+        10.0, 30.0, "offline", {"dropped_total": 4})
 
 
 def test_unknown_devices_of_samples_get_rows(store: FleetStoreContract) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-from tests.backend.store_backends import postgres, schema_url  # noqa: F401
+from tests.backend.store_backends import schema_url
 
 from backendproc import BackendProc
 from conftest import ClientFactory
@@ -86,11 +86,12 @@ class Page:
             async for msg in ws:
                 frame = json.loads(msg.data)
                 self.updates += frame["type"] == "update"
-                self.rows.update({row["id"]: row for row in frame["devices"]})
+                for row in frame["devices"]:  # full rows, or changed fields (docs/api.md)
+                    self.rows.setdefault(row["id"], {}).update(row)
                 self.ready.set()
 
     def all_at(self, cpu: float) -> bool:
-        return sum(row["cpu"] == cpu for row in self.rows.values()) == DEVICES
+        return sum(row.get("cpu") == cpu for row in self.rows.values()) == DEVICES
 
 
 async def until(check: Any, timeout: float = 60.0, step: float = 0.2) -> None:

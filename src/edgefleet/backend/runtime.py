@@ -92,7 +92,8 @@ class Backend:
         url = s.database_url.get_secret_value() if s.database_url else None
         self.store = open_store(url, s.db_path, raw_retention_s=s.raw_retention_s,
                                 pool_size=s.database_pool_size,
-                                connect_timeout_s=s.database_connect_timeout_s)
+                                connect_timeout_s=s.database_connect_timeout_s,
+                                seq_jump=s.max_seq_jump)
         self.ingest = Ingest(
             max_keys=s.max_keys_per_device, max_instances=s.max_instances_per_family,
             max_streams=s.max_streams_per_device, max_seq_jump=s.max_seq_jump)

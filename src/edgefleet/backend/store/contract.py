@@ -92,7 +92,7 @@ def is_postgres_url(url: str | None) -> bool:
 
 def open_store(
     url: str | None, db_path: Path, *, raw_retention_s: float, pool_size: int = 8,
-    connect_timeout_s: float = 10.0,
+    connect_timeout_s: float = 10.0, seq_jump: int | None = None,
 ) -> FleetStoreContract:
     """PostgreSQL at ``url`` when it is a ``postgresql://`` URL; else SQLite at ``db_path``."""
     if url is None:
@@ -103,5 +103,8 @@ def open_store(
         raise ValueError("the database URL must start with postgresql://")
     from edgefleet.backend.store.pg_store import PgFleetStore  # psycopg only when asked for
 
-    return PgFleetStore(url, raw_retention_s=raw_retention_s, pool_size=pool_size,
-                        connect_timeout_s=connect_timeout_s)
+    store = PgFleetStore(url, raw_retention_s=raw_retention_s, pool_size=pool_size,
+                         connect_timeout_s=connect_timeout_s)
+    if seq_jump is not None:
+        store.seq_jump = seq_jump  # the ingest's: cursors further apart are other epochs
+    return store

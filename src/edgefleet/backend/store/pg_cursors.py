@@ -12,6 +12,17 @@ counts only seqs nobody received.
 
 Within the dedup window (10,000 seqs below the newest) the union is exact; counts of older
 seqs are taken from whichever cursor had more.
+
+Epochs: a seq further than the ingest's ``jump`` from a stream's newest starts a new epoch
+(:mod:`edgefleet.backend.ingest.dedup`) and moves the epoch's loss into ``lost_prior``. Two
+cursors of one stream are merged only when they count the same earlier loss and their seq
+ranges lie within ``jump`` of each other; otherwise they are of different epochs: the one
+with more earlier loss wins (it has seen more of them), on a tie this backend's (it has just
+been fed). Alone on the database a backend's cursor therefore always wins over what it
+stored itself before. With several backends, a device jumping between epochs can make
+their loss figures differ until its next samples. A sample more than ``jump`` below a stored cursor's newest is a new epoch's,
+not a replay of what that cursor counts. Bits are only ever shifted within the window, so
+hostile seqs (0, then 2^53 - 1) cost nothing but a counted jump.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edgefleet.backend.ingest.dedup import DEFAULT_WINDOW, SeqCursor
+from edgefleet.backend.ingest.dedup import DEFAULT_JUMP, DEFAULT_WINDOW, SeqCursor
 from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.schema import cursor_from_row
 
@@ -40,17 +51,26 @@ def _bits(c: SeqCursor, window: int) -> int:
     return ~c.holes & ((1 << span) - 1)
 
 
-def has_seq(c: SeqCursor, seq: int, window: int = DEFAULT_WINDOW) -> bool:
-    """Whether ``c`` counts ``seq`` as received (or too old to tell: a replay)."""
+def has_seq(c: SeqCursor, seq: int, window: int = DEFAULT_WINDOW,
+            jump: int | None = None) -> bool:
+    """Whether ``c`` counts ``seq`` as received (or too old to tell: a replay; with
+    ``jump``, not when ``seq`` lies more than ``jump`` below: that is a new epoch's)."""
     if not c.received or seq > c.high:
         return False
     back = c.high - seq
     if back >= window:
-        return True
+        return jump is None or back <= jump
     return bool(_bits(c, window) >> back & 1)
 
 
-def merge(mine: SeqCursor, stored: SeqCursor | None, window: int = DEFAULT_WINDOW) -> SeqCursor:
+def same_epoch(a: SeqCursor, b: SeqCursor, jump: int = DEFAULT_JUMP) -> bool:
+    """Whether two cursors of one stream count seqs of one epoch (their ranges lie within
+    ``jump`` of each other; an epoch starts with a seq further away than that)."""
+    return a.base - b.high <= jump and b.base - a.high <= jump
+
+
+def merge(mine: SeqCursor, stored: SeqCursor | None, window: int = DEFAULT_WINDOW,
+          jump: int = DEFAULT_JUMP) -> SeqCursor:
     """The union of this backend's cursor and the stored one (see the module doc)."""
     if stored is None or stored == mine or not stored.received:
         return mine
@@ -58,12 +78,18 @@ def merge(mine: SeqCursor, stored: SeqCursor | None, window: int = DEFAULT_WINDO
         return stored if mine.stream in stored.retired else mine
     if not mine.received:
         return stored
+    if mine.lost_prior != stored.lost_prior or not same_epoch(mine, stored, jump):
+        # one has seen an epoch the other has not (earlier loss grows at each new epoch)
+        return stored if stored.lost_prior > mine.lost_prior else mine
     high, base = max(mine.high, stored.high), min(mine.base, stored.base)
     span = min(window, high - base + 1)
     mask = (1 << span) - 1
     union = 0
     older = 0
     for c in (mine, stored):
+        if high - c.high >= span:  # all of c's window lies below the union's
+            older = max(older, c.received)
+            continue
         shifted = (_bits(c, window) << (high - c.high)) & mask
         union |= shifted
         older = max(older, c.received - shifted.bit_count())
@@ -81,11 +107,12 @@ def lock_stored(cur: Any, ids: Sequence[int]) -> dict[str, SeqCursor]:
 
 def new_to_store(
     samples: Sequence[AcceptedSample], stored: Mapping[str, SeqCursor],
-    mine: Mapping[str, SeqCursor],
+    mine: Mapping[str, SeqCursor], jump: int = DEFAULT_JUMP,
 ) -> list[AcceptedSample]:
     """The samples no stored cursor of the same stream counts yet (the others are another
     backend's, already stored)."""
     same = {d: c for d, c in stored.items() if d in mine and mine[d].stream == c.stream}
     if not same:
         return list(samples)
-    return [s for s in samples if (c := same.get(s.device)) is None or not has_seq(c, s.seq)]
+    return [s for s in samples
+            if (c := same.get(s.device)) is None or not has_seq(c, s.seq, jump=jump)]

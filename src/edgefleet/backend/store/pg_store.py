@@ -29,7 +29,7 @@ import psycopg
 from psycopg import Connection
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from edgefleet.backend.ingest.dedup import SeqCursor
+from edgefleet.backend.ingest.dedup import DEFAULT_JUMP, SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow, History
 from edgefleet.backend.store.history import BUCKET_S
 from edgefleet.backend.store.pg_compact import compact as compact_days
@@ -78,6 +78,7 @@ class PgFleetStore:
         self, url: str, *, raw_retention_s: float = 24 * 3600.0,
         bucket_retention_s: float = 30 * 86400.0, pool_size: int = 8,
         connect_timeout_s: float = 10.0, clock: Callable[[], float] = time.time,
+        seq_jump: int = DEFAULT_JUMP,
     ) -> None:
         if raw_retention_s < BUCKET_S or bucket_retention_s < raw_retention_s:
             raise ValueError("need bucket_retention_s >= raw_retention_s >= 300")
@@ -90,6 +91,7 @@ class PgFleetStore:
         self._ids: dict[str, int] = {}
         self._days: set[int] | None = None  # partitions known to exist; None: read again
         self.alert_feed = False  # several backends: batches feed the alert leader (pg_feed)
+        self.seq_jump = seq_jump  # the ingest's: cursors further apart are other epochs
         self._merged: dict[str, SeqCursor] = {}  # committed cursors, union of every backend's
         self._pending_merged: dict[str, SeqCursor] = {}
         self._pool = ConnectionPool(
@@ -150,13 +152,14 @@ class PgFleetStore:
             ids = self._ids | new_ids if new_ids else self._ids
             # another backend's share of these devices' seqs: see pg_cursors.py
             stored_cursors = lock_stored(cur, sorted(ids[name] for name in cursors))
-            fresh = new_to_store(samples, stored_cursors, cursors)
+            fresh = new_to_store(samples, stored_cursors, cursors, self.seq_jump)
             stored = 0
             if fresh:
                 cur.executemany(INSERT_RAW, [(ids[s.device], s.ts, s.seq, compact_json(s.metrics))
                                              for s in fresh])
                 stored = max(cur.rowcount, 0)
-            merged = {name: merge(c, stored_cursors.get(name)) for name, c in cursors.items()}
+            merged = {name: merge(c, stored_cursors.get(name), jump=self.seq_jump)
+                      for name, c in cursors.items()}
             if merged:
                 cur.executemany(UPSERT_CURSOR, sorted(
                     cursor_params(ids[name], c) for name, c in merged.items()))

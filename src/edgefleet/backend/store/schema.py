@@ -46,7 +46,10 @@ UPSERT_DEVICE = (
     "first_seen = min(first_seen, excluded.first_seen), last_seen = excluded.last_seen, "
     "last_sample_ts = excluded.last_sample_ts, status = excluded.status, "
     "status_ts = excluded.status_ts, session_ts = excluded.session_ts, "
-    "health = excluded.health, health_sent_at = excluded.health_sent_at, "
+    # a row that carries no health (not heard since start) keeps the stored one, as on
+    # PostgreSQL, where several backends write a device's row from what each heard
+    "health = coalesce(excluded.health, health), "
+    "health_sent_at = coalesce(excluded.health_sent_at, health_sent_at), "
     "agent_version = excluded.agent_version, interval_s = excluded.interval_s"
 )
 SELECT_DEVICES = (
