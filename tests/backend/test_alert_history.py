@@ -19,6 +19,7 @@ from test_service import FakeTransport
 from test_web_app import RULES, serve_nothing, until, with_devices
 from tests.backend.store_backends import STORES, on_postgres, schema_url
 
+from edgefleet.backend import runtime
 from edgefleet.backend.alerts.history import MAX_ROWS, RETENTION_S, AlertHistory, HistoryLog
 from edgefleet.backend.alerts.pg_history import PgAlertHistory
 from edgefleet.backend.alerts.rules import load_rules
@@ -132,3 +133,16 @@ async def test_bad_history_queries_are_one_line_400s(
 ) -> None:
     _, client = backend
     assert await get(client, f"/api/alerts/history?{query}") == (400, {"error": error})
+
+
+async def test_the_backend_prunes_entries_past_the_retention(
+    backend: tuple[Backend, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made, client = backend
+    old = time.time() - made.history.retention_s - 60
+    made.history.record("ack", "cpu|dev-old|", "slack:U1", at=old)
+    made.history.record("ack", "cpu|dev-new|", "slack:U1")
+    monkeypatch.setattr(runtime, "COMPACT_EVERY_S", 0.0)  # with the next compaction
+    await until(lambda: not made.history.query(device="dev-old"))
+    status, body = await get(client, "/api/alerts/history")
+    assert status == 200 and [e["device"] for e in body["entries"]] == ["dev-new"]
