@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.backend.alerts.centre import AlertCenter
 from edgefleet.backend.alerts.feed import FEED_KEY, FeedMonitor, feed_event
-from edgefleet.backend.alerts.history import AlertHistory
+from edgefleet.backend.alerts.history import AlertHistory, HistoryLog
 from edgefleet.backend.alerts.receivers import build_dispatcher
 from edgefleet.backend.alerts.rules import RuleSet
 from edgefleet.backend.ingest.acks import Acker, AckPolicy
@@ -39,7 +39,7 @@ from edgefleet.backend.slack_parts import (  # re-exported: tests import them fr
     build_notifier,
     build_slack_actions,
 )
-from edgefleet.backend.store.contract import open_store
+from edgefleet.backend.store.contract import FleetStoreContract, open_store
 from edgefleet.backend.store.fleet_state import FleetState
 from edgefleet.backend.store.quarantine import Quarantine
 from edgefleet.backend.store.writer import BatchWriter, Message
@@ -54,6 +54,8 @@ from edgefleet.transport.pool import TransportPool
 from edgefleet.wire.messages import METRICS_FILTER, STATUS_FILTER
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from edgefleet.backend.cluster import Cluster
 
 __all__ = ["Backend", "BackendFailedError", "build_notifier", "build_slack_actions"]
@@ -105,11 +107,8 @@ class Backend:
         self.outbox = Outbox(self.store.open_db())  # in the fleet database, written with batches
         if self.store.kind == "sqlite":  # an outbox file of older versions
             self.outbox.import_file(s.db_path.with_name(s.db_path.stem + "-outbox.db"))
-        # the alert history: in the fleet database on SQLite; with PostgreSQL, for now a local
-        # file beside the quarantine (issue 17 moves it)
-        history_path = s.db_path if self.store.kind == "sqlite" else s.db_path.with_name(
-            s.db_path.stem + "-history.db")
-        self.history = AlertHistory(history_path, retention_s=s.alert_history_days * 86400)
+        # the alert history in the fleet database (PostgreSQL: one for every backend on it)
+        self.history = _history(self.store, s.db_path, s.alert_history_days * 86400)
         self.dispatcher = build_dispatcher(  # issue 18: routes (default receiver = as before)
             rules, self.store.open_db, notifier=build_notifier(s),
             bot_token=s.slack_bot_token.get_secret_value() if s.slack_bot_token else None,
@@ -288,7 +287,13 @@ class Backend:
             self.hub.touch(set())  # summary figures change every second
             if time.monotonic() - last_compact > COMPACT_EVERY_S:
                 last_compact = time.monotonic()
-                await asyncio.to_thread(self.store.compact, now)
+                await asyncio.to_thread(self._compact, now)
+
+    def _compact(self, now: float) -> None:
+        """A worker thread, every ``COMPACT_EVERY_S``: compact the store, prune the alert
+        history (a ``DELETE`` that may wait for PostgreSQL: never on the loop)."""
+        self.store.compact(now)
+        self.history.prune(now)
 
     def _watch_feed(self, now: float) -> None:
         """Update the feed state; raise or resolve the one fleet-level ``feed_lost`` alert."""
@@ -370,6 +375,18 @@ class Backend:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _history(store: FleetStoreContract, path: Path, retention_s: float) -> HistoryLog:
+    """The alert history in the SQLite file, or the table every backend on the PostgreSQL
+    database shares."""
+    if store.kind != "postgres":
+        return AlertHistory(path, retention_s=retention_s)
+    from edgefleet.backend.alerts.pg_history import PgAlertHistory  # psycopg only on PostgreSQL
+    from edgefleet.backend.store.pg_store import PgFleetStore
+
+    assert isinstance(store, PgFleetStore)  # noqa: S101 - kind "postgres"
+    return PgAlertHistory(store, retention_s=retention_s)
 
 
 def _cluster(backend: Backend) -> Cluster:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgefleet.backend.alerts.history import AlertHistory
+from edgefleet.backend.alerts.history import HistoryLog
 from edgefleet.common.logs import kv
 from edgefleet.notify.model import Alert
 from edgefleet.notify.socket_mode import ActionResult
@@ -58,7 +58,7 @@ class AlertOps:
     """The acks and snoozes of firing alerts; see the module docstring."""
 
     def __init__(
-        self, firing: Mapping[str, Alert], history: AlertHistory | None,
+        self, firing: Mapping[str, Alert], history: HistoryLog | None,
         clock: Callable[[], float], silencer: Silencer | None = None,
     ) -> None:
         self._firing = firing

@@ -40,7 +40,7 @@ from edgefleet.backend.alerts.engine import (
     prune,
 )
 from edgefleet.backend.alerts.gate import AlertGate
-from edgefleet.backend.alerts.history import AlertHistory
+from edgefleet.backend.alerts.history import HistoryLog
 from edgefleet.backend.alerts.persist import RECENT, AlertPersistence, DeviceSnapshot
 from edgefleet.backend.alerts.predict import Series, observe, predict_events
 from edgefleet.backend.alerts.ruleset import RuleSet
@@ -89,7 +89,7 @@ class AlertCenter:
 
     def __init__(
         self, rules: RuleSet, store: FleetStoreContract, dispatcher: AlertDispatcher,
-        history: AlertHistory | None = None,
+        history: HistoryLog | None = None,
     ) -> None:
         self.rules = rules
         self.store = store
@@ -195,9 +195,7 @@ class AlertCenter:
                        if r.event_id != self.gate.covered.get(r.key))
         if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
             self._expired_at = time.monotonic()
-            self.expire(now)
-            if self.history is not None:  # issue 18: 30 days of history
-                self.history.prune(now)
+            self.expire(now)  # the history is pruned by the backend, in a worker thread
         return out
 
     def forget(self, device: str, now: float) -> list[dict[str, Any]]:

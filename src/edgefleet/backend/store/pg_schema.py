@@ -55,6 +55,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "purged integer NOT NULL)",
     ),
     FEED_STEP,  # 2: several backends (issue 17): the alert feed and the alert leader
+    (  # 3: the alert history, one for every backend on the database (alerts/pg_history.py)
+        "CREATE TABLE alert_history (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        f"at {_T} NOT NULL, kind text NOT NULL, alert_key text NOT NULL, "
+        "device text NOT NULL, rule text NOT NULL, who text NOT NULL, detail text NOT NULL)",
+        "CREATE INDEX alert_history_at ON alert_history (at)",
+        "CREATE INDEX alert_history_device ON alert_history (device, at)",
+    ),
 )
 """Ordered schema steps (``migrate.py``); append, never edit a released step."""
 

@@ -17,7 +17,7 @@ from quart import Quart, Response, jsonify, request, send_from_directory, websoc
 from quart.typing import ResponseReturnValue
 
 from edgefleet import __version__
-from edgefleet.backend.alerts.history import AlertHistory
+from edgefleet.backend.alerts.history import HistoryLog, HistoryUnavailableError
 from edgefleet.backend.store.history import MAX_KEYS
 from edgefleet.backend.store.metadata import LabelError
 from edgefleet.backend.web.access import WebAccess
@@ -158,7 +158,7 @@ def disable_websocket_compression() -> None:
 
 def create_app(
     view: FleetView, *, token: str | None = None, access: WebAccess | None = None,
-    history: AlertHistory | None = None,
+    history: HistoryLog | None = None,
 ) -> Quart:
     """Build the app around a running backend's view of the fleet.
 
@@ -239,7 +239,7 @@ def _history_args() -> tuple[float, int, str | None, str | None]:
     return since, limit, device, rule
 
 
-def _add_alert_history(app: Quart, history: AlertHistory | None) -> None:
+def _add_alert_history(app: Quart, history: HistoryLog | None) -> None:
     """``GET /api/alerts/history?device=&rule=&since=&limit=`` (issue 18): newest first."""
 
     @app.get("/api/alerts/history")
@@ -250,8 +250,11 @@ def _add_alert_history(app: Quart, history: AlertHistory | None) -> None:
             since, limit, device, rule = _history_args()
         except BadQueryError as exc:
             return jsonify(error=str(exc)), 400
-        entries = await asyncio.to_thread(history.query, device=device, rule=rule,
-                                          since=since or None, limit=limit)
+        try:
+            entries = await asyncio.to_thread(history.query, device=device, rule=rule,
+                                              since=since or None, limit=limit)
+        except HistoryUnavailableError as exc:  # its PostgreSQL is away
+            return jsonify(error=str(exc)), 503
         return jsonify(entries=entries, limit=limit)
 
 
