@@ -57,6 +57,23 @@ def test_merged_cursor_counts_what_either_backend_stored() -> None:
     assert merge(mine, newer) == newer  # the stream the other backend moved on to wins
 
 
+def test_merge_keeps_to_one_epoch_and_hostile_seqs_cost_nothing() -> None:
+    """A seq jump starts a new epoch: the newer epoch's cursor wins, whichever backend holds
+    it; cursors of one epoch far apart merge without building bits beyond the window."""
+    tracker = SeqTracker("s")
+    for seq in (0, 1, 2, 2**53 - 1):  # the last one jumps: epoch 1
+        tracker.accept(seq)
+    jumped, before = tracker.cursor(), cursor_of("s", [0, 1, 2])
+    assert (jumped.epoch, before.epoch) == (1, 0)
+    assert merge(before, jumped) == jumped == merge(jumped, before)
+    assert not has_seq(jumped, 1, jump=1_000_000)  # below the jump: not a replay of this epoch
+    far = cursor_of("s", [0, 999_000])  # within the jump: one epoch
+    near = cursor_of("s", [0, 1])
+    union = merge(far, near)
+    assert (union.base, union.high, union.received) == (0, 999_000, 3)
+    assert union.lost == 999_001 - 3
+
+
 def test_merging_random_shares_gives_the_union() -> None:
     rng = random.Random(17)
     for _ in range(200):

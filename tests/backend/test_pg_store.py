@@ -63,7 +63,7 @@ def test_a_new_database_is_migrated_once_and_a_newer_one_is_refused(postgres: Po
     assert "\n" not in str(raised.value) and "***" not in str(raised.value)
 
 
-def test_a_sqlite_file_of_before_versioning_adopts_version_1_with_its_data(
+def test_a_sqlite_file_of_before_versioning_adopts_version_1_then_migrates_with_its_data(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "fleet.db"
@@ -72,12 +72,14 @@ def test_a_sqlite_file_of_before_versioning_adopts_version_1_with_its_data(
             old.execute(statement)
         old.execute("INSERT INTO meta VALUES ('schema', '1')")
         old.execute("INSERT INTO devices (name, first_seen, last_seen) VALUES ('old', 1, 2)")
+        old.execute("INSERT INTO cursors VALUES (1, 's', 0, 9, 10, x'', 0, '[]')")
     old.close()
     store = FleetStore(path)
     assert [row.device for row in store.devices()] == ["old"]
+    assert store.cursors() == {"old": SeqCursor("s", 0, 9, 10, 0, epoch=0)}  # step 2 added it
     store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
         conn.execute("INSERT INTO schema_version VALUES (7)")
     conn.close()
     with pytest.raises(SchemaTooNewError, match="has store schema 7"):

@@ -125,7 +125,11 @@ class Cluster:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_S)
                 self._wake.clear()
+            if self.leading:  # a graceful stop: save what was decided since the last round
+                with contextlib.suppress(psycopg.Error, LeadershipLostError):
+                    await self._evaluate()
         finally:
+            self.leading = False  # batches still stored leave their feed rows to the next
             self.lock.release()
 
     async def _round(self) -> None:

@@ -131,8 +131,7 @@ class Backend:
             now=now, silence_intervals=s.feed_silence_intervals,
             silence_min_s=s.feed_silence_min_s, alert_after_s=s.feed_alert_after_s,
         )
-        firing = self.alerts.firing.get(FEED_KEY)  # fired before a restart: resolve it later
-        self._feed_alert: float | None = None if firing is None else firing.started_at
+        self._feed_alert: float | None = None  # when the feed alert fired (adopted at a tick)
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.inbox = Inbox(s.inbox_max, self._wake_soon, threading.get_ident())
@@ -308,6 +307,9 @@ class Backend:
             if change.state == "ok":
                 self.fleet.regrace(now)  # one staleness window for everyone from now
         events = []
+        if self._feed_alert is None and self.evaluates and FEED_KEY in self.alerts.firing:
+            # fired before a restart, or by the leader before this one (several backends)
+            self._feed_alert = self.alerts.firing[FEED_KEY].started_at
         if self._feed_alert is None and feed.alert_due(now):
             self._feed_alert = feed.since
             events.append(feed_event("firing", feed.since, now, feed.alert_after_s))

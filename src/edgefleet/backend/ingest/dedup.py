@@ -55,6 +55,7 @@ class SeqCursor:
     holes: int  # bit i set: ``high - i`` NOT received (i < min(window, high - base + 1))
     lost_prior: int = 0  # samples lost in earlier streams of the device
     retired: tuple[str, ...] = ()  # earlier streams, oldest first
+    epoch: int = 0  # epochs the stream's seq jumps started (backends merge one epoch only)
 
     @property
     def lost(self) -> int:
@@ -72,8 +73,8 @@ def _lost(prior: int, base: int, high: int, received: int) -> int:
 class SeqTracker:
     """The live, mutable dedup state of one device."""
 
-    __slots__ = ("base", "bits", "heard", "held_from", "high", "jump", "jumps", "lost_prior",
-                 "max_retired", "received", "retired", "stream", "window")
+    __slots__ = ("base", "bits", "epoch", "heard", "held_from", "high", "jump", "jumps",
+                 "lost_prior", "max_retired", "received", "retired", "stream", "window")
 
     def __init__(
         self, stream: str, *, window: int = DEFAULT_WINDOW, jump: int = DEFAULT_JUMP,
@@ -85,6 +86,7 @@ class SeqTracker:
         self.window, self.jump, self.max_retired = window, jump, max_streams - 1
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
         self.lost_prior = self.jumps = 0  # jumps: epochs started by a seq jump (not saved)
+        self.epoch = 0  # the current stream's epoch (saved; a new stream starts at 0)
         self.heard = 0.0  # when the current stream was last heard (set by Ingest; not saved)
         # the lowest seq the agent still holds (it reports it with each message when it waits
         # for the backend's watermark); None: the agent does not (not saved)
@@ -151,10 +153,12 @@ class SeqTracker:
         self.retired = tuple(s for s in self._remember(self.stream) if s != stream)
         self.stream, self.base, self.high, self.received, self.bits = stream, 0, 0, 0, 0
         self.held_from = None
+        self.epoch = 0
 
     def _new_epoch(self, seq: int) -> None:
         self.lost_prior = self.lost
         self.jumps += 1
+        self.epoch += 1
         self.base, self.high, self.received, self.bits = seq, seq, 1, 1
 
     def _remember(self, stream: str) -> tuple[str, ...]:
@@ -173,6 +177,7 @@ class SeqTracker:
             holes=~self.bits & span,
             lost_prior=self.lost_prior,
             retired=self.retired,
+            epoch=self.epoch,
         )
 
     @classmethod
@@ -186,6 +191,7 @@ class SeqTracker:
         tracker.base, tracker.high, tracker.received = cursor.base, cursor.high, cursor.received
         tracker.bits = ~cursor.holes & span
         tracker.lost_prior = min(cursor.lost_prior, LOST_CAP)
+        tracker.epoch = cursor.epoch
         keep = tracker.max_retired
         tracker.retired = cursor.retired[-keep:] if keep else ()
         return tracker

@@ -115,7 +115,8 @@ class FleetStore:
                     [(ids[s.device], s.ts, s.seq, compact_json(s.metrics)) for s in samples],
                 )
                 conn.executemany(
-                    "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO cursors (device, stream, base, high, received, holes, "
+                    "lost_prior, retired, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [cursor_params(ids[name], c) for name, c in (cursors or {}).items()],
                 )
             self._ids.update(new_ids)

@@ -14,15 +14,10 @@ Within the dedup window (10,000 seqs below the newest) the union is exact; count
 seqs are taken from whichever cursor had more.
 
 Epochs: a seq further than the ingest's ``jump`` from a stream's newest starts a new epoch
-(:mod:`edgefleet.backend.ingest.dedup`) and moves the epoch's loss into ``lost_prior``. Two
-cursors of one stream are merged only when they count the same earlier loss and their seq
-ranges lie within ``jump`` of each other; otherwise they are of different epochs: the one
-with more earlier loss wins (it has seen more of them), on a tie this backend's (it has just
-been fed). Alone on the database a backend's cursor therefore always wins over what it
-stored itself before. With several backends, a device jumping between epochs can make
-their loss figures differ until its next samples. A sample more than ``jump`` below a stored cursor's newest is a new epoch's,
-not a replay of what that cursor counts. Bits are only ever shifted within the window, so
-hostile seqs (0, then 2^53 - 1) cost nothing but a counted jump.
+(:mod:`edgefleet.backend.ingest.dedup`; ``SeqCursor.epoch`` counts them). Only cursors of
+the same stream and epoch are merged; otherwise the newer epoch wins, and a batch's samples
+are checked only against a stored cursor of their own epoch. Bits are only ever shifted
+within the window, so hostile seqs (0, then 2^53 - 1) cost nothing but a counted jump.
 """
 
 from __future__ import annotations
@@ -35,8 +30,8 @@ from edgefleet.backend.records import AcceptedSample
 from edgefleet.backend.store.schema import cursor_from_row
 
 SELECT_LOCKED = (
-    "SELECT d.name, c.stream, c.base, c.high, c.received, c.holes, c.lost_prior, c.retired "
-    "FROM cursors AS c JOIN devices AS d ON d.id = c.device WHERE c.device = ANY(%s) "
+    "SELECT d.name, c.stream, c.base, c.high, c.received, c.holes, c.lost_prior, c.retired, "
+    "c.epoch FROM cursors AS c JOIN devices AS d ON d.id = c.device WHERE c.device = ANY(%s) "
     "ORDER BY c.device FOR UPDATE OF c"
 )
 
@@ -63,14 +58,7 @@ def has_seq(c: SeqCursor, seq: int, window: int = DEFAULT_WINDOW,
     return bool(_bits(c, window) >> back & 1)
 
 
-def same_epoch(a: SeqCursor, b: SeqCursor, jump: int = DEFAULT_JUMP) -> bool:
-    """Whether two cursors of one stream count seqs of one epoch (their ranges lie within
-    ``jump`` of each other; an epoch starts with a seq further away than that)."""
-    return a.base - b.high <= jump and b.base - a.high <= jump
-
-
-def merge(mine: SeqCursor, stored: SeqCursor | None, window: int = DEFAULT_WINDOW,
-          jump: int = DEFAULT_JUMP) -> SeqCursor:
+def merge(mine: SeqCursor, stored: SeqCursor | None, window: int = DEFAULT_WINDOW) -> SeqCursor:
     """The union of this backend's cursor and the stored one (see the module doc)."""
     if stored is None or stored == mine or not stored.received:
         return mine
@@ -78,9 +66,8 @@ def merge(mine: SeqCursor, stored: SeqCursor | None, window: int = DEFAULT_WINDO
         return stored if mine.stream in stored.retired else mine
     if not mine.received:
         return stored
-    if mine.lost_prior != stored.lost_prior or not same_epoch(mine, stored, jump):
-        # one has seen an epoch the other has not (earlier loss grows at each new epoch)
-        return stored if stored.lost_prior > mine.lost_prior else mine
+    if mine.epoch != stored.epoch:  # the newer epoch wins (a seq jump started it)
+        return stored if stored.epoch > mine.epoch else mine
     high, base = max(mine.high, stored.high), min(mine.base, stored.base)
     span = min(window, high - base + 1)
     mask = (1 << span) - 1
@@ -95,7 +82,7 @@ def merge(mine: SeqCursor, stored: SeqCursor | None, window: int = DEFAULT_WINDO
         older = max(older, c.received - shifted.bit_count())
     retired = mine.retired if len(mine.retired) >= len(stored.retired) else stored.retired
     return SeqCursor(mine.stream, base, high, union.bit_count() + older, ~union & mask,
-                     max(mine.lost_prior, stored.lost_prior), retired)
+                     max(mine.lost_prior, stored.lost_prior), retired, mine.epoch)
 
 
 def lock_stored(cur: Any, ids: Sequence[int]) -> dict[str, SeqCursor]:
@@ -111,7 +98,8 @@ def new_to_store(
 ) -> list[AcceptedSample]:
     """The samples no stored cursor of the same stream counts yet (the others are another
     backend's, already stored)."""
-    same = {d: c for d, c in stored.items() if d in mine and mine[d].stream == c.stream}
+    same = {d: c for d, c in stored.items()
+            if d in mine and (mine[d].stream, mine[d].epoch) == (c.stream, c.epoch)}
     if not same:
         return list(samples)
     return [s for s in samples

@@ -62,6 +62,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX alert_history_at ON alert_history (at)",
         "CREATE INDEX alert_history_device ON alert_history (device, at)",
     ),
+    ("ALTER TABLE cursors ADD COLUMN epoch bigint NOT NULL DEFAULT 0",),  # 4: SeqCursor.epoch
 )
 """Ordered schema steps (``migrate.py``); append, never edit a released step."""
 
@@ -87,10 +88,11 @@ UPSERT_DEVICE = (
     "interval_s = coalesce(excluded.interval_s, d.interval_s)"
 )
 UPSERT_CURSOR = (
-    "INSERT INTO cursors VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO "
+    "INSERT INTO cursors (device, stream, base, high, received, holes, lost_prior, retired, "
+    "epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO "
     "UPDATE SET stream = excluded.stream, base = excluded.base, high = excluded.high, "
     "received = excluded.received, holes = excluded.holes, "
-    "lost_prior = excluded.lost_prior, retired = excluded.retired"
+    "lost_prior = excluded.lost_prior, retired = excluded.retired, epoch = excluded.epoch"
 )
 INSERT_RAW = (
     "INSERT INTO raw (device, ts, seq, body) VALUES (%s, %s, %s, %s::jsonb) "

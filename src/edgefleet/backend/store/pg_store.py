@@ -158,8 +158,7 @@ class PgFleetStore:
                 cur.executemany(INSERT_RAW, [(ids[s.device], s.ts, s.seq, compact_json(s.metrics))
                                              for s in fresh])
                 stored = max(cur.rowcount, 0)
-            merged = {name: merge(c, stored_cursors.get(name), jump=self.seq_jump)
-                      for name, c in cursors.items()}
+            merged = {name: merge(c, stored_cursors.get(name)) for name, c in cursors.items()}
             if merged:
                 cur.executemany(UPSERT_CURSOR, sorted(
                     cursor_params(ids[name], c) for name, c in merged.items()))

@@ -35,8 +35,10 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     *OUTBOX_SCHEMA,  # alerts waiting for Slack, written in the same transactions (notify/outbox)
 )
+CURSOR_EPOCH = "ALTER TABLE cursors ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0"
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*SCHEMA, *METADATA_TABLES),  # 1: the schema of the releases before versioning
+    (CURSOR_EPOCH,),  # 2: a stream's epoch in its cursor (SeqCursor.epoch)
 )
 """Ordered schema steps of the SQLite store (``migrate.py``); append, never edit."""
 UPSERT_DEVICE = (
@@ -100,18 +102,18 @@ def device_from_row(values: Sequence[Any], lost: int = 0) -> DeviceRow:
 def cursor_params(dev: int, c: SeqCursor) -> tuple[Any, ...]:
     holes = c.holes.to_bytes((c.holes.bit_length() + 7) // 8, "little")
     return (dev, c.stream, c.base, c.high, c.received, holes, min(c.lost_prior, LOST_CAP),
-            compact_json(c.retired))
+            compact_json(c.retired), c.epoch)
 
 
 def cursor_from_row(values: Sequence[Any]) -> tuple[str, SeqCursor]:
     """``(device, cursor)`` from a row of :data:`SELECT_CURSORS`."""
-    name, stream, base, high, received, holes, lost_prior, retired = values
+    name, stream, base, high, received, holes, lost_prior, retired, epoch = values
     cursor = SeqCursor(stream, base, high, received, int.from_bytes(holes, "little"),
-                       lost_prior, tuple(json.loads(retired)))
+                       lost_prior, tuple(json.loads(retired)), epoch)
     return name, cursor
 
 
 SELECT_CURSORS = (
-    "SELECT d.name, c.stream, c.base, c.high, c.received, c.holes, c.lost_prior, c.retired "
-    "FROM cursors AS c JOIN devices AS d ON d.id = c.device"
+    "SELECT d.name, c.stream, c.base, c.high, c.received, c.holes, c.lost_prior, c.retired, "
+    "c.epoch FROM cursors AS c JOIN devices AS d ON d.id = c.device"
 )
