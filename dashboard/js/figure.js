@@ -58,7 +58,10 @@ export class ChartFigure {
     svg.addEventListener("pointermove", (ev) => {
       if (!this.plot) return;
       const at = this.plot.tAt(ev.clientX);
-      if (this.drag) this.plot.select(this.drag.t, at);
+      if (this.drag) {
+        this.drag.at = at;
+        this.plot.select(this.drag.t, at);
+      }
       this.h.onHover(at);
     });
     svg.addEventListener("pointerup", (ev) => {
@@ -90,7 +93,9 @@ export class ChartFigure {
     const hasData = spec.series.some((s) => s.values.some((v) => typeof v === "number"));
     this.el.classList.toggle("nodata", !hasData);
     this.el.dataset.thresholds = String((spec.thresholds || []).length);
-    const held = this.el.dataset.crosshair;  // a redraw (new samples) keeps the crosshair
+    // a redraw (new samples) keeps the selection of a drag under way, and the crosshair
+    if (this.drag && this.drag.at !== undefined) this.plot.select(this.drag.t, this.drag.at);
+    const held = this.el.dataset.crosshair;
     if (held) this.crosshair(Number(held));
     else this._legend(spec.series.map((s) => lastNumber(s.values)));
   }
