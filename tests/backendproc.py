@@ -15,6 +15,18 @@ from typing import Any
 
 from edgefleet.dev.broker import Mosquitto, free_port
 
+RUNNING: list[subprocess.Popen[bytes]] = []  # started and not stopped (see kill_leftovers)
+
+
+def kill_leftovers() -> int:
+    """Kill backends a test started and did not stop (it failed midway); how many."""
+    left = [proc for proc in RUNNING if proc.poll() is None]
+    for proc in left:
+        proc.kill()
+        proc.wait(10)
+    RUNNING.clear()
+    return len(left)
+
 
 class BackendProc:
     """The backend as a process, with EDGE_BACKEND_* settings for the test broker."""
@@ -48,6 +60,7 @@ class BackendProc:
             [sys.executable, "-m", "edgefleet", "backend"], env=self.env,
             stdout=self._log, stderr=self._log,
         )
+        RUNNING.append(self.proc)
         return self
 
     def get(self, path: str, *, token: str | None = None) -> tuple[int, Any]:

@@ -24,6 +24,15 @@ from edgefleet.dev.broker import Mosquitto
 from edgefleet.transport.mqtt import MqttClient, MqttConfig
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_backends() -> Iterator[None]:
+    """Backend processes a failing test left running are killed after it (they would hold
+    ports and CPU for the rest of the run)."""
+    yield
+    if "backendproc" in sys.modules:
+        sys.modules["backendproc"].kill_leftovers()
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A running Mosquitto on a free loopback port, stopped after the test."""
