@@ -176,8 +176,8 @@ def report_run(r: dict[str, Any]) -> list[dict[str, Any]]:
           f"{r['missing']} missing, {r['dup_rows']} duplicate rows; the backends' own "
           f"counters: {r['own_lost']:,} lost, {r['own_dups']:,} duplicates removed")
     if r["processes"] > 1 and r["own_lost"]:
-        print("  (each backend process counts the seqs the other one took as lost: its "
-              "loss counter is per process until the store counts losses; the rows "
+        print("  (a backend counts the seqs the other one stored after its own last batch "
+              "of a device once it reads the stored cursors, about every second; the rows "
               "counted in the store above are the check)")
     tag = r["title"]
     figures = [

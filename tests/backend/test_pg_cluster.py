@@ -175,6 +175,30 @@ async def test_one_leader_evaluates_every_backends_samples_and_a_successor_carri
 
 
 @pytest.mark.postgres
+async def test_a_backend_counts_what_the_other_stored_after_its_own_last_batch(
+    postgres: Postgres, tmp_path: Path,
+) -> None:
+    """A device's last samples went to the other backend: this one's loss figure and
+    watermark count them too once it reads the stored cursor (no batch of its own needed)."""
+    url = schema_url(postgres)
+    a, b = Node(url, tmp_path, "backend-1"), Node(url, tmp_path, "backend-2")
+    try:
+        for seq in range(5):
+            a.send("dev-z", seq, 10.0, held_from=0)
+        await until(lambda: a.b.ingest.watermark("dev-z") == ("test-stream", 4))
+        for seq in range(5, 10):  # then the broker hands dev-z's messages to b only
+            b.send("dev-z", seq, 10.0, held_from=0)
+        await until(lambda: b.b.ingest.watermark("dev-z") == ("test-stream", 9))
+        # a never heard 5..9: without reading the stored cursor it would count them lost
+        await until(lambda: a.b.ingest.watermark("dev-z") == ("test-stream", 9))
+        assert (a.b.ingest.lost("dev-z"), b.b.ingest.lost("dev-z")) == (0, 0)
+        assert a.b.ingest.counters().lost_samples == 0
+    finally:
+        await b.r.stop()
+        await a.r.stop()
+
+
+@pytest.mark.postgres
 async def test_a_leader_whose_epoch_ended_writes_nothing(
     postgres: Postgres, tmp_path: Path,
 ) -> None:

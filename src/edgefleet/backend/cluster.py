@@ -36,12 +36,15 @@ from typing import TYPE_CHECKING, Protocol
 import psycopg
 
 from edgefleet.backend.alerts.centre import public_alert
+from edgefleet.backend.ingest.dedup import SeqCursor
+from edgefleet.backend.store.pg_cursors import merge
 from edgefleet.backend.store.pg_feed import (
     LeaderLock,
     LeadershipLostError,
     changed_devices,
     finish_feed,
     latest_samples,
+    stored_cursors,
     take_feed,
 )
 from edgefleet.backend.store.pg_tx import PgStoreTx
@@ -218,11 +221,24 @@ class Cluster:
         changed = self.b.fleet.merge(rows)
         if not changed:
             return
-        latest = await asyncio.to_thread(self.store.run,
-                                         partial(latest_samples, names=sorted(changed)))
+        names = sorted(changed)
+        latest = await asyncio.to_thread(self.store.run, partial(latest_samples, names=names))
         for name, (ts, metrics) in latest.items():
             self.b.view.on_remote(name, ts, metrics)
+        self._adopt(await asyncio.to_thread(self.store.run,
+                                            partial(stored_cursors, names=names)))
         self.b.hub.touch(changed)
+
+    def _adopt(self, stored: dict[str, SeqCursor]) -> None:
+        """Seqs other backends stored since this one last wrote a device's cursor: counted
+        here too (its loss figure and watermarks), as after each of its own batches."""
+        ingest, newer = self.b.ingest, {}
+        for name, theirs in stored.items():
+            mine = ingest.cursor(name)
+            if mine is not None and (union := merge(mine, theirs)) != mine:
+                newer[name] = union
+        if newer:
+            ingest.absorb(newer)
 
     def public(self) -> dict[str, object]:
         """For ``/metrics`` and tests: the role and how often this backend took the lead."""

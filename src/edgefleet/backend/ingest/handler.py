@@ -147,6 +147,11 @@ class Ingest:
         detail (the likely cause); None when it is not flagged."""
         return self._identity.conflict(device)
 
+    def cursor(self, device: str) -> SeqCursor | None:
+        """``device``'s dedup state as it would be saved now (None: unknown device)."""
+        tracker = self._trackers.get(device)
+        return None if tracker is None else tracker.cursor()
+
     def take_cursors(self) -> dict[str, SeqCursor]:
         """The dedup state of every device changed since the last call (for the store)."""
         taken = {device: self._trackers[device].cursor() for device in self._dirty}

@@ -25,8 +25,14 @@ from typing import Any
 
 import psycopg
 
+from edgefleet.backend.ingest.dedup import SeqCursor
 from edgefleet.backend.records import AcceptedSample, DeviceRow
-from edgefleet.backend.store.schema import SELECT_DEVICES, device_from_row
+from edgefleet.backend.store.schema import (
+    SELECT_CURSORS,
+    SELECT_DEVICES,
+    cursor_from_row,
+    device_from_row,
+)
 from edgefleet.common.logs import RateLimitedLog, kv
 
 _log = logging.getLogger(__name__)
@@ -100,6 +106,14 @@ def latest_samples(conn: Conn, names: Sequence[str]) -> dict[str, tuple[float, d
         return {}
     rows = conn.execute(LATEST, (list(names),)).fetchall()
     return {str(name): (float(ts), dict(body)) for name, ts, body in rows}
+
+
+def stored_cursors(conn: Conn, names: Sequence[str]) -> dict[str, SeqCursor]:
+    """The stored (merged) dedup cursors of the devices ``names``, not locked."""
+    if not names:
+        return {}
+    sql = f"{SELECT_CURSORS} WHERE d.name = ANY(%s)"
+    return dict(cursor_from_row(row) for row in conn.execute(sql.encode(), (list(names),)))
 
 
 class LeaderLock:
