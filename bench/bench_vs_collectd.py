@@ -271,7 +271,7 @@ def report(r: dict[str, Any]) -> list[dict[str, Any]]:
         figure("agent/collectd CPU", round(ratio, 2), "x", f"<= {CPU_RATIO_TARGET}",
                ratio <= CPU_RATIO_TARGET),
         figure("collectd RSS max", round(r["collectd_rss_max"] / MIB, 1), "MiB"),
-        figure("agent RSS max", round(rss, 1), "MiB", f"<= {RSS_TARGET_MIB:.0f} MiB",
+        figure("agent RSS max", round(rss, 1), "MiB", f"<= {RSS_TARGET_MIB:.0f}",
                rss <= RSS_TARGET_MIB),
         figure("agent/collectd RSS", round(r["agent_rss_max"] / max(r["collectd_rss_max"], 1), 2),
                "x"),
