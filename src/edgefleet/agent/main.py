@@ -232,8 +232,9 @@ class Agent:
         if _cert_state(self.s) is None:  # IPC: the nucleus owns the certificate
             return
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.s.cert_check_s)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
+                async with asyncio.timeout(self.s.cert_check_s):
+                    await self._stop.wait()
             s = self.s
             now = _cert_state(s)
             if now == self._cert_seen or self._stop.is_set():
