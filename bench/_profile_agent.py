@@ -4,8 +4,9 @@ Run: ``python bench/_profile_agent.py [--duration 60] [--top 25]`` (not a benchm
 skips files starting with ``_``). Starts a Mosquitto and the agent's runtime image
 (``python -m cProfile -m edgefleet.agent.run``, handed the settings the way ``edgefleet
 agent`` hands them over) with every collector enabled at a 1 s interval, as in
-``bench_vs_collectd.py``; SIGTERM after ``--duration`` seconds, then prints the top entries
-by internal time and by cumulative time, and the process's CPU and final RSS.
+``bench_vs_collectd.py``; the profiles restart ``--warmup`` seconds after the first message
+(SIGUSR1), so the start-up is left out; SIGTERM after ``--duration`` seconds more, then prints
+the top entries by internal time and by cumulative time, and the process's CPU and final RSS.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import io
 import os
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,11 @@ def child(out: str) -> int:
         profiles.append(profile)
         profile.enable()
 
+    def clear(*_: object) -> None:  # SIGUSR1: the start-up is over, keep steady state only
+        for profile in profiles:
+            profile.clear()
+
+    signal.signal(signal.SIGUSR1, clear)
     if not os.environ.get("PROFILE_MAIN_ONLY"):
         threading.setprofile(start_in_thread)
     profiles[0].enable()
@@ -58,9 +65,12 @@ def child(out: str) -> int:
         pass
     finally:
         profiles[0].disable()
-        stats = pstats.Stats(profiles[0])
-        for profile in profiles[1:]:
-            stats.add(profile)
+        used = []
+        for profile in profiles:
+            profile.create_stats()
+            if profile.stats:  # a thread idle since the warm-up has none (pstats refuses it)
+                used.append(profile)
+        stats = pstats.Stats(*used)
         stats.dump_stats(out)
     return 0
 
@@ -95,6 +105,9 @@ async def run(workdir: Path, args: argparse.Namespace) -> None:
     try:
         ps = psutil.Process(proc.pid)
         await got.wait_for(lambda: got.arrivals, 30, alive=lambda: proc.poll() is None)
+        await asyncio.sleep(args.warmup)
+        proc.send_signal(signal.SIGUSR1)
+        n0 = len(got.arrivals)
         t0, c0 = time.monotonic(), sum(ps.cpu_times()[:2])
         await asyncio.sleep(args.duration)
         cpu = 100 * (sum(ps.cpu_times()[:2]) - c0) / (time.monotonic() - t0)
@@ -108,7 +121,8 @@ async def run(workdir: Path, args: argparse.Namespace) -> None:
             await subscriber.stop(2.0)
         broker.stop()
     print(
-        f"{THING}: {len(got.arrivals)} messages; CPU {cpu:.3f} % (under cProfile), "
+        f"{THING}: {len(got.arrivals) - n0} messages after the warm-up; CPU {cpu:.3f} % "
+        f"(under cProfile), "
         f"RSS {rss:.1f} MiB (profiler and bench imports included)"
     )
     if args.save:
@@ -126,6 +140,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds after the first message before the profiles restart")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help="keep the profile in this file")
     parser.add_argument("--main-only", action="store_true", help="profile the event loop only")

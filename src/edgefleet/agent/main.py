@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 from edgefleet import __version__
 from edgefleet.agent.batch import sample_body
 from edgefleet.agent.checks import preflight
-from edgefleet.agent.collect_thread import CollectThread
+from edgefleet.agent.collect_thread import RoundThread
 from edgefleet.agent.collectors import CollectorOptions, build_collectors, collect_all
 from edgefleet.agent.collectors.procfs import self_rss
 from edgefleet.agent.commits import Commits
@@ -71,14 +70,6 @@ def _cert_state(s: AgentConfig) -> tuple[object, ...] | None:
     return (s.cert_file, s.key_file, file_id(s.cert_file), file_id(s.key_file))
 
 
-def _next_round(prev: float, interval: float, now: float) -> float:
-    """When the round after the one due at ``prev`` is due; missed rounds are skipped."""
-    at = prev + interval
-    if at < now:  # fell behind (suspend, slow collector): skip, don't burst
-        at = now + interval - ((now - at) % interval)
-    return at
-
-
 class Agent:
     """One running agent; :meth:`run` returns after :meth:`stop` within a few seconds."""
 
@@ -92,8 +83,9 @@ class Agent:
             s.queue, s.queue_path, max_bytes=s.queue_max_bytes, max_samples=s.queue_max_samples
         )
         self._stop = asyncio.Event()
-        self._rounds: CollectThread[tuple[dict[str, float], list[str]]] = CollectThread()
-        self._tick = asyncio.Event()  # wakes the sampler: stop, or a new interval
+        self._rounds = RoundThread(self._round, self._take_round, lambda: self.s.interval_s)
+        self._sampling: asyncio.Future[None] | None = None  # ends the sampler task
+        self._closed = False  # the queue is closed: late rounds are not stored
         self._switching = asyncio.Lock()  # one connection rebuild at a time
         self._side: set[asyncio.Task[None]] = set()
         self._ratelog = RateLimitedLog(60.0)
@@ -201,37 +193,48 @@ class Agent:
             uncommitted=self.commits.uncommitted(st.held_from),
         )
 
-    async def _sample_loop(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            self._tick.clear()
-            started, taken = time.monotonic(), time.time()
-            job = functools.partial(collect_all, self.collectors)
-            metrics, failed = await self._rounds.run(job)
-            self.queue.put(taken, sample_body(metrics, failed))
-            self.publisher.wake.set()
-            next_at = _next_round(next_at, self.s.interval_s, time.monotonic())
-            while await self._wait_round(next_at):  # a new interval counts from this sample
-                next_at = _next_round(started, self.s.interval_s, time.monotonic())
+    def _round(self) -> tuple[float, bytes]:
+        """One sampling round (in the collection thread): its time and the sample's body."""
+        taken = time.time()
+        metrics, failed = collect_all(self.collectors)
+        return taken, sample_body(metrics, failed)
 
-    async def _wait_round(self, at: float) -> bool:
-        """Sleep until ``at``; True when woken early by a new interval (not by stop)."""
-        delay = at - time.monotonic()
-        if delay > 0:  # asyncio.timeout: no task per wait, unlike wait_for (3.11)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._tick.wait()
-        if self._tick.is_set() and not self._stop.is_set():
-            self._tick.clear()
-            return True
-        return False
+    def _take_round(self, got: tuple[float, bytes] | BaseException) -> None:
+        """A round's result (event loop): queued, and the publisher woken. A round or a
+        queue that raised ends the sampler task (the supervisor stops the agent)."""
+        if not isinstance(got, BaseException):
+            if self._closed:
+                return
+            try:
+                self.queue.put(*got)
+            except Exception as exc:  # noqa: BLE001 - handed to the sampler task
+                got = exc
+            else:
+                self.publisher.wake.set()
+                return
+        if self._sampling is not None and not self._sampling.done():
+            self._sampling.set_exception(got)
+
+    async def _sample_loop(self) -> None:
+        """Sample until stop: the collection thread keeps the schedule and hands each
+        round's result to :meth:`_take_round` (one wake-up of the loop per sample)."""
+        loop = asyncio.get_running_loop()
+        self._sampling = loop.create_future()
+        if self._stop.is_set():
+            return
+        self._rounds.start(loop)
+        try:
+            await self._sampling
+        finally:
+            self._rounds.stop()
 
     async def _watch_certificates(self) -> None:
         if _cert_state(self.s) is None:  # IPC: the nucleus owns the certificate
             return
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.s.cert_check_s)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
+                async with asyncio.timeout(self.s.cert_check_s):
+                    await self._stop.wait()
             s = self.s
             now = _cert_state(s)
             if now == self._cert_seen or self._stop.is_set():
@@ -270,7 +273,7 @@ class Agent:
             self.publisher.set_limits(_limits(new))
             self.commits.settings = commit_settings(new)
         if "interval_s" in change.changed:
-            self._tick.set()
+            self._rounds.replan()
         if fresh is not None:
             self._cert_seen = _cert_state(new)
             await self._switch(fresh)
@@ -315,11 +318,14 @@ class Agent:
         if channel is not None:
             await channel.stop(1.0)
         st = self.queue.stats()
+        self._closed = True
         self.queue.close()
         log.info("agent stopped", extra=kv(queued=st.depth, sent=self.publisher.stats.samples))
 
     def stop(self) -> None:
         """Ask :meth:`run` to flush and return."""
         self._stop.set()
-        self._tick.set()
+        self._rounds.stop()
+        if self._sampling is not None and not self._sampling.done():
+            self._sampling.set_result(None)
         self.reloader.wake()

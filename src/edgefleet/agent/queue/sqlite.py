@@ -299,8 +299,24 @@ class SqliteQueue:
 
     def _put(self, ts: float, body: bytes) -> int:
         seq = self._next_seq
-        if len(body) + ROW_OVERHEAD_BYTES > self._max_bytes:
+        size = len(body) + ROW_OVERHEAD_BYTES
+        if size > self._max_bytes:
             return self._put_oversized(seq)
+        if (not self._counters_dirty and self._depth < self._max_samples
+                and self._bytes + size <= self._max_bytes):  # the usual put: one statement
+            self._conn.execute(
+                "INSERT INTO samples (seq, ts, body) VALUES (?, ?, ?)", (seq, ts, body)
+            )  # autocommit: its own transaction, as durable as BEGIN ... COMMIT
+            self._next_seq = seq + 1
+            if self._head_known and self._head is None:  # it was empty: this is the oldest
+                self._head = (ts, seq)
+            self._depth += 1
+            self._bytes += size
+            return seq
+        return self._put_dropping(seq, ts, body)
+
+    def _put_dropping(self, seq: int, ts: float, body: bytes) -> int:
+        """A put that drops the oldest samples or saves the counters: one transaction."""
         oldest = self._oldest()
         with _transaction(self._conn):
             count, freed, last = plan_drops(
