@@ -209,12 +209,16 @@ async def test_odd_and_unknown_keys_are_answered(
         "v": 1, "device_id": "dev-k", "stream": "s", "sent_at": now,
         "samples": [{"seq": 0, "ts": now - 1, "metrics": {"cpu.percent": 5.0, odd: 61.0}}],
     }).encode())
-    deadline = time.monotonic() + 20
-    while request(backend, "/api/devices/dev-k")[0] != 200 and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
     unknown = [f'temp.celsius[z"{i}]' for i in range(254)]
     keys = ",".join(quote(k) for k in [odd, "cpu.percent", *unknown])  # 256 keys: allowed
-    status, body = request(backend, f"/api/devices/dev-k?start={now - 60}&keys={keys}")
+    path = f"/api/devices/dev-k?start={now - 60}&keys={keys}"
+    deadline = time.monotonic() + 20
+    # the device is listed once ingested; its sample is in the history once committed
+    while ((got := request(backend, path))[0] != 200
+           or got[1]["history"]["series"].get("cpu.percent") != [5.0]):
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.1)
+    status, body = got
     assert status == 200, body
     series = body["history"]["series"]
     assert series[odd] == [61.0]  # the comma inside [...] belongs to the key
