@@ -23,6 +23,7 @@ from edgefleet.agent.ratelimit import TokenBucket
 from edgefleet.common.logs import kv
 from edgefleet.errors import PermanentPublishError, TransportError
 from edgefleet.transport.base import Transport
+from edgefleet.transport.completions import Completions
 from edgefleet.wire.base import metrics_topic
 
 log = logging.getLogger(__name__)
@@ -205,10 +206,23 @@ class Publisher:
         return fit(batch, self.limits.batch_max_bytes)
 
     async def _wait_for_work(self) -> None:
+        """Wait for a new sample (or a watermark, a stop, at most a second). Meanwhile the
+        answers to what is in flight do not wake the loop: they are taken when it wakes for
+        the next sample (one wake-up per sample instead of two), before anything else."""
         self.wake.clear()
-        with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
-            async with asyncio.timeout(1.0):
-                await self.wake.wait()
+        holder = getattr(self.transport, "completions", None)  # a Protocol isinstance: dear
+        if not isinstance(holder, Completions):
+            holder = None
+        if holder is not None:
+            holder.hold()
+        try:
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
+                async with asyncio.timeout(1.0):
+                    await self.wake.wait()
+        finally:
+            handed = holder.release() if holder is not None else 0
+        if handed:
+            await asyncio.sleep(0)  # the answers are handled before the next batch is built
 
     async def _throttle(self, size: int) -> None:
         for bucket, amount in ((self._pub_bucket, 1.0), (self._byte_bucket, float(size))):

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import PermanentPublishError, TransportError
 from edgefleet.transport.base import AckHandle, OnMessage
+from edgefleet.transport.completions import Completions
 
 if TYPE_CHECKING:
     from edgefleet.transport.base import Transport
@@ -139,6 +140,7 @@ class IpcTransport:
         retry_s: tuple[float, float] = (1.0, 30.0),
     ) -> None:
         self._factory = client_factory
+        self.completions = Completions()  # publish answers; the publisher may hold them
         self._on_message = on_message
         self._on_message_acked = on_message_acked
         self._on_connect = on_connect
@@ -233,7 +235,7 @@ class IpcTransport:
             future = client.publish_to_iot_core_async(
                 topic_name=topic, qos=QOS_AT_LEAST_ONCE, payload=payload
             )
-            await asyncio.wait_for(asyncio.wrap_future(future), self._timeout_s)
+            await asyncio.wait_for(self.completions.wrap(future), self._timeout_s)
         except Exception as exc:  # noqa: BLE001 - mapped to our two error kinds below
             raise self._publish_error(topic, exc) from None
         self._pause_s = self._retry_s[0]
@@ -268,7 +270,7 @@ class IpcTransport:
                 on_stream_error=self._on_stream_error,
                 on_stream_closed=lambda: self._on_stream_closed(topic_filter),
             )
-            await asyncio.wait_for(asyncio.wrap_future(future), self._timeout_s)
+            await asyncio.wait_for(self.completions.wrap(future), self._timeout_s)
         except Exception as exc:  # noqa: BLE001 - mapped below
             if is_unauthorized(exc):
                 log.error(

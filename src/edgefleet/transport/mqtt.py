@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import ConfigError, PermanentPublishError, TransportError
 from edgefleet.transport.base import AckHandle, OnMessage
+from edgefleet.transport.completions import Completions
 
 if TYPE_CHECKING:
     from edgefleet.transport.base import Transport
@@ -83,6 +84,7 @@ class MqttClient:
         self._on_message_acked = on_message_acked
         self.connected = asyncio.Event()
         self.stopped = asyncio.Event()
+        self.completions = Completions()  # publish answers; the publisher may hold them
         self.last_error: str | None = None
         self.connect_failures = 0
         self._ratelog = RateLimitedLog(30.0)
@@ -239,7 +241,7 @@ class MqttClient:
 
         packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
         try:
-            result = await asyncio.wrap_future(self._client.publish(packet))
+            result = await self.completions.wrap(self._client.publish(packet))
         except Exception as exc:  # noqa: BLE001 - every SDK failure means "outcome unknown"
             raise TransportError(f"publish to {topic} failed: {_describe(exc)}") from None
         puback = result.puback

@@ -110,10 +110,13 @@ class ProcessScanner:
     ) -> None:
         self._specs, self._pids, self._identify = list(specs), pids, identify
         self._known: dict[int, _Known] = {}
+        self._last: tuple[list[int], dict[str, list[tuple[int, Identity]]]] | None = None
 
     def scan(self) -> dict[str, list[tuple[int, Identity]]]:
         """Per spec label, the matching ``(pid, identity)`` pairs in PID order."""
         current = sorted(self._pids())
+        if self._last is not None and self._last[0] == current:  # no process came or went
+            return {label: list(found) for label, found in self._last[1].items()}
         known = {pid: self._known[pid] for pid in current if pid in self._known}
         out: dict[str, list[tuple[int, Identity]]] = {s.label: [] for s in self._specs}
         for pid in current:
@@ -125,6 +128,8 @@ class ProcessScanner:
                 if entry.identity is not None:
                     out[label].append((pid, entry.identity))
         self._known = known
+        settled = all(entry.sightings >= 2 for entry in known.values())
+        self._last = (current, {k: list(v) for k, v in out.items()}) if settled else None
         return out
 
     def _look(self, pid: int, sightings: int) -> _Known:

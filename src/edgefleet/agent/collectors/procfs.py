@@ -131,6 +131,7 @@ DISKSTATS = ProcFile("/proc/diskstats")
 NET_DEV = ProcFile("/proc/net/dev")
 MOUNTS = MountTable()
 SELF_STATM = ProcFile("/proc/self/statm")
+LOADAVG = ProcFile("/proc/loadavg")
 
 
 def list_pids() -> list[int]:
@@ -139,23 +140,61 @@ def list_pids() -> list[int]:
     return [int(name) for name in names if name.isdigit()]
 
 
-class PidList:
-    """The PIDs in ``/proc``, listed once per round (a copy each call)."""
+def task_mark() -> bytes:
+    """What changes whenever a task (process or thread) is created or ends, from
+    ``/proc/loadavg``: the number of tasks and the PID created last."""
+    fields = LOADAVG.read().split()
+    return fields[3].partition(b"/")[2] + b" " + fields[4]
 
-    def __init__(self, *, lister: Callable[[], list[int]] = list_pids) -> None:
+
+class PidList:
+    """The PIDs in ``/proc``, listed once per round (a copy each call).
+
+    Listing ``/proc`` is the dearest read of a round (a directory entry and a string per
+    process). The kernel's task count and last PID (:func:`task_mark`) change with every
+    task created or ended, so while they stay the same the last listing is still true and
+    ``/proc`` is not listed again (on a quiet device: most rounds)."""
+
+    def __init__(
+        self,
+        *,
+        lister: Callable[[], list[int]] = list_pids,
+        mark: Callable[[], bytes] | None = None,
+    ) -> None:
         self._lister = lister
+        self._mark = mark
         self._lock = threading.Lock()
         self._last: tuple[int, list[int]] | None = None
+        self._seen: bytes | None = None  # the mark read just before the last listing
+        self.listings = 0
 
     def __call__(self) -> list[int]:
         with self._lock:
             now = _Round.number
             if not now or self._last is None or self._last[0] != now:
-                self._last = (now, self._lister())
+                listed = self._listing()
+                self._last = (now, listed)
             return list(self._last[1])
 
+    def _listing(self) -> list[int]:
+        mark = self._read_mark()
+        if mark is not None and mark == self._seen and self._last is not None:
+            return self._last[1]
+        listed = self._lister()  # listed after the mark: a change meanwhile shows next time
+        self._seen = mark
+        self.listings += 1
+        return listed
 
-pids = PidList()
+    def _read_mark(self) -> bytes | None:
+        if self._mark is None:
+            return None
+        try:
+            return self._mark()
+        except (OSError, IndexError):
+            return None
+
+
+pids = PidList(mark=task_mark if HAVE_PROC else None)
 
 
 # --- parsers -------------------------------------------------------------------------------

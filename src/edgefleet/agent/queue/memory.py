@@ -139,6 +139,10 @@ class RecentDrops:
         while len(self._order) > self._limit:
             self._seqs.discard(self._order.popleft())
 
+    def holds_any(self) -> bool:
+        """Whether any recent drop could still be revived."""
+        return bool(self._seqs)
+
     def revive_through(self, seq: int) -> int:
         """Forget and count the recent drops up to ``seq`` (drops come oldest first)."""
         found = 0

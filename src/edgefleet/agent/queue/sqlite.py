@@ -2,11 +2,12 @@
 
 One file in WAL mode with two tables: ``samples(seq INTEGER PRIMARY KEY, ts, body)`` and a
 key/value ``meta`` holding ``stream``, ``next_seq`` and ``dropped_total``. A put that drops
-nothing is a single INSERT; any transaction that deletes rows also writes the counters, so
-on open ``next_seq = max(meta.next_seq, max(seq) + 1)`` is exact. Depth and bytes are
-counted on open and kept in memory, and so is the oldest sample's seq and time once read (a
-put to an empty queue sets it, a delete forgets it): the publisher asks for them several times
-per message. See ``docs/queue.md`` for the guarantees.
+nothing is a single INSERT, and an acknowledgement that leaves the newest row in place is a
+single DELETE; a delete that takes the newest row (or revives a drop) writes the counters
+in the same transaction, so on open ``next_seq = max(meta.next_seq, max(seq) + 1)`` is exact.
+Depth and bytes are counted on open and kept in memory, and so is the oldest sample's seq
+and time once read (a put to an empty queue sets it, a delete forgets it): the publisher asks
+for them several times per message. See ``docs/queue.md`` for the guarantees.
 """
 
 from __future__ import annotations
@@ -376,6 +377,17 @@ class SqliteQueue:
         """Delete ``wanted`` (sorted, distinct): a batch is a run of seqs, deleted as a range
         (no JSON list for SQLite to read back)."""
         lo, hi = wanted[0], wanted[-1]
+        if (hi < self._next_seq - 1 and hi - lo + 1 == len(wanted)
+                and not self._counters_dirty and not self._recent.holds_any()):
+            # The usual ack: the newest row stays, so it still tells the next seq (a newest
+            # row already gone saved the counters when it went), and nothing is revived: one
+            # DELETE, its own transaction.
+            gone = self._conn.execute(
+                "DELETE FROM samples WHERE seq BETWEEN ? AND ? RETURNING seq, length(body)",
+                (lo, hi),
+            ).fetchall()
+            self._forget(gone)
+            return
         with _transaction(self._conn):
             gone: list[tuple[int, int]]
             if hi - lo + 1 == len(wanted):
@@ -396,6 +408,10 @@ class SqliteQueue:
             if gone or revived:
                 self._save_counters(self._next_seq, self._dropped - revived)
         self._dropped -= revived
+        self._forget(gone)
+
+    def _forget(self, gone: list[tuple[int, int]]) -> None:
+        """Count deleted ``(seq, length)`` rows out of depth and bytes."""
         self._depth -= len(gone)
         self._bytes -= sum(size for _, size in gone) + len(gone) * ROW_OVERHEAD_BYTES
         if gone:
