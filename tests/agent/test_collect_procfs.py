@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def test_cpu_stat_of_an_old_kernel_has_fewer_modes() -> None:
 def test_meminfo_in_bytes_and_available() -> None:
     mem = procfs.parse_meminfo(fixture("proc_meminfo_pi4.txt"))
     assert mem["MemTotal"] == 3885672 * 1024
-    assert mem["HugePages_Total"] == 0  # a count, not kB
+    assert set(mem) == set(procfs.MEMINFO_FIELDS)  # SwapCached, HugePages_Total, ... not read
+    assert (mem["Cached"], mem["SwapFree"]) == (2268844 * 1024, 76796 * 1024)  # not SwapCached
     assert procfs.memory_available(mem) == 2762736 * 1024
     # Before Linux 3.14 (or a 0 there): MemFree + Cached; never above the total.
     assert procfs.memory_available({"MemTotal": 100, "MemFree": 20, "Cached": 30}) == 50
@@ -173,6 +175,32 @@ def test_pid_list_shared_within_a_round() -> None:
         assert pids() == [1, 7, 9]
     assert pids() == [1, 9]  # outside a round: listed afresh
     assert listings == []
+
+
+def test_pid_list_lists_again_only_when_a_task_came_or_went() -> None:
+    listings = [[1, 7], [1, 7, 9]]
+    marks = [b"80 500", b"80 500", b"81 502", b"81 502"]
+    pids = procfs.PidList(lister=lambda: listings.pop(0), mark=lambda: marks.pop(0))
+    for expected in ([1, 7], [1, 7], [1, 7, 9], [1, 7, 9]):
+        with procfs.one_round():
+            assert pids() == expected
+    assert (listings, marks, pids.listings) == ([], [], 2)
+
+
+@linux_only
+def test_pid_list_sees_a_new_process_through_the_kernels_task_mark() -> None:
+    pids = procfs.PidList(mark=procfs.task_mark)
+    with procfs.one_round():
+        before = pids()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with procfs.one_round():
+            assert child.pid in pids() and child.pid not in before
+    finally:
+        child.kill()
+        child.wait()
+    with procfs.one_round():
+        assert child.pid not in pids()  # reaped: the task count moved, listed again
 
 
 @linux_only

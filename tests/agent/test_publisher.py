@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections.abc import Iterable
 
 import pytest
@@ -13,6 +15,7 @@ from edgefleet.agent.contracts import QueuedSample, QueueStats
 from edgefleet.agent.publisher import Limits, Publisher
 from edgefleet.agent.queue import MemoryQueue
 from edgefleet.errors import PermanentPublishError, TransportError
+from edgefleet.transport.completions import Completions
 from edgefleet.wire.messages import AgentHealth, decode
 
 
@@ -149,3 +152,58 @@ async def test_a_replaced_store_is_sent_from_its_first_sample() -> None:
     pub.stop()
     await task
     assert [s for s in transport.sent if s[0] != old] == [(queue.stream, n) for n in range(3)]
+
+
+class HeldAnswers(StandIn):
+    """Answers each publish from another thread, as awscrt's event-loop thread does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.completions = Completions()
+        self.answered = threading.Event()
+
+    async def publish(self, topic: str, payload: bytes) -> int:
+        await super().publish(topic, payload)
+        source: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        def answer() -> None:
+            source.set_result(0)
+            self.answered.set()
+
+        threading.Thread(target=answer).start()
+        result: int = await self.completions.wrap(source)
+        return result
+
+
+async def test_a_puback_while_idle_waits_for_the_next_sample_and_is_applied_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One wake-up of the loop per sample: the PUBACK that arrives while the publisher has
+    nothing to do does not wake it; the next sample does, and the PUBACK is applied first,
+    so the next message's health counts only the new sample as queued."""
+    monkeypatch.setattr(publisher, "_IDLE_WAKE_S", 60.0)
+    queue, transport = SwappableQueue(), HeldAnswers()
+    depths: list[int] = []
+
+    def health() -> AgentHealth:
+        depths.append(queue.stats().depth)
+        return _health()
+
+    queue.put(1.0, sample_body({"cpu.percent": 1.0}, []))
+    limits = Limits(publishes_per_s=None, bytes_per_s=None)
+    pub = Publisher(device_id="dev-1", queue=queue, transport=transport,  # type: ignore[arg-type]
+                    health=health, limits=limits)
+    task = asyncio.create_task(pub.run())
+    assert await asyncio.to_thread(transport.answered.wait, 5)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert (queue.stats().depth, pub.stats.messages) == (1, 0)  # held, not applied yet
+    queue.put(2.0, sample_body({"cpu.percent": 2.0}, []))
+    pub.wake.set()
+    await _until(lambda: len(transport.sent) == 2)
+    assert depths == [1, 1]  # the first PUBACK was applied before the second message
+    await _until(lambda: pub.stats.messages >= 1)
+    pub.stop()
+    await task
+    assert [seq for _, seq in transport.sent] == [0, 1]
+    assert queue.stats().depth == 0  # the stop handed over the last answer too

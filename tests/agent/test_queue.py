@@ -554,3 +554,49 @@ def test_sigkill_loses_no_sample_that_put_returned(tmp_path: Path) -> None:
     assert len(stored) - len(printed) in (0, 1)  # a put may have committed but not printed
     assert queue.put(0.0, b"{}") == len(stored)
     queue.close()
+
+
+def test_steady_acks_keep_the_next_seq_exact_across_a_crash(tmp_path: Path) -> None:
+    """The agent's steady rhythm (put n, then the PUBACK of n - 1) deletes a row with one
+    statement and no counter write; the newest row still tells the next seq after a crash
+    (a second connection opened without closing the first), and so do the counters once the
+    newest row is acknowledged too."""
+    path = tmp_path / "queue.db"
+    queue = open_sqlite(path)
+    queue.put(0.0, body(0))
+    for n in range(1, 6):
+        queue.put(float(n), body(n))
+        queue.ack([n - 1])
+    assert seqs(queue) == [5]
+    crashed = open_sqlite(path)
+    assert seqs(crashed) == [5]
+    assert crashed.put(6.0, body(6)) == 6
+    crashed.close()
+    queue.close()
+
+    queue = open_sqlite(path)
+    queue.ack([5, 6])  # the newest row goes: the counters are written with it
+    crashed = open_sqlite(path)
+    assert seqs(crashed) == []
+    assert crashed.put(7.0, body(7)) == 7
+    crashed.close()
+    queue.close()
+
+
+def test_peek_of_the_last_put_is_served_from_memory_but_never_stale(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    queue = open_sqlite(path)
+    queue.put(1.0, body(1))
+    queue.put(2.0, body(2))
+    [last] = queue.peek(max_samples=10, max_bytes=BIG, after_seq=0)
+    assert (last.seq, last.ts, last.body) == (1, 2.0, body(2))
+    queue.ack([1])
+    assert queue.peek(max_samples=10, max_bytes=BIG, after_seq=0) == []
+    assert queue.ack_through(0) == 1 and seqs(queue) == []
+    queue.put(3.0, body(3))
+    assert queue.ack_through(2) == 1
+    assert queue.peek(max_samples=10, max_bytes=BIG, after_seq=1) == []
+    queue.close()
+    reopened = open_sqlite(path)
+    assert seqs(reopened) == []
+    reopened.close()

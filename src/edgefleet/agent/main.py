@@ -94,6 +94,8 @@ class Agent:
         self._started = time.time()
         self.reloader = Reloader(self.apply_settings, config_file, lambda: self.s.reload_check_s)
         self._cert_seen = _cert_state(s)
+        self._cert_due = 0.0  # when a round next looks at the certificate files (monotonic)
+        self._cert_moved = asyncio.Event()  # a round saw them change
         self.commits = Commits(
             self.queue, commit_settings(s), heard_before=self.queue.recall(HEARD) == "yes",
             remember=lambda: self.queue.note(HEARD, "yes"),
@@ -197,7 +199,25 @@ class Agent:
         """One sampling round (in the collection thread): its time and the sample's body."""
         taken = time.time()
         metrics, failed = collect_all(self.collectors)
+        self._look_at_certificates()
         return taken, sample_body(metrics, failed)
+
+    def _rounds_watch_certificates(self) -> bool:
+        """Whether the rounds look at the certificate files (often enough: a round at least
+        every ``cert_check_s``), so the loop need not wake for it."""
+        return self.s.interval_s <= self.s.cert_check_s
+
+    def _look_at_certificates(self) -> None:
+        """In the collection thread: every ``cert_check_s``, compare the certificate files
+        with those in use and wake the watch on the loop only when they differ."""
+        now = time.monotonic()
+        if now < self._cert_due or not self._rounds_watch_certificates():
+            return
+        self._cert_due = now + self.s.cert_check_s
+        loop = self._loop
+        if loop is not None and _cert_state(self.s) != self._cert_seen:
+            with contextlib.suppress(RuntimeError):  # the loop closed
+                loop.call_soon_threadsafe(self._cert_moved.set)
 
     def _take_round(self, got: tuple[float, bytes] | BaseException) -> None:
         """A round's result (event loop): queued, and the publisher woken. A round or a
@@ -232,9 +252,15 @@ class Agent:
         if _cert_state(self.s) is None:  # IPC: the nucleus owns the certificate
             return
         while not self._stop.is_set():
+            # The rounds look at the files and set _cert_moved; the loop's own look is then
+            # only the fallback for rounds that stalled (a hung collector).
+            wait_s = self.s.cert_check_s
+            if self._rounds_watch_certificates():
+                wait_s = max(60.0, 4 * wait_s)
             with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
-                async with asyncio.timeout(self.s.cert_check_s):
-                    await self._stop.wait()
+                async with asyncio.timeout(wait_s):
+                    await self._cert_moved.wait()
+            self._cert_moved.clear()
             s = self.s
             now = _cert_state(s)
             if now == self._cert_seen or self._stop.is_set():
@@ -325,6 +351,7 @@ class Agent:
     def stop(self) -> None:
         """Ask :meth:`run` to flush and return."""
         self._stop.set()
+        self._cert_moved.set()
         self._rounds.stop()
         if self._sampling is not None and not self._sampling.done():
             self._sampling.set_result(None)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _PEEK_SAMPLES = 4096
 _REFUSED_PAUSE_S = (5.0, 300.0)
+_IDLE_WAKE_S = 1.0  # the idle publisher looks again at least this often (resend timers)
 
 
 @dataclass(slots=True)
@@ -217,7 +218,7 @@ class Publisher:
             holder.hold()
         try:
             with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(_IDLE_WAKE_S):
                     await self.wake.wait()
         finally:
             handed = holder.release() if holder is not None else 0

@@ -42,39 +42,55 @@ def read_cpu_times_proc() -> CpuTimes:
 read_cpu_times = read_cpu_times_proc if procfs.HAVE_PROC else read_cpu_times_psutil
 
 
-def _deltas(prev: Times, cur: Times) -> dict[str, float]:
-    # A mode whose counter went backwards (a known iowait quirk) counts as zero.
-    return {mode: max(0.0, value - prev.get(mode, value)) for mode, value in cur.items()}
+def _split(prev: Times, cur: Times) -> tuple[float, float, float]:
+    """Seconds in all, idle (idle and iowait) and in iowait between two readings, in one
+    pass; a mode whose counter went backwards (a known iowait quirk) counts as zero."""
+    total = idle = iowait = 0.0
+    for mode, value in cur.items():
+        if mode in _NOT_IN_TOTAL:
+            continue
+        delta = value - prev.get(mode, value)
+        if delta <= 0.0:
+            continue
+        total += delta
+        if mode in _IDLE:
+            idle += delta
+            if mode == "iowait":
+                iowait = delta
+    return total, idle, iowait
 
 
 def busy_percent(prev: Times, cur: Times) -> float | None:
     """Share of time not idle (idle and iowait both count as idle) between two readings."""
-    deltas = _deltas(prev, cur)
-    total = sum(v for mode, v in deltas.items() if mode not in _NOT_IN_TOTAL)
-    idle = sum(deltas.get(mode, 0.0) for mode in _IDLE)
+    total, idle, _ = _split(prev, cur)
     return percent(total - idle, total)
 
 
-def mode_percent(prev: Times, cur: Times, mode: str) -> float | None:
-    """Share of time spent in ``mode`` between two readings; ``None`` if it is not reported."""
-    if mode not in cur:
-        return None
-    deltas = _deltas(prev, cur)
-    total = sum(v for m, v in deltas.items() if m not in _NOT_IN_TOTAL)
-    return percent(deltas[mode], total)
-
-
 def cpu_metrics(prev: CpuTimes, cur: CpuTimes) -> dict[str, float]:
-    """Metrics between two readings; a value without elapsed time is left out."""
+    """Metrics between two readings; a value without elapsed time is left out. (No iowait
+    where the kernel does not report it.)"""
+    total, idle, iowait = _split(prev.total, cur.total)
     values: dict[str, float | None] = {
-        "cpu.percent": busy_percent(prev.total, cur.total),
-        "cpu.iowait_percent": mode_percent(prev.total, cur.total, "iowait"),
+        "cpu.percent": percent(total - idle, total),
+        "cpu.iowait_percent": percent(iowait, total) if "iowait" in cur.total else None,
     }
     # Cores going on/offline shift the list; skip per-core values for that round.
     if len(prev.cores) == len(cur.cores):
-        for index, (before, after) in enumerate(zip(prev.cores, cur.cores, strict=True)):
-            values[metric_key("cpu.core_percent", str(index))] = busy_percent(before, after)
+        keys = _core_keys(len(cur.cores))
+        for key, before, after in zip(keys, prev.cores, cur.cores, strict=True):
+            values[key] = busy_percent(before, after)
     return {key: value for key, value in values.items() if value is not None}
+
+
+_KEYS: dict[int, tuple[str, ...]] = {}
+
+
+def _core_keys(count: int) -> tuple[str, ...]:
+    """``cpu.core_percent[N]`` for N below ``count`` (built once per core count)."""
+    keys = _KEYS.get(count)
+    if keys is None:
+        keys = _KEYS[count] = tuple(metric_key("cpu.core_percent", str(i)) for i in range(count))
+    return keys
 
 
 class CpuCollector:

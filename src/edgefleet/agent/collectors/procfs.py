@@ -225,12 +225,15 @@ def parse_cpu_stat(
     return total, cores
 
 
-_MEMINFO_LINE = re.compile(rb"^([^:\n]+):[ \t]*(\d+)( kB)?", re.MULTILINE)
+MEMINFO_FIELDS = ("MemTotal", "MemFree", "MemAvailable", "Cached", "SwapTotal", "SwapFree")
+_MEMINFO_LINE = re.compile(
+    rb"^(" + "|".join(MEMINFO_FIELDS).encode() + rb"):[ \t]*(\d+)( kB)?", re.MULTILINE
+)
 
 
 def parse_meminfo(data: bytes) -> dict[str, int]:
-    """``/proc/meminfo`` in bytes per field (``MemTotal``, ``SwapFree``, ...); a field without
-    a unit (``HugePages_Total``) is a count."""
+    """The fields of ``/proc/meminfo`` that the collectors use (:data:`MEMINFO_FIELDS`), in
+    bytes; the ~50 others are not turned into names and numbers every round."""
     return {
         name.decode(): int(value) * (1024 if kb else 1)
         for name, value, kb in _MEMINFO_LINE.findall(data)

@@ -109,6 +109,7 @@ class SqliteQueue:
         self._counters_dirty = False
         self._head: tuple[float, int] | None = None  # oldest (ts, seq), valid if _head_known
         self._head_known = False
+        self._tail: QueuedSample | None = None  # the newest row, kept since its put
         self._stream, self._next_seq, self._dropped, self._depth, self._bytes = "", 0, 0, 0, 0
         self._conn = self._open()
 
@@ -130,6 +131,7 @@ class SqliteQueue:
                 self._next_seq += 1
                 self._dropped += 1
                 self._counters_dirty = True  # saved by the next put that reaches the file
+                self._tail = None
                 self._events.dropped("store_error", 1, self._dropped, error=repr(exc))
                 return seq
 
@@ -264,6 +266,7 @@ class SqliteQueue:
             raise CorruptStoreError(f"meta table unreadable: {exc!r}") from exc
         self._next_seq, self._dropped = max(next_seq, top + 1), dropped
         self._head_known = False
+        self._tail = None
         self._depth, self._bytes = depth, body_bytes + depth * ROW_OVERHEAD_BYTES
 
     def _set_aside(self, exc: BaseException, *, lost: int | None) -> None:
@@ -309,6 +312,7 @@ class SqliteQueue:
                 "INSERT INTO samples (seq, ts, body) VALUES (?, ?, ?)", (seq, ts, body)
             )  # autocommit: its own transaction, as durable as BEGIN ... COMMIT
             self._next_seq = seq + 1
+            self._tail = QueuedSample(seq=seq, ts=ts, body=body)
             if self._head_known and self._head is None:  # it was empty: this is the oldest
                 self._head = (ts, seq)
             self._depth += 1
@@ -341,6 +345,7 @@ class SqliteQueue:
             )
         self._next_seq = seq + 1
         self._counters_dirty = False
+        self._tail = QueuedSample(seq=seq, ts=ts, body=body)
         if count:
             self._head_known = False
         elif self._head_known and self._head is None:  # it was empty: this one is the oldest
@@ -364,6 +369,9 @@ class SqliteQueue:
         yield from self._conn.execute("SELECT seq, length(body) FROM samples ORDER BY seq")
 
     def _peek(self, max_samples: int, max_bytes: int, after_seq: int) -> list[QueuedSample]:
+        tail = self._tail
+        if tail is not None and after_seq == tail.seq - 1:  # the usual peek: the last put
+            return take_batch((tail,), max_samples=max_samples, max_bytes=max_bytes)
         if after_seq >= self._next_seq - 1:  # every stored seq is below next_seq: none after
             return take_batch((), max_samples=max_samples, max_bytes=max_bytes)  # checks limits
         cursor = self._conn.execute(
@@ -377,6 +385,7 @@ class SqliteQueue:
         """Delete ``wanted`` (sorted, distinct): a batch is a run of seqs, deleted as a range
         (no JSON list for SQLite to read back)."""
         lo, hi = wanted[0], wanted[-1]
+        gone: list[tuple[int, int]]
         if (hi < self._next_seq - 1 and hi - lo + 1 == len(wanted)
                 and not self._counters_dirty and not self._recent.holds_any()):
             # The usual ack: the newest row stays, so it still tells the next seq (a newest
@@ -389,7 +398,6 @@ class SqliteQueue:
             self._forget(gone)
             return
         with _transaction(self._conn):
-            gone: list[tuple[int, int]]
             if hi - lo + 1 == len(wanted):
                 gone = self._conn.execute(
                     "DELETE FROM samples WHERE seq BETWEEN ? AND ? RETURNING seq, length(body)",
@@ -412,6 +420,8 @@ class SqliteQueue:
 
     def _forget(self, gone: list[tuple[int, int]]) -> None:
         """Count deleted ``(seq, length)`` rows out of depth and bytes."""
+        if self._tail is not None and any(seq >= self._tail.seq for seq, _ in gone):
+            self._tail = None
         self._depth -= len(gone)
         self._bytes -= sum(size for _, size in gone) + len(gone) * ROW_OVERHEAD_BYTES
         if gone:
@@ -424,6 +434,8 @@ class SqliteQueue:
                 (seq,),
             ).fetchone()
             self._conn.execute("DELETE FROM samples WHERE seq <= ?", (seq,))
+            if self._tail is not None and seq >= self._tail.seq:
+                self._tail = None
             revived = self._recent.revive_through(seq)
             if count or revived:
                 self._save_counters(self._next_seq, self._dropped - revived)
