@@ -35,11 +35,12 @@ def next_round(prev: float, interval: float, now: float) -> float:
 class RoundThread(Generic[T]):
     """Runs ``func`` in one daemon thread every ``interval()`` seconds (the first round at
     :meth:`start`), handing each result, or the exception it raised, to ``deliver`` on the
-    event loop. :meth:`replan` after a change of interval, :meth:`stop` at the end."""
+    event loop; a result of ``None`` is not handed over (the round needs nothing of the loop).
+    :meth:`replan` after a change of interval, :meth:`stop` at the end."""
 
     def __init__(
         self,
-        func: Callable[[], T],
+        func: Callable[[], T | None],
         deliver: Callable[[T | BaseException], None],
         interval: Callable[[], float],
         name: str = "edgefleet-collect",
@@ -86,12 +87,14 @@ class RoundThread(Generic[T]):
                 at = next_round(at, self._interval(), now)
                 continue
             started = now
-            result: T | BaseException
+            result: T | BaseException | None
             try:
                 result = self._func()
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop
                 result = exc
             at = next_round(at, self._interval(), time.monotonic())
+            if result is None:
+                continue
             self._undelivered = True
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
                 loop.call_soon_threadsafe(self._hand_over, result)

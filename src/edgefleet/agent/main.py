@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,6 +87,7 @@ class Agent:
         self._rounds = RoundThread(self._round, self._take_round, lambda: self.s.interval_s)
         self._sampling: asyncio.Future[None] | None = None  # ends the sampler task
         self._closed = False  # the queue is closed: late rounds are not stored
+        self._closing = threading.Lock()  # a round's put, or the queue's close
         self._switching = asyncio.Lock()  # one connection rebuild at a time
         self._side: set[asyncio.Task[None]] = set()
         self._ratelog = RateLimitedLog(60.0)
@@ -100,7 +102,9 @@ class Agent:
             self.queue, commit_settings(s), heard_before=self.queue.recall(HEARD) == "yes",
             remember=lambda: self.queue.note(HEARD, "yes"),
         )
-        self.watermarks = Watermarks(thing, self.commits, self._wake_publisher)
+        self.watermarks = Watermarks(
+            thing, self.commits, self._wake_publisher, before=self._close_lane
+        )
         self.publisher = Publisher(
             device_id=thing,
             queue=self.queue,
@@ -165,6 +169,9 @@ class Agent:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("agent side task failed", extra=kv(task=task.get_name(), error=repr(exc)))
 
+    def _close_lane(self) -> None:
+        self.publisher.close_lane()
+
     def _wake_publisher(self) -> None:
         self.publisher.wake.set()
 
@@ -195,12 +202,19 @@ class Agent:
             uncommitted=self.commits.uncommitted(st.held_from),
         )
 
-    def _round(self) -> tuple[float, bytes]:
-        """One sampling round (in the collection thread): its time and the sample's body."""
+    def _round(self) -> int | None:
+        """One sampling round (in the collection thread): the sample is queued and, while the
+        lane is open (edgefleet.agent.lane), published; else its seq goes to the loop, whose
+        publisher sends it. ``None``: nothing for the loop to do."""
         taken = time.time()
         metrics, failed = collect_all(self.collectors)
         self._look_at_certificates()
-        return taken, sample_body(metrics, failed)
+        body = sample_body(metrics, failed)
+        with self._closing:
+            if self._closed:
+                return None
+            seq = self.queue.put(taken, body)
+        return None if self.publisher.lane_send(seq) else seq
 
     def _rounds_watch_certificates(self) -> bool:
         """Whether the rounds look at the certificate files (often enough: a round at least
@@ -219,19 +233,12 @@ class Agent:
             with contextlib.suppress(RuntimeError):  # the loop closed
                 loop.call_soon_threadsafe(self._cert_moved.set)
 
-    def _take_round(self, got: tuple[float, bytes] | BaseException) -> None:
-        """A round's result (event loop): queued, and the publisher woken. A round or a
+    def _take_round(self, got: int | BaseException) -> None:
+        """A round's result (event loop): a queued sample the publisher sends. A round or a
         queue that raised ends the sampler task (the supervisor stops the agent)."""
         if not isinstance(got, BaseException):
-            if self._closed:
-                return
-            try:
-                self.queue.put(*got)
-            except Exception as exc:  # noqa: BLE001 - handed to the sampler task
-                got = exc
-            else:
-                self.publisher.wake.set()
-                return
+            self.publisher.wake.set()
+            return
         if self._sampling is not None and not self._sampling.done():
             self._sampling.set_exception(got)
 
@@ -344,8 +351,9 @@ class Agent:
         if channel is not None:
             await channel.stop(1.0)
         st = self.queue.stats()
-        self._closed = True
-        self.queue.close()
+        with self._closing:
+            self._closed = True
+            self.queue.close()
         log.info("agent stopped", extra=kv(queued=st.depth, sent=self.publisher.stats.samples))
 
     def stop(self) -> None:

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from edgefleet.agent.batch import Health, build_message, fit, too_big
 from edgefleet.agent.commits import Commits
 from edgefleet.agent.contracts import QueuedSample, SampleQueue
+from edgefleet.agent.lane import Lane, LaneSend, LaneTransport
 from edgefleet.agent.ratelimit import TokenBucket
 from edgefleet.common.logs import kv
 from edgefleet.errors import PermanentPublishError, TransportError
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 _PEEK_SAMPLES = 4096
 _REFUSED_PAUSE_S = (5.0, 300.0)
 _IDLE_WAKE_S = 1.0  # the idle publisher looks again at least this often (resend timers)
+_LANE_IDLE_S = 30.0  # ... and with the lane open (the rounds look for it), as a fallback
 
 
 @dataclass(slots=True)
@@ -52,6 +55,11 @@ class Limits:
     max_inflight: int = 10
     publishes_per_s: float | None = 100.0
     bytes_per_s: float | None = 512 * 1024
+
+
+def _lane_transport(transport: Transport) -> LaneTransport | None:
+    """The transport, if the lane can use it (a Protocol isinstance is dear: asked once)."""
+    return transport if isinstance(transport, LaneTransport) else None
 
 
 class Publisher:
@@ -85,10 +93,13 @@ class Publisher:
         self._idle.set()
         self._pub_bucket: TokenBucket | None = None
         self._byte_bucket: TokenBucket | None = None
+        self.lane = Lane()
+        self._lane_transport = _lane_transport(transport)
         self.set_limits(limits)
 
     def set_limits(self, limits: Limits) -> None:
         """New batching and flow control (a settings reload); a new window from now on."""
+        self.close_lane()
         self.limits = limits
         now = time.monotonic()
         self._pub_bucket = (
@@ -144,7 +155,14 @@ class Publisher:
             after = nxt
             batch = self._next_batch(after)
             if not batch:
-                await self._wait_for_work()
+                if inflight and self._lane_transport is not None:
+                    # Caught up: once the answers are in, the lane can open.
+                    await asyncio.wait(set(inflight), timeout=_IDLE_WAKE_S)
+                    continue
+                lane = self._open_lane(after)
+                await self._wait_for_work(_LANE_IDLE_S if lane else _IDLE_WAKE_S)
+                if lane:
+                    after = await self._take_lane_over(window, inflight)
                 continue
             stream = self.queue.stream
             payload = build_message(self.device_id, stream, batch, self.health(), held_from=held)
@@ -154,9 +172,7 @@ class Publisher:
                 window.release()
                 break
             after = batch[-1].seq
-            task = asyncio.create_task(self._send(payload, stream, batch, window))
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
+            self._track(self._send(payload, stream, batch, window), inflight)
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
         return self._refused
@@ -206,7 +222,110 @@ class Publisher:
             batch = batch[1:]
         return fit(batch, self.limits.batch_max_bytes)
 
-    async def _wait_for_work(self) -> None:
+    @staticmethod
+    def _track(send: Coroutine[Any, Any, bool], inflight: set[asyncio.Task[bool]]) -> None:
+        task = asyncio.create_task(send)
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+
+    # -- the lane (see edgefleet.agent.lane) ---------------------------------------------------
+
+    def _open_lane(self, after: int) -> bool:
+        """Let the rounds publish from ``after`` on while this drain sleeps (event loop)."""
+        if self._lane_transport is None or not self.transport.connected.is_set():
+            return False
+        with self.lane.lock:
+            self.lane.open, self.lane.after, self.lane.stream = True, after, self.queue.stream
+            self.lane.inflight = None
+        return True
+
+    def close_lane(self) -> None:
+        """No more publishes through the lane; the drain wakes and takes it over (loop)."""
+        with self.lane.lock:
+            if not self.lane.open:
+                return
+            self.lane.open = False
+        self.wake.set()
+
+    async def _take_lane_over(
+        self, window: asyncio.Semaphore, inflight: set[asyncio.Task[bool]]
+    ) -> int:
+        """Close the lane; its publish in flight becomes the drain's; where to go on from."""
+        with self.lane.lock:
+            self.lane.open = False
+            after, pending, self.lane.inflight = self.lane.after, self.lane.inflight, None
+        if pending is not None:
+            await window.acquire()
+            self._track(self._send(b"", pending.stream, pending.batch, window, pending), inflight)
+        return after
+
+    def lane_send(self, seq: int) -> bool:
+        """A round queued sample ``seq`` (collection thread): publish it through the lane if
+        it is open and all is usual; False when the loop must do it (the lane is closed)."""
+        lane = self.lane
+        with lane.lock:
+            if not lane.open:
+                return False
+            if self._lane_step(seq):
+                return True
+            lane.open = False
+            return False
+
+    def _lane_settle(self) -> bool:
+        """Apply the answer to the lane's previous message; False when there is none yet or
+        it is not a PUBACK < 128 (the drain's ``_send`` then handles it)."""
+        lane = self.lane
+        prev = lane.inflight
+        if prev is None:
+            return True
+        if not prev.sent.future.done():
+            return False
+        try:
+            prev.transport.answer(prev.sent)
+        except TransportError:
+            return False
+        lane.inflight = None
+        self._delivered(prev.stream, prev.batch)
+        return True
+
+    def _lane_step(self, seq: int) -> bool:
+        lane = self.lane
+        transport, commits = self._lane_transport, self.commits
+        if (not self._lane_settle() or self._stop_event.is_set() or self._broken.is_set()
+                or lane.after != seq - 1 or transport is None
+                or not self.transport.connected.is_set() or self.queue.stream != lane.stream):
+            return False
+        held = self._held_from()
+        if (commits is not None and held is not None and commits.waiting()
+                and (commits.resend_due() or commits.window_full(held))):
+            return False
+        batch = self.queue.peek(
+            max_samples=1, max_bytes=self.limits.batch_max_bytes, after_seq=lane.after
+        )
+        if len(batch) != 1 or batch[0].seq != seq or too_big(batch[0]):
+            return False
+        payload = build_message(self.device_id, lane.stream, batch, self.health(), held_from=held)
+        if not self._take_tokens(len(payload)):
+            return False
+        lane.inflight = LaneSend(
+            transport.start_publish(self._topic, payload), lane.stream, batch, transport
+        )
+        lane.after = seq
+        lane.messages += 1
+        return True
+
+    def _take_tokens(self, size: int) -> bool:
+        """Charge the rate limits for one message if neither needs a wait."""
+        now = time.monotonic()
+        charges = ((self._pub_bucket, 1.0), (self._byte_bucket, float(size)))
+        if any(b is not None and b.wait_time(n, now) > 0 for b, n in charges):
+            return False
+        for bucket, amount in charges:
+            if bucket is not None:
+                bucket.take(amount, now)
+        return True
+
+    async def _wait_for_work(self, limit_s: float = _IDLE_WAKE_S) -> None:
         """Wait for a new sample (or a watermark, a stop, at most a second). Meanwhile the
         answers to what is in flight do not wake the loop: they are taken when it wakes for
         the next sample (one wake-up per sample instead of two), before anything else."""
@@ -218,7 +337,7 @@ class Publisher:
             holder.hold()
         try:
             with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
-                async with asyncio.timeout(_IDLE_WAKE_S):
+                async with asyncio.timeout(limit_s):
                     await self.wake.wait()
         finally:
             handed = holder.release() if holder is not None else 0
@@ -235,11 +354,16 @@ class Publisher:
             bucket.take(amount, time.monotonic())
 
     async def _send(
-        self, payload: bytes, stream: str, batch: list[QueuedSample], window: asyncio.Semaphore
+        self, payload: bytes, stream: str, batch: list[QueuedSample], window: asyncio.Semaphore,
+        lane: LaneSend | None = None,
     ) -> bool:
-        """Publish one message; return True when the broker refused it for good."""
+        """Publish one message (or wait for the answer to the lane's); return True when the
+        broker refused it for good."""
         try:
-            await self.transport.publish(self._topic, payload)
+            if lane is not None:
+                await lane.transport.finish(lane.sent)
+            else:
+                await self.transport.publish(self._topic, payload)
         except PermanentPublishError as exc:
             self.stats.errors += 1
             self.stats.refused += 1
@@ -267,6 +391,11 @@ class Publisher:
             return False
         finally:
             window.release()
+        self._delivered(stream, batch)
+        return False
+
+    def _delivered(self, stream: str, batch: list[QueuedSample]) -> None:
+        """A PUBACK < 128 for ``batch``: acknowledged, or sent and waiting for a watermark."""
         if self.queue.stream == stream:  # a store replaced meanwhile restarted its seqs
             if self.commits is not None and self.commits.waiting():
                 self.commits.sent(batch[0].seq, batch[-1].seq)  # deleted by a watermark
@@ -275,7 +404,6 @@ class Publisher:
         self.stats.messages += 1
         self.stats.samples += len(batch)
         self._refused_pause = _REFUSED_PAUSE_S[0]
-        return False
 
     async def replace_transport(self, new: Transport, settle_s: float = 5.0) -> None:
         """Switch to a new client (certificate rotation, settings reload).
@@ -285,8 +413,10 @@ class Publisher:
         again, and it disconnects before the new one connects (a broker drops the older of
         two connections with one client id). Anything still unanswered is resent over the new
         client (the backend drops duplicates)."""
+        self.close_lane()  # before the swap: no lane publish on a client not started yet
         old = self.transport
         self.transport = new
+        self._lane_transport = _lane_transport(new)
         self._broken.set()
         self.wake.set()
         with contextlib.suppress(TimeoutError):
@@ -296,6 +426,7 @@ class Publisher:
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish after the in-flight window settles."""
+        self.close_lane()
         self._stop_event.set()
         self._broken.set()
         self.wake.set()

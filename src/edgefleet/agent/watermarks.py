@@ -32,11 +32,15 @@ def commit_settings(s: AgentConfig) -> CommitSettings:
 class Watermarks:
     """Hears the backend's watermarks for ``thing``; ``wake`` is called when one freed room."""
 
-    def __init__(self, thing: str, commits: Commits, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, thing: str, commits: Commits, wake: Callable[[], None],
+        before: Callable[[], None] | None = None,
+    ) -> None:
         self.thing = thing
         self.topic = ack_topic(thing)
         self.commits = commits
         self._wake = wake
+        self._before = before  # called before a watermark changes the commits (lane closed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ratelog = RateLimitedLog(60.0)
 
@@ -74,5 +78,7 @@ class Watermarks:
                 log.warning("malformed watermark ignored", extra=kv(
                     error=exc.detail, suppressed=suppressed))
             return
+        if self._before is not None:
+            self._before()
         if self.commits.on_watermark(stream, through):
             self._wake()  # room in the uncommitted window

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 _Pair = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", "concurrent.futures.Future[Any]"]
@@ -34,6 +35,14 @@ def _copy(dest: asyncio.Future[Any], source: concurrent.futures.Future[Any]) -> 
         dest.set_exception(exc)
     else:
         dest.set_result(source.result())
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A publish handed to the SDK: its topic and the SDK's future of its answer."""
+
+    topic: str
+    future: concurrent.futures.Future[Any]
 
 
 class Completions:

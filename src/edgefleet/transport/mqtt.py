@@ -13,6 +13,7 @@ asyncio queue. Choices, from ``shared/FACTS.md``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.common.logs import RateLimitedLog, kv
 from edgefleet.errors import ConfigError, PermanentPublishError, TransportError
 from edgefleet.transport.base import AckHandle, OnMessage
-from edgefleet.transport.completions import Completions
+from edgefleet.transport.completions import Completions, Sent
 
 if TYPE_CHECKING:
     from edgefleet.transport.base import Transport
@@ -237,17 +238,32 @@ class MqttClient:
         Raises :class:`PermanentPublishError` for a refusing PUBACK (>= 128) and
         :class:`TransportError` when the outcome is unknown (offline, timeout).
         """
+        return await self.finish(self.start_publish(topic, payload))
+
+    def start_publish(self, topic: str, payload: bytes) -> Sent:
+        """Hand a QoS 1 publish to the SDK (any thread: the SDK's client is thread-safe);
+        its answer is :meth:`finish` (awaited on the loop) or :meth:`answer` (once done)."""
         from awscrt import mqtt5
 
         packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
-        try:
-            result = await self.completions.wrap(self._client.publish(packet))
-        except Exception as exc:  # noqa: BLE001 - every SDK failure means "outcome unknown"
-            raise TransportError(f"publish to {topic} failed: {_describe(exc)}") from None
-        puback = result.puback
+        return Sent(topic, self._client.publish(packet))
+
+    async def finish(self, sent: Sent) -> int:
+        """Wait for ``sent``'s answer on the event loop (see :meth:`publish`)."""
+        with contextlib.suppress(Exception):  # mapped by answer()
+            await self.completions.wrap(sent.future)
+        return self.answer(sent)
+
+    @staticmethod
+    def answer(sent: Sent) -> int:
+        """The answer of a publish that is done (see :meth:`publish` for what it raises)."""
+        exc = sent.future.exception()
+        if exc is not None:  # every SDK failure means "outcome unknown"
+            raise TransportError(f"publish to {sent.topic} failed: {_describe(exc)}")
+        puback = sent.future.result().puback
         code = int(puback.reason_code) if puback is not None else 0
         if code >= 128:
-            raise PermanentPublishError(code, f"{topic}: {puback.reason_string or ''}".strip())
+            raise PermanentPublishError(code, f"{sent.topic}: {puback.reason_string or ''}".strip())
         return code
 
     async def subscribe(self, filters: list[str]) -> list[int]:
