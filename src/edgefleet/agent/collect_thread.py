@@ -1,11 +1,13 @@
 """One long-lived thread that runs the sampling rounds, each at its time, for the event loop.
 
 A round reads files and may wait on a slow ``/proc`` read, so it must not run on the event
-loop (the publisher and the MQTT callbacks share it). The thread keeps the schedule itself
-and hands each result to the loop with one ``call_soon_threadsafe``: per round the loop wakes
-once (the result) and the thread once (its own timer). Waking an idle thread costs more CPU
-than most collectors, so the earlier hand-over (a loop timer, a job handed to the thread,
-the result handed back: three wake-ups per round) cost more than the work it scheduled.
+loop (the publisher and the MQTT callbacks share it). The thread keeps the schedule itself.
+A round that needs the loop hands its result over with one ``call_soon_threadsafe``; one
+that does not (``None``: the agent's round queued and published its sample through the
+lane, :mod:`edgefleet.agent.lane`) hands nothing, and the loop sleeps on. Waking an idle
+thread costs more CPU than most collectors, so the earlier hand-over (a loop timer, a job
+handed to the thread, the result handed back: three wake-ups per round) cost more than the
+work it scheduled; now one thread wakes per round.
 
 Rounds never overlap and never burst: a round whose time passed while the previous one ran
 (suspend, a slow collector) is skipped, and so is a round while the loop has not yet taken
