@@ -84,8 +84,9 @@ async def _until(predicate: Any, timeout: float = 5.0) -> None:
 
 
 def _round(queue: MemoryQueue, pub: Publisher, n: int) -> bool:
-    """What the agent's collection thread does: queue the sample, then try the lane."""
-    seq = queue.put(float(n), sample_body({"cpu.percent": float(n)}, []))
+    """What the agent's collection thread does: queue the sample (with the previous lane
+    message's PUBACK), then try the lane."""
+    seq = pub.lane_put(float(n), sample_body({"cpu.percent": float(n)}, []))
     return pub.lane_send(seq)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pytest
 
@@ -32,8 +32,8 @@ class SwappableQueue:
     def stream(self) -> str:
         return self.inner.stream
 
-    def put(self, ts: float, body: bytes) -> int:
-        return self.inner.put(ts, body)
+    def put(self, ts: float, body: bytes, acked: Sequence[int] = ()) -> int:
+        return self.inner.put(ts, body, acked)
 
     def peek(self, *, max_samples: int, max_bytes: int, after_seq: int = -1) -> list[QueuedSample]:
         return self.inner.peek(max_samples=max_samples, max_bytes=max_bytes, after_seq=after_seq)

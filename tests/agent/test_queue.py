@@ -600,3 +600,22 @@ def test_peek_of_the_last_put_is_served_from_memory_but_never_stale(tmp_path: Pa
     reopened = open_sqlite(path)
     assert seqs(reopened) == []
     reopened.close()
+
+
+def test_a_put_with_acks_is_one_step_and_keeps_the_next_seq(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    queue = open_sqlite(path)
+    queue.put(0.0, body(0))
+    for n in range(1, 4):  # the lane's rhythm: sample n stored with the PUBACK of n - 1
+        assert queue.put(float(n), body(n), acked=[n - 1]) == n
+        assert seqs(queue) == [n] and queue.stats().depth == 1
+    assert queue.put(4.0, body(4), acked=[1, 3, 77]) == 4  # not a run: acked the usual way
+    assert seqs(queue) == [4]
+    crashed = open_sqlite(path)  # as after a kill: the file alone tells the next seq
+    assert seqs(crashed) == [4]
+    assert crashed.put(5.0, body(5), acked=[4]) == 5
+    crashed.close()
+    queue.close()
+    again = open_sqlite(path)
+    assert seqs(again) == [5] and again.stats().held_from == 5
+    again.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,8 +49,9 @@ class SampleQueue(Protocol):
         """Id of the sequence stream; changes only when the store had to start afresh."""
         ...
 
-    def put(self, ts: float, body: bytes) -> int:
-        """Store one sample taken at ``ts``; return its seq. Drops the oldest when full."""
+    def put(self, ts: float, body: bytes, acked: Sequence[int] = ()) -> int:
+        """Store one sample taken at ``ts``; return its seq. Drops the oldest when full.
+        ``acked``: delivered samples removed in the same step (as :meth:`ack`)."""
         ...
 
     def peek(self, *, max_samples: int, max_bytes: int, after_seq: int = -1) -> list[QueuedSample]:

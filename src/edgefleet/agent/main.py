@@ -213,7 +213,7 @@ class Agent:
         with self._closing:
             if self._closed:
                 return None
-            seq = self.queue.put(taken, body)
+            seq = self.publisher.lane_put(taken, body)
         return None if self.publisher.lane_send(seq) else seq
 
     def _rounds_watch_certificates(self) -> bool:

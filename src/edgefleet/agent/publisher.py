@@ -259,6 +259,26 @@ class Publisher:
             self._track(self._send(b"", pending.stream, pending.batch, window, pending), inflight)
         return after
 
+    def lane_put(self, ts: float, body: bytes) -> int:
+        """Queue a round's sample (collection thread). While the lane is open and the
+        previous lane message has its PUBACK, that sample is acknowledged in the same
+        transaction (one commit per round instead of two)."""
+        lane = self.lane
+        with lane.lock:
+            prev = lane.inflight
+            if (not lane.open or prev is None or not prev.sent.future.done()
+                    or prev.stream != self.queue.stream
+                    or (self.commits is not None and self.commits.waiting())):
+                return self.queue.put(ts, body)
+            try:
+                prev.transport.answer(prev.sent)
+            except TransportError:  # left for the drain's _send
+                return self.queue.put(ts, body)
+            seq = self.queue.put(ts, body, acked=[s.seq for s in prev.batch])
+            lane.inflight = None
+            self._count_delivered(prev.batch)
+            return seq
+
     def lane_send(self, seq: int) -> bool:
         """A round queued sample ``seq`` (collection thread): publish it through the lane if
         it is open and all is usual; False when the loop must do it (the lane is closed)."""
@@ -401,6 +421,9 @@ class Publisher:
                 self.commits.sent(batch[0].seq, batch[-1].seq)  # deleted by a watermark
             else:
                 self.queue.ack([s.seq for s in batch])
+        self._count_delivered(batch)
+
+    def _count_delivered(self, batch: list[QueuedSample]) -> None:
         self.stats.messages += 1
         self.stats.samples += len(batch)
         self._refused_pause = _REFUSED_PAUSE_S[0]

@@ -186,14 +186,23 @@ def collect_all(
     limiter = _LOG_LIMIT if limiter is None else limiter
     metrics: dict[str, float] = {}
     failed: list[str] = []
+    parts: list[tuple[str, dict[str, float]]] = []
     with procfs.one_round():  # a /proc file needed by several collectors is read once
         for collector in collectors:
             started = 0.0 if durations is None else time.monotonic()
             try:
-                metrics.update(_valid(collector.name, collector.collect(), limiter))
+                got = collector.collect()
             except Exception as exc:  # noqa: BLE001 - one collector's failure must not stop others
                 failed.append(collector.name)
                 _report(collector.name, exc, limiter)
+            else:
+                parts.append((collector.name, got))
+                metrics.update(got)
             if durations is not None:
                 durations[collector.name] = time.monotonic() - started
+    if _GOOD_KEYS.issuperset(metrics) and all(map(math.isfinite, metrics.values())):
+        return metrics, failed  # the usual round: every key seen before, every value finite
+    metrics = {}
+    for name, got in parts:  # checked one collector at a time, to name the one at fault
+        metrics.update(_valid(name, got, limiter))
     return metrics, failed

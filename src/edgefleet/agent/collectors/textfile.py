@@ -36,9 +36,10 @@ class FileFigures:
     problems: list[tuple[int, str]]
 
 
-def list_prom_files(folder: Path) -> list[tuple[Path, Stamp]]:
-    """Regular ``*.prom`` files of ``folder`` (links followed), in name order, with stamps."""
-    found: list[tuple[Path, Stamp]] = []
+def list_prom_files(folder: Path) -> list[tuple[str, Stamp]]:
+    """Regular ``*.prom`` files of ``folder`` (links followed), in name order, with stamps
+    (paths as strings: a ``Path`` per file and round cost more than the listing)."""
+    found: list[tuple[str, Stamp]] = []
     with os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.endswith(".prom") or entry.name.startswith("."):
@@ -49,7 +50,7 @@ def list_prom_files(folder: Path) -> list[tuple[Path, Stamp]]:
                 st = entry.stat()
             except OSError:
                 continue  # removed meanwhile
-            found.append((Path(entry.path), (st.st_ino, st.st_size, st.st_mtime_ns)))
+            found.append((entry.path, (st.st_ino, st.st_size, st.st_mtime_ns)))
     return sorted(found)
 
 
@@ -88,13 +89,13 @@ class TextfileCollector:
         max_keys: int = 200,
         max_files: int = MAX_FILES,
         max_file_bytes: int = MAX_FILE_BYTES,
-        list_files: Callable[[Path], Sequence[tuple[Path, Stamp]]] = list_prom_files,
+        list_files: Callable[[Path], Sequence[tuple[str, Stamp]]] = list_prom_files,
         read: Callable[[Path, int], str] = read_limited,
     ) -> None:
         self._folder, self._max_keys = folder, max_keys
         self._max_files, self._max_file_bytes = max_files, max_file_bytes
         self._list, self._read = list_files, read
-        self._cache: dict[Path, tuple[Stamp, FileFigures]] = {}
+        self._cache: dict[str, tuple[Stamp, FileFigures]] = {}
         self._log_limit = RateLimitedLog(60.0)
 
     def collect(self) -> dict[str, float]:
@@ -114,7 +115,7 @@ class TextfileCollector:
             for key, value in figures.metrics.items():
                 if key in out or len(out) >= self._max_keys:
                     errors += 1
-                    self._warn(str(path), f"{key} dropped: duplicate or over {self._max_keys} keys")
+                    self._warn(path, f"{key} dropped: duplicate or over {self._max_keys} keys")
                     continue
                 out[key] = value
         self._cache = {p: self._cache[p] for p, _ in files if p in self._cache}
@@ -122,18 +123,18 @@ class TextfileCollector:
         out["textfile.status.errors"] = float(errors)
         return out
 
-    def _figures(self, path: Path, stamp: Stamp) -> FileFigures:
+    def _figures(self, path: str, stamp: Stamp) -> FileFigures:
         cached = self._cache.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
         try:
-            figures = file_figures(self._read(path, self._max_file_bytes), self._max_keys)
+            figures = file_figures(self._read(Path(path), self._max_file_bytes), self._max_keys)
         except (OSError, ValueError) as exc:
             figures = FileFigures({}, [(0, str(exc))])
         for line, reason in figures.problems[:1]:
-            where = f"{path}:{line}" if line else str(path)
+            where = f"{path}:{line}" if line else path
             more = len(figures.problems) - 1
-            self._warn(str(path), f"{where}: {reason}" + (f" (+{more} more)" if more else ""))
+            self._warn(path, f"{where}: {reason}" + (f" (+{more} more)" if more else ""))
         self._cache[path] = (stamp, figures)
         return figures
 

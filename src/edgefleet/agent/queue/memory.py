@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from edgefleet.agent.contracts import QueuedSample, QueueStats
@@ -185,8 +185,11 @@ class MemoryQueue:
         """Id of the sequence stream; a new one for every instance."""
         return self._stream
 
-    def put(self, ts: float, body: bytes) -> int:
-        """Store one sample; return its seq. Drops (and counts) the oldest when full."""
+    def put(self, ts: float, body: bytes, acked: Sequence[int] = ()) -> int:
+        """Store one sample; return its seq. Drops (and counts) the oldest when full.
+        ``acked`` are removed first (:meth:`ack`)."""
+        if acked:
+            self.ack(acked)
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1

@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -118,14 +118,22 @@ class SqliteQueue:
         """Id of the sequence stream; changes only when the store had to start afresh."""
         return self._stream
 
-    def put(self, ts: float, body: bytes) -> int:
+    def put(self, ts: float, body: bytes, acked: Sequence[int] = ()) -> int:
         """Store one sample; return its seq once it is in the file. Drops the oldest when full.
 
-        If the disk fails (full, I/O error) the sample is counted as dropped and logged.
+        ``acked``: delivered samples deleted in the same transaction (the agent's steady
+        rhythm, a sample and the previous one's PUBACK, costs one commit). If the disk fails
+        (full, I/O error) the sample is counted as dropped and logged, and ``acked`` stay
+        (sent again later; the backend drops duplicates).
         """
+        wanted = sorted({int(seq) for seq in acked})
         with self._lock:
+            stream = self._stream  # a store replaced meanwhile: its seqs are other samples
             try:
-                return self._guarded(lambda: self._put(ts, body), retry=True)
+                return self._guarded(
+                    lambda: self._put(ts, body, wanted if self._stream == stream else []),
+                    retry=True,
+                )
             except (sqlite3.Error, OSError) as exc:
                 seq = self._next_seq
                 self._next_seq += 1
@@ -301,24 +309,43 @@ class SqliteQueue:
                 raise
         return op()
 
-    def _put(self, ts: float, body: bytes) -> int:
+    def _put(self, ts: float, body: bytes, wanted: list[int]) -> int:
         seq = self._next_seq
         size = len(body) + ROW_OVERHEAD_BYTES
+        usual = (not self._counters_dirty and self._depth < self._max_samples
+                 and self._bytes + size <= self._max_bytes and size <= self._max_bytes)
+        if (wanted and usual and wanted[-1] - wanted[0] + 1 == len(wanted)
+                and not self._recent.holds_any()):  # acks and the put: one transaction
+            with _transaction(self._conn):
+                gone = self._conn.execute(
+                    "DELETE FROM samples WHERE seq BETWEEN ? AND ? RETURNING seq, length(body)",
+                    (wanted[0], wanted[-1]),
+                ).fetchall()
+                self._conn.execute(
+                    "INSERT INTO samples (seq, ts, body) VALUES (?, ?, ?)", (seq, ts, body)
+                )  # the newest row: next_seq needs no counter write
+            self._forget(gone)
+            return self._inserted(seq, ts, body, size)
+        if wanted:
+            self._ack(wanted)
         if size > self._max_bytes:
             return self._put_oversized(seq)
-        if (not self._counters_dirty and self._depth < self._max_samples
-                and self._bytes + size <= self._max_bytes):  # the usual put: one statement
+        if usual:  # the usual put: one statement
             self._conn.execute(
                 "INSERT INTO samples (seq, ts, body) VALUES (?, ?, ?)", (seq, ts, body)
             )  # autocommit: its own transaction, as durable as BEGIN ... COMMIT
-            self._next_seq = seq + 1
-            self._tail = QueuedSample(seq=seq, ts=ts, body=body)
-            if self._head_known and self._head is None:  # it was empty: this is the oldest
-                self._head = (ts, seq)
-            self._depth += 1
-            self._bytes += size
-            return seq
+            return self._inserted(seq, ts, body, size)
         return self._put_dropping(seq, ts, body)
+
+    def _inserted(self, seq: int, ts: float, body: bytes, size: int) -> int:
+        """Bookkeeping of a plain insert that committed."""
+        self._next_seq = seq + 1
+        self._tail = QueuedSample(seq=seq, ts=ts, body=body)
+        if self._head_known and self._head is None:  # it was empty: this is the oldest
+            self._head = (ts, seq)
+        self._depth += 1
+        self._bytes += size
+        return seq
 
     def _put_dropping(self, seq: int, ts: float, body: bytes) -> int:
         """A put that drops the oldest samples or saves the counters: one transaction."""
