@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -130,15 +131,35 @@ def start_collectd(binary: str, conf: Path, err: Path) -> subprocess.Popen[bytes
         )  # fmt: skip
 
 
+def _cpu_clock(pid: int) -> int | None:
+    """The process's CPU-time clock (``clock_getcpuclockid``), None where there is none."""
+    try:
+        libc = ctypes.CDLL(None)
+        clock = ctypes.c_int()
+        if libc.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+            return None
+        time.clock_gettime(clock.value)
+    except (OSError, AttributeError):
+        return None
+    return clock.value
+
+
 class Measured:
-    """CPU time and RSS of one process (all threads)."""
+    """CPU time and RSS of one process (all threads, also those that ended)."""
 
     def __init__(self, pid: int) -> None:
         self.ps = psutil.Process(pid)
         self.rss_max = 0
         self.cpu0 = 0.0
+        self._clock = _cpu_clock(pid)
 
     def cpu(self) -> float:
+        """CPU seconds so far: from the kernel's CPU-time clock of the process (nanoseconds;
+        the user and system ticks of ``/proc/<pid>/stat`` move in 10 ms steps, 0.017 % of a
+        60 s window, which is 7 % of the agent's figure), else from the ticks."""
+        if self._clock is not None:
+            with contextlib.suppress(OSError):
+                return time.clock_gettime(self._clock)
         t = self.ps.cpu_times()
         return t.user + t.system
 

@@ -142,6 +142,7 @@ def test_readers_agree_with_psutil() -> None:
     for mode, seconds in fast.total.items():
         assert seconds == pytest.approx(slow.total[mode], abs=1.0)  # a second of CPU apart
     assert load.read_load_proc().cores == load.read_load_psutil().cores
+    assert abs(load.read_load_proc().load1 - os.getloadavg()[0]) < 0.5  # /proc/loadavg
     assert memory.read_memory_proc().total == memory.read_memory_psutil().total
     assert memory.read_memory_proc().available == pytest.approx(
         memory.read_memory_psutil().available, rel=0.05

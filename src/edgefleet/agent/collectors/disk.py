@@ -103,10 +103,11 @@ def mounts_from_table(table: bytes) -> list[Mount]:
     return out
 
 
-def read_mounts_proc() -> list[Mount]:
+def read_mounts_proc() -> Sequence[Mount]:
     """The same from ``/proc/self/mounts``, read and parsed again only after the kernel
-    flagged a change (see :class:`~edgefleet.agent.collectors.procfs.MountTable`)."""
-    return list(procfs.MOUNTS.parsed(mounts_from_table))
+    flagged a change (see :class:`~edgefleet.agent.collectors.procfs.MountTable`): the same
+    list object while the table is unchanged (callers must not change it)."""
+    return procfs.MOUNTS.parsed(mounts_from_table)
 
 
 read_mounts = read_mounts_proc if procfs.HAVE_PROC else read_mounts_psutil
@@ -167,10 +168,15 @@ class DiskCollector:
         self._statvfs = statvfs
         self._calls: TimedCalls[str, StatVfs] = TimedCalls(statvfs, timeout_s=timeout_s)
         self._log_limit = RateLimitedLog(60.0)
+        self._table: Sequence[Mount] | None = None  # the table last read, and its real mounts
+        self._real: list[Mount] = []
 
     def collect(self) -> dict[str, float]:
         """Figures for every real mount; a failed or hung mount only sets its error flag."""
-        mounts = real_mounts(self._read())
+        table = self._read()
+        if table is not self._table:  # the same table object: the same real mounts
+            self._table, self._real = table, real_mounts(table)
+        mounts = self._real
         results = self._calls.run_all(m.mountpoint for m in mounts if m.fstype not in IN_PLACE)
         for mount in mounts:
             if mount.fstype in IN_PLACE:

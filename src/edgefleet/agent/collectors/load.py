@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -27,9 +26,10 @@ def read_load_psutil() -> LoadReading:
 
 
 def read_load_proc() -> LoadReading:
-    """The same with ``getloadavg`` and the online cores counted in ``/proc/stat`` (read once
-    per round with the cpu collector; ``os.cpu_count`` would read sysfs again)."""
-    load1, load5, load15 = os.getloadavg()
+    """The same from ``/proc/loadavg`` (kept open, read once per round: the process count
+    looks at it too) and the online cores counted in ``/proc/stat`` (read once per round
+    with the cpu collector; ``os.cpu_count`` would read sysfs again)."""
+    load1, load5, load15 = (float(f) for f in procfs.LOADAVG.read().split()[:3])
     cores = len(procfs.STAT.parsed(procfs.parse_cpu_stat)[1])
     return LoadReading(load1, load5, load15, cores or None)
 
