@@ -6,13 +6,14 @@ import logging
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from edgefleet.agent.collectors import collect_all
 from edgefleet.agent.collectors.promtext import parse_exposition, parse_line, prom_metrics
-from edgefleet.agent.collectors.textfile import TextfileCollector, read_limited
+from edgefleet.agent.collectors.textfile import TextfileCollector, list_prom_files, read_limited
 from edgefleet.common.logs import RateLimitedLog
 from edgefleet.wire.messages import METRIC_KEY_PATTERN
 
@@ -201,3 +202,34 @@ def test_a_fifo_never_blocks_the_collector(tmp_path: Path) -> None:
     assert TextfileCollector(folder=tmp_path).collect()["textfile.a"] == 1.0
     with pytest.raises(ValueError, match="not a regular file"):
         read_limited(tmp_path / "pipe.prom", 100)  # ...and refused if it is swapped in later
+
+
+def test_a_settled_folder_is_not_listed_again_but_its_files_are_looked_at(
+    tmp_path: Path,
+) -> None:
+    listings: list[Path] = []
+
+    def counting(folder: Path) -> list[tuple[str, tuple[int, int, int]]]:
+        listings.append(folder)
+        return list_prom_files(folder)
+
+    prom = tmp_path / "a.prom"
+    prom.write_text("a 1\n")
+    old = time.time() - 100
+    os.utime(tmp_path, (old, old))  # settled: nothing added or removed for a while
+    collector = TextfileCollector(folder=tmp_path, list_files=counting)
+    assert collector.collect()["textfile.a"] == 1.0
+    assert collector.collect()["textfile.a"] == 1.0
+    assert len(listings) == 1
+    with prom.open("w") as fh:  # changed in place: the folder's mtime stays
+        fh.write("a 2\n")
+    assert collector.collect()["textfile.a"] == 2.0
+    assert len(listings) == 1
+    (tmp_path / "b.prom").write_text("b 1\n")  # a new file: the folder changed, listed again
+    assert collector.collect()["textfile.b"] == 1.0
+    assert len(listings) == 2
+    os.utime(tmp_path, (old, old))
+    collector.collect()
+    prom.unlink()
+    os.utime(tmp_path, (old, old))  # even with the folder's mtime put back: a is gone
+    assert "textfile.a" not in collector.collect()

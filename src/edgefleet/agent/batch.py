@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from edgefleet.agent.contracts import QueuedSample
-from edgefleet.wire.base import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, HealthDoc, encode_health
+from edgefleet.wire.base import (
+    COMPACT,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    HealthDoc,
+    encode_health,
+)
 
 # Room kept free for the header, the health object and the JSON punctuation.
 _HEADER_ROOM = 1024
@@ -32,7 +37,7 @@ def sample_body(metrics: dict[str, float], failed: Sequence[str]) -> bytes:
     doc: dict[str, object] = {"metrics": metrics}
     if failed:
         doc["failed"] = list(failed)
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return COMPACT.encode(doc).encode()
 
 
 def _sample_json(sample: QueuedSample) -> bytes:
@@ -69,14 +74,13 @@ def build_message(
 ) -> bytes:
     """Encode one ``MetricsMessage`` (protocol v1) from queued samples; ``held_from``: the
     agent waits for the backend's watermark (docs/protocol.md)."""
-    head = json.dumps(
+    head = COMPACT.encode(
         {
             "v": PROTOCOL_VERSION,
             "device_id": device_id,
             "stream": stream,
             "sent_at": round(time.time() if sent_at is None else sent_at, 3),
-        },
-        separators=(",", ":"),
+        }
     ).encode()
     parts = [head[:-1], b',"samples":[', b",".join(_sample_json(s) for s in samples), b"]"]
     if isinstance(health, dict):

@@ -104,8 +104,13 @@ def parse_topic(topic: str) -> tuple[str, str]:
     return thing, kind
 
 
+COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+"""Compact JSON, NaN refused; built once (``json.dumps`` with options builds an encoder per
+call)."""
+
+
 def _compact(doc: object) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return COMPACT.encode(doc).encode()
 
 
 def encode_health(health: HealthDoc) -> bytes:

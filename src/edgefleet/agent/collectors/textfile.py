@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,23 @@ def file_figures(text: str, max_keys: int) -> FileFigures:
     return FileFigures(metrics, sorted(parsed.bad + refused))
 
 
+_SETTLED_S = 2.0
+
+
+def _restat(listed: list[tuple[str, Stamp]]) -> list[tuple[str, Stamp]] | None:
+    """The same files with fresh stamps; None when one is gone or no longer a regular file."""
+    out: list[tuple[str, Stamp]] = []
+    for path, _ in listed:
+        try:
+            st = os.stat(path)  # noqa: PTH116 - no Path object per file and round
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        out.append((path, (st.st_ino, st.st_size, st.st_mtime_ns)))
+    return out
+
+
 class TextfileCollector:
     """``textfile.<name>[labels]`` from the folder's ``*.prom`` files; nothing without a folder."""
 
@@ -97,12 +115,14 @@ class TextfileCollector:
         self._list, self._read = list_files, read
         self._cache: dict[str, tuple[Stamp, FileFigures]] = {}
         self._log_limit = RateLimitedLog(60.0)
+        self._folder_seen: tuple[int, int] | None = None  # the folder's inode, mtime
+        self._listed: list[tuple[str, Stamp]] = []
 
     def collect(self) -> dict[str, float]:
         """Merged figures of every file, in name order, within the key bound."""
         if self._folder is None:
             return {}
-        files = list(self._list(self._folder))
+        files = self._files(self._folder)
         errors = 0
         if len(files) > self._max_files:
             self._warn("folder", f"{len(files)} files; only the first {self._max_files} are read")
@@ -122,6 +142,25 @@ class TextfileCollector:
         out["textfile.status.files"] = float(len(files))
         out["textfile.status.errors"] = float(errors)
         return out
+
+    def _files(self, folder: Path) -> list[tuple[str, Stamp]]:
+        """The listing, from the last one while the folder itself is unchanged (a file
+        added, removed or renamed changes its mtime; each listed file is still looked at).
+        A folder changed in the last two seconds is listed again: a coarse clock could hide
+        a second change within the same tick."""
+        try:
+            st = folder.stat()
+        except OSError:
+            self._folder_seen = None
+            return list(self._list(folder))  # says what is wrong with the folder
+        seen = (st.st_ino, st.st_mtime_ns)
+        if seen == self._folder_seen and time.time() - st.st_mtime > _SETTLED_S:
+            again = _restat(self._listed)
+            if again is not None:
+                return again
+        files = list(self._list(folder))  # listed after the stat: a change meanwhile shows
+        self._folder_seen, self._listed = seen, files
+        return list(files)
 
     def _figures(self, path: str, stamp: Stamp) -> FileFigures:
         cached = self._cache.get(path)
