@@ -265,14 +265,9 @@ class Publisher:
         transaction (one commit per round instead of two)."""
         lane = self.lane
         with lane.lock:
-            prev = lane.inflight
-            if (not lane.open or prev is None or not prev.sent.future.done()
-                    or prev.stream != self.queue.stream
-                    or (self.commits is not None and self.commits.waiting())):
-                return self.queue.put(ts, body)
-            try:
-                prev.transport.answer(prev.sent)
-            except TransportError:  # left for the drain's _send
+            waiting = self.commits is not None and self.commits.waiting()  # no ack on PUBACK
+            prev = self._lane_answered() if lane.open and not waiting else None
+            if prev is None or prev.stream != self.queue.stream:
                 return self.queue.put(ts, body)
             seq = self.queue.put(ts, body, acked=[s.seq for s in prev.batch])
             lane.inflight = None
@@ -291,20 +286,26 @@ class Publisher:
             lane.open = False
             return False
 
-    def _lane_settle(self) -> bool:
-        """Apply the answer to the lane's previous message; False when there is none yet or
-        it is not a PUBACK < 128 (the drain's ``_send`` then handles it)."""
-        lane = self.lane
-        prev = lane.inflight
-        if prev is None:
-            return True
-        if not prev.sent.future.done():
-            return False
+    def _lane_answered(self) -> LaneSend | None:
+        """The lane's previous message once its answer is a PUBACK < 128; None while there
+        is none, no answer yet or another one (the drain's ``_send`` then handles it)."""
+        prev = self.lane.inflight
+        if prev is None or not prev.sent.future.done():
+            return None
         try:
             prev.transport.answer(prev.sent)
         except TransportError:
+            return None
+        return prev
+
+    def _lane_settle(self) -> bool:
+        """Apply the answer to the lane's previous message; False when it cannot be."""
+        if self.lane.inflight is None:
+            return True
+        prev = self._lane_answered()
+        if prev is None:
             return False
-        lane.inflight = None
+        self.lane.inflight = None
         self._delivered(prev.stream, prev.batch)
         return True
 
